@@ -1,4 +1,6 @@
 """Hessian spectrum (IFA B.7) against the exact Hessian of a tiny model and against dense matrices."""
+import copy
+
 import numpy as np
 import pytest
 import scipy.sparse.linalg
@@ -46,7 +48,7 @@ def random_symmetric(n=60, seed=0):
     return (q * eig) @ q.T, np.sort(eig)
 
 
-@pytest.mark.parametrize("method", ["func", "autograd"])
+@pytest.mark.parametrize("method", ["graph", "func", "autograd"])
 def test_operator_is_the_exact_hessian(tiny, method):
     model, x, y, hess, _ = tiny
     op = hessian_operator(model, None, x, y, batch_size=7, method=method)  # 3 uneven batches
@@ -175,9 +177,31 @@ def test_dfa_model_falls_back_to_double_backward(tiny):
     model, x, y, hess, _ = tiny
     dfa = convert(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), "dfa")
     dfa.load_state_dict({**dfa.state_dict(), **model.state_dict()})
-    op = hessian_operator(dfa, None, x, y)
+    op = hessian_operator(dfa, None, x, y, batch_size=7)  # several batches: auto tries torch.func first
     np.testing.assert_allclose(op.matmat(np.eye(23)), hess, atol=2e-6)
     assert op.method == "autograd"
+    op = hessian_operator(dfa, None, x, y)  # one batch: the stored gradient graph, through the DFA hook
+    np.testing.assert_allclose(op.matmat(np.eye(23)), hess, atol=2e-6)
+    assert op.method == "graph"
+
+
+def test_stored_graph_follows_parameter_updates(tiny):
+    """The "graph" method reuses one gradient graph, but never a stale one: an in-place update rebuilds it."""
+    model, x, y, hess, _ = tiny
+    model = copy.deepcopy(model)
+    op = hessian_operator(model, None, x, y)
+    assert op.method == "graph"
+    v = torch.randn(23, generator=torch.Generator().manual_seed(0))
+    before = op.hvp(v)
+    np.testing.assert_allclose(before.double().numpy(), hess @ v.double().numpy(), atol=2e-6)
+    with torch.no_grad():
+        model[0].weight.mul_(1.5)  # an optimizer step would do the same (in place)
+    fresh = hessian_operator(model, None, x, y, method="func").hvp(v)
+    after = op.hvp(v)
+    assert not torch.allclose(before, after, atol=1e-4)
+    torch.testing.assert_close(after, fresh, atol=2e-6, rtol=1e-5)
+    op.release()
+    torch.testing.assert_close(op.hvp(v), fresh, atol=2e-6, rtol=1e-5)
 
 
 class _Data:

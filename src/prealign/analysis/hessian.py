@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import ConfigError, PrealignError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+HVP_METHODS = ("auto", "graph", "func", "autograd")
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -43,49 +44,101 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 class HessianOperator(scipy.sparse.linalg.LinearOperator):
-    """``H = ∇²_θ (1/N) Σ_n loss(model(x_n), y_n)`` as a symmetric ``LinearOperator`` (float64 interface).
+    """``H = ∇²_θ (1/N) Σ_n loss(model(x_n), y_n)`` as a symmetric ``LinearOperator``.
 
-    Vectors are float64 numpy arrays of length ``P`` (flattened trainable parameters); the
-    product is computed in the parameters' dtype (float32) on their device, batch by batch
-    (``batch_size`` samples at a time, weighted by batch size — ``loss_fn`` must return the
-    batch *mean*, like ``F.cross_entropy``), with the model in ``eval()`` mode and, for feedback
-    layers, exact autograd gradients. The model is left exactly as found.
+    Two interfaces to the same product: :meth:`hvp` takes and returns flat torch vectors of length
+    ``P`` on the parameters' device and dtype (what :func:`power_iteration`,
+    :func:`hutchinson_trace` and :func:`lanczos` use: no host round trip per product), and the
+    scipy ``matvec`` takes and returns float64 numpy arrays (what ``eigsh`` uses). The product is
+    computed in the parameters' dtype, batch by batch (``batch_size`` samples at a time, weighted
+    by batch size — ``loss_fn`` must return the batch *mean*, like ``F.cross_entropy``), with the
+    model in ``eval()`` mode and, for feedback layers, exact autograd gradients. The model is left
+    exactly as found.
 
-    ``method``: ``"func"`` (forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad``; about
-    2× faster than double backward on an MLP), ``"autograd"`` (reverse-over-reverse:
-    ``torch.autograd.grad`` with ``create_graph``), or ``"auto"`` (``"func"``, switching to
-    ``"autograd"`` for models whose forward uses custom autograd Functions that ``torch.func``
-    cannot transform, such as the DFA output hook; ``self.method`` tells which one runs).
+    ``method``:
+
+    - ``"graph"``: build each batch's gradient graph once (``create_graph=True``) and reuse it for
+      every product, ``H v = ∂(gᵀv)/∂θ`` by one backward pass through the stored graph (what
+      PyHessian does for a single batch). The cheapest product (no forward pass, no first-order
+      backward); memory holds every batch's graph. Rebuilt automatically if the parameters change
+      in place (an optimizer step, ``load_state_dict``).
+    - ``"func"``: forward-over-reverse per batch and product (``torch.func.jvp`` of ``torch.func.grad``);
+      memory bounded by one batch.
+    - ``"autograd"``: reverse-over-reverse per batch and product (double backward); bounded memory,
+      works through custom autograd Functions that ``torch.func`` cannot transform (the DFA hook).
+    - ``"auto"`` (default): ``"graph"`` when the data is one batch (``batch_size`` unset or ``≥ N``),
+      else ``"func"``, switching to ``"autograd"`` for models ``torch.func`` cannot transform.
+      ``self.method`` tells which one runs.
+
     ``self.n_products`` counts the Hessian-vector products computed.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                  batch_size: int | None = None, method: str = "auto"):
-        if method not in ("auto", "func", "autograd"):
-            raise ConfigError(f"unknown Hessian-vector product method {method!r}; valid: auto, func, autograd")
+        if method not in HVP_METHODS:
+            raise ConfigError(f"unknown Hessian-vector product method {method!r}; valid: {', '.join(HVP_METHODS)}")
         if len(x) != len(y) or len(x) == 0:
             raise PrealignError(f"Hessian data needs as many targets as inputs and at least one sample; "
                                 f"got {len(x)} inputs and {len(y)} targets: pass matching x and y")
         self.model, self.loss_fn, self.x, self.y = model, loss_fn, x, y
-        self.batch_size = int(batch_size) if batch_size else len(x)
+        self.batch_size = min(int(batch_size), len(x)) if batch_size else len(x)
         self.params = trainable_parameters(model)
         if not self.params:
             raise PrealignError("the model has no trainable parameters: nothing to take a Hessian over")
         self.sizes = [p.numel() for p in self.params]
+        if method == "auto" and self.batch_size == len(x):
+            method = "graph"
         self.method = method
         self.n_products = 0
+        self._graphs: list[tuple[list[torch.Tensor], list[int], float]] | None = None
+        self._versions: list[int] = []
         n = sum(self.sizes)
         super().__init__(dtype=np.float64, shape=(n, n))
+
+    @property
+    def device(self) -> torch.device:
+        return self.params[0].device
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return self.params[0].dtype
 
     # -- Hessian-vector products ------------------------------------------------------------
     def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
         return [chunk.view_as(p) for chunk, p in zip(torch.split(v, self.sizes), self.params)]
 
+    def _batches(self):
+        n = len(self.x)
+        for start in range(0, n, self.batch_size):
+            xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+            yield xb, yb, len(xb) / n
+
+    def _build_graphs(self) -> None:
+        """Each batch's gradient ``g = ∇θ loss`` with its graph kept (``create_graph=True``)."""
+        self._graphs = []
+        for xb, yb, weight in self._batches():
+            loss = self.loss_fn(self.model(xb), yb)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True)
+            live = [i for i, g in enumerate(grads) if g.requires_grad]  # a constant gradient has H v = 0
+            self._graphs.append(([grads[i] for i in live], live, weight))
+        self._versions = [p._version for p in self.params]
+
+    def _hvp_graph(self, vs, total) -> None:
+        if self._graphs is None or self._versions != [p._version for p in self.params]:
+            self._build_graphs()  # first product, or the parameters changed since the graph was built
+        for grads, live, weight in self._graphs:
+            if not grads:
+                continue
+            parts = torch.autograd.grad(grads, self.params, [vs[i] for i in live], retain_graph=True,
+                                        allow_unused=True, materialize_grads=True)
+            for t, h in zip(total, parts):
+                t.add_(h, alpha=weight)
+
     def _hvp_autograd(self, xb, yb, vs):
         loss = self.loss_fn(self.model(xb), yb)
         grads = torch.autograd.grad(loss, self.params, create_graph=True)
         dot = sum((g * v).sum() for g, v in zip(grads, vs))
-        return torch.autograd.grad(dot, self.params)
+        return torch.autograd.grad(dot, self.params, allow_unused=True, materialize_grads=True)
 
     def _hvp_func(self, xb, yb, vs):
         from torch.func import functional_call, grad, jvp
@@ -101,35 +154,12 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
         out = jvp(grad(loss_of), (primals,), (tangents,))[1]
         return [out[name] for name in names]
 
-    def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """``H v`` for a flat torch vector ``v`` (length ``P``, any dtype/device); returns the params' dtype/device."""
-        from prealign import exact_gradients
-
-        p0 = self.params[0]
-        vs = self._split(v.to(device=p0.device, dtype=p0.dtype).reshape(-1))
-        n = len(self.x)
-        total = [torch.zeros_like(p) for p in self.params]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with exact_gradients(self.model), torch.enable_grad():
-                for start in range(0, n, self.batch_size):
-                    xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
-                    parts = self._batch_hvp(xb, yb, vs)
-                    weight = len(xb) / n
-                    for t, h in zip(total, parts):
-                        t.add_(h, alpha=weight)
-        finally:
-            self.model.train(was_training)
-        self.n_products += 1
-        return torch.cat([t.reshape(-1) for t in total])
-
     def _batch_hvp(self, xb, yb, vs):
         if self.method == "autograd":
             return self._hvp_autograd(xb, yb, vs)
         if self.method == "func":
             return self._hvp_func(xb, yb, vs)
-        try:  # auto: the fast path, unless torch.func cannot transform this model's forward
+        try:  # auto over several batches: the fast path, unless torch.func cannot transform this forward
             out = self._hvp_func(xb, yb, vs)
             self.method = "func"
             return out
@@ -138,6 +168,31 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
                 raise
             self.method = "autograd"
             return self._hvp_autograd(xb, yb, vs)
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` for a flat torch vector ``v`` (length ``P``, any dtype/device); returns the params' dtype/device."""
+        from prealign import exact_gradients
+
+        vs = self._split(v.to(device=self.device, dtype=self.param_dtype).reshape(-1))
+        total = [torch.zeros_like(p) for p in self.params]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with exact_gradients(self.model), torch.enable_grad():
+                if self.method == "graph":
+                    self._hvp_graph(vs, total)
+                else:
+                    for xb, yb, weight in self._batches():
+                        for t, h in zip(total, self._batch_hvp(xb, yb, vs)):
+                            t.add_(h, alpha=weight)
+        finally:
+            self.model.train(was_training)
+        self.n_products += 1
+        return torch.cat([t.reshape(-1) for t in total])
+
+    def release(self) -> None:
+        """Free the stored gradient graphs (``"graph"`` method); the next product rebuilds them."""
+        self._graphs = None
 
     def _matvec(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64).reshape(-1)
@@ -193,79 +248,106 @@ def top_eigen(op, k: int = 1, *, tol: float = 1e-4, maxiter: int | None = None, 
     return vals[order], vecs[:, order]
 
 
+def _torch_matvec(op) -> tuple[Callable[[torch.Tensor], torch.Tensor], int, torch.device, torch.dtype]:
+    """``(matvec, P, device, dtype)`` for products on flat torch vectors.
+
+    A :class:`HessianOperator` multiplies on its own device in the parameters' dtype (no host copy
+    per product); anything else (a dense matrix, a scipy ``LinearOperator``) through its float64
+    numpy ``matvec`` on the CPU.
+    """
+    if isinstance(op, HessianOperator):
+        return op.hvp, op.shape[0], op.device, op.param_dtype
+    lin = _as_operator(op)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(lin.matvec(v.cpu().numpy()), dtype=np.float64).reshape(-1))
+
+    return matvec, lin.shape[0], torch.device("cpu"), torch.float64
+
+
+def _rademacher(n: int, gen: torch.Generator, device, dtype) -> torch.Tensor:
+    """``v ∈ {−1, +1}ⁿ`` drawn on the CPU from ``gen`` (same probes on every device)."""
+    return torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).to(device=device, dtype=dtype).mul_(2).sub_(1)
+
+
 def power_iteration(op, *, tol: float = 1e-4, maxiter: int = 200, seed: int = 0) -> tuple[float, np.ndarray, int]:
     """The dominant eigenpair by power iteration, as PyHessian does (for comparison with :func:`top_eigen`).
 
     Stops when the Rayleigh quotient changes by less than ``tol`` relatively. Returns
-    ``(eigenvalue, unit eigenvector (P,), number of products)``. Converges to the eigenvalue of
-    largest *magnitude*.
+    ``(eigenvalue, unit eigenvector (P,) float64, number of products)``. Converges to the
+    eigenvalue of largest *magnitude*.
     """
-    op = _as_operator(op)
-    v = np.random.default_rng(seed).standard_normal(op.shape[0])
-    v /= np.linalg.norm(v)
+    matvec, n, device, dtype = _torch_matvec(op)
+    v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device, dtype)
+    v /= torch.linalg.vector_norm(v)
     value = None
     for i in range(1, maxiter + 1):
-        hv = op.matvec(v)
-        new = float(v @ hv)
-        v = hv / np.linalg.norm(hv)
+        hv = matvec(v)
+        new = float(torch.dot(v, hv))
+        v = hv / torch.linalg.vector_norm(hv)
         if value is not None and abs(new - value) <= tol * (abs(value) + 1e-12):
-            return new, v, i
+            return new, v.cpu().double().numpy(), i
         value = new
-    return value, v, maxiter
+    return value, v.cpu().double().numpy(), maxiter
 
 
 def hutchinson_trace(op, probes: int = 100, *, seed: int = 0) -> tuple[float, float]:
     """Hutchinson's estimate of ``tr H`` with Rademacher probes ``v ∈ {−1, +1}ᴾ`` (IFA B.7; Avron & Toledo 2011).
 
     ``tr H = E[vᵀ H v]``. Returns ``(estimate, standard error)``, the standard error being the
-    sample standard deviation of ``vᵢᵀ H vᵢ`` over ``√probes`` (0 for a single probe).
+    sample standard deviation of ``vᵢᵀ H vᵢ`` over ``√probes`` (0 for a single probe). Probes are
+    drawn from ``torch.Generator().manual_seed(seed)``.
     """
-    op = _as_operator(op)
     if probes < 1:
         raise ConfigError(f"hutchinson_trace needs at least one probe; got {probes}")
-    rng = np.random.default_rng(seed)
-    samples = np.empty(probes)
-    for i in range(probes):
-        v = rng.integers(0, 2, op.shape[0]).astype(np.float64) * 2 - 1
-        samples[i] = v @ op.matvec(v)
+    matvec, n, device, dtype = _torch_matvec(op)
+    gen = torch.Generator().manual_seed(seed)
+    quads = []
+    for _ in range(probes):
+        v = _rademacher(n, gen, device, dtype)
+        quads.append(torch.dot(v, matvec(v)))
+    samples = torch.stack(quads).double().cpu().numpy()  # one host sync for all probes
     sem = samples.std(ddof=1) / np.sqrt(probes) if probes > 1 else 0.0
     return float(samples.mean()), float(sem)
 
 
-def lanczos(op, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """``steps`` Lanczos iterations from ``v0`` with full reorthogonalisation.
+def lanczos(op, v0, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` Lanczos iterations from ``v0`` (numpy or torch, length ``P``) with full reorthogonalisation.
 
     Returns the tridiagonal matrix ``T = Vᵀ H V`` as ``(diagonal α (m,), off-diagonal β (m−1,))``,
     ``m ≤ steps`` (fewer if the Krylov space becomes invariant, e.g. ``steps ≥ P``). Each step is one
-    product plus a Gram–Schmidt pass against all previous vectors (kept in float64, ``steps × P``).
+    product plus a Gram–Schmidt pass against all previous vectors; the basis (``steps × P``) stays
+    on the operator's device in its dtype (float32 for a model's Hessian).
     """
-    op = _as_operator(op)
-    n = op.shape[0]
+    matvec, n, device, dtype = _torch_matvec(op)
     steps = int(min(steps, n))
-    basis = np.empty((steps, n))
+    basis = torch.empty(steps, n, device=device, dtype=dtype)
     alpha, beta = [], []
-    v = np.asarray(v0, dtype=np.float64) / np.linalg.norm(v0)
+    v = torch.as_tensor(np.asarray(v0) if not isinstance(v0, torch.Tensor) else v0).to(device, dtype).reshape(-1)
+    v = v / torch.linalg.vector_norm(v)
     for j in range(steps):
         basis[j] = v
-        w = op.matvec(v)
-        a = float(v @ w)
+        w = matvec(v)
+        a = float(torch.dot(v, w))
         alpha.append(a)
         if j == steps - 1:
             break
-        w -= a * v
+        scale = float(torch.linalg.vector_norm(w))
+        w = w - a * v
         if j:
             w -= beta[-1] * basis[j - 1]
+        done = basis[:j + 1]
         for _ in range(2):  # full reorthogonalisation ("twice is enough")
-            w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
-        b = float(np.linalg.norm(w))
-        if b <= 1e-10 * max(1.0, abs(a)):  # invariant subspace: T is exact
-            break
+            w -= done.T @ (done @ w)
+        b = float(torch.linalg.vector_norm(w))
+        if b <= (1e-10 if dtype == torch.float64 else 1e-5) * scale:
+            break  # invariant subspace (to the working precision): T is exact
         beta.append(b)
         v = w / b
     return np.array(alpha), np.array(beta)
 
 
-def lanczos_quadrature(op, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def lanczos_quadrature(op, v0, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss quadrature nodes and weights of the spectral measure of ``H`` seen from ``v0``.
 
     From ``T = QΛQᵀ`` (``scipy.linalg.eigh_tridiagonal``): nodes ``Λ`` (Ritz values), weights
@@ -297,13 +379,14 @@ def spectral_density(op, n_probes: int = 5, lanczos_steps: int = 30, *, sigma: f
     Returns ``(grid (G,), density (G,))``, plus ``(nodes (n_probes, m), weights (n_probes, m))``
     if ``return_quadrature`` (rows padded with NaN nodes / zero weights when a run ends early).
     """
-    op = _as_operator(op)
     if n_probes < 1 or lanczos_steps < 1:
         raise ConfigError(f"spectral_density needs n_probes >= 1 and lanczos_steps >= 1; got {n_probes}, {lanczos_steps}")
-    rng = np.random.default_rng(seed)
+    if not isinstance(op, HessianOperator):
+        op = _as_operator(op)
+    gen = torch.Generator().manual_seed(seed)
     runs = []
     for _ in range(n_probes):
-        v = rng.integers(0, 2, op.shape[0]).astype(np.float64) * 2 - 1
+        v = _rademacher(op.shape[0], gen, "cpu", torch.float64)
         runs.append(lanczos_quadrature(op, v, lanczos_steps))
     m = max(len(r[0]) for r in runs)
     nodes = np.full((n_probes, m), np.nan)
