@@ -25,6 +25,50 @@ def test_fa_linear_backward_formulas(gen):
     assert not torch.allclose(x.grad, delta @ layer.weight)  # really not backprop
 
 
+def _feedback_seen(layer, n_in):
+    """The matrix the layer's backward sent the error through: with δ = I, x.grad = I·F = F."""
+    x = torch.randn(layer.out_features, n_in, dtype=layer.weight.dtype, requires_grad=True)
+    layer(x).backward(torch.eye(layer.out_features, dtype=layer.weight.dtype))
+    return x.grad
+
+
+def test_sign_rules_backward_formulas(gen):
+    """USF: mean|B|·sign(W); FRSF: |B|·sign(W); BRSF: random magnitudes at B's scale, W's signs, new each step."""
+    usf = FeedbackLinear(200, 50, rule="usf", generator=gen).double()
+    torch.testing.assert_close(_feedback_seen(usf, 200), usf.feedback.abs().mean() * torch.sign(usf.weight.detach()))
+    frsf = FeedbackLinear(200, 50, rule="frsf", generator=gen).double()
+    torch.testing.assert_close(_feedback_seen(frsf, 200), frsf.feedback.abs() * torch.sign(frsf.weight.detach()))
+    brsf = FeedbackLinear(200, 50, rule="brsf", generator=gen).double()
+    first, second = _feedback_seen(brsf, 200), _feedback_seen(brsf, 200)
+    for f in (first, second):
+        assert torch.equal(torch.sign(f), torch.sign(brsf.weight.detach()))
+        # |N(0, σ)| has mean σ·sqrt(2/π); σ = std(B); 10,000 draws: ±2 %
+        assert f.abs().mean().item() == pytest.approx(brsf.feedback.std().item() * (2 / torch.pi) ** 0.5, rel=0.05)
+    assert not torch.allclose(first.abs(), second.abs())
+
+
+def test_per_step_feedback_buffer_is_reused_never_aliased(gen):
+    """Sign rules compute F into a pooled buffer: the same memory every step once backward has
+    finished, but a fresh one while an earlier graph still needs its F."""
+    layer = FeedbackLinear(6, 4, rule="usf", generator=gen).double()
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True, generator=gen)
+    layer(x).sum().backward()
+    ptr = layer._feedback_pool[0].data_ptr()
+    layer(x).sum().backward()
+    assert [b.data_ptr() for b in layer._feedback_pool] == [ptr]  # reused, not reallocated
+    expected = layer.feedback.abs().mean() * torch.sign(layer.weight.detach())
+    eye = torch.eye(4, dtype=torch.float64)
+    x1, x2 = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    y1 = layer(x1)  # graph 1 holds F(W)
+    with torch.no_grad():
+        layer.weight.neg_()
+    y2 = layer(x2)  # graph 2 must not overwrite graph 1's F
+    y2.backward(eye)
+    y1.backward(eye)
+    torch.testing.assert_close(x1.grad, expected)
+    torch.testing.assert_close(x2.grad, -expected)
+
+
 def test_fa_linear_leading_dims(gen):
     layer = FeedbackLinear(5, 3, generator=gen).double()
     x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True, generator=gen)

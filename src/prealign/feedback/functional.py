@@ -8,6 +8,8 @@ Forward is the ordinary op. Backward computes, with the same FLOPs as autograd:
 - weight gradient ``δᵀ x`` and bias gradient ``Σ δ`` exactly as backprop would.
 
 ``W`` is never saved for backward: nothing in the backward pass reads it (no weight transport).
+``pool``: when given (a list), ``B`` is appended to it once the backward pass has used it, so the
+layer can compute the next step's per-step feedback (sign rules) into the same memory.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ class FeedbackLinearFunction(torch.autograd.Function):
     """``y = x Wᵀ + b``; shapes ``x: (..., in)``, ``W, B: (out, in)``, ``b: (out,)``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback, route=None):
+    def forward(ctx, x, weight, bias, feedback, route=None, pool=None):
         ctx.save_for_backward(x, feedback)
-        ctx.route = route
+        ctx.route, ctx.pool = route, pool
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
@@ -39,7 +41,9 @@ class FeedbackLinearFunction(torch.autograd.Function):
             grad_w = g2.t() @ x.reshape(-1, x.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None, None
+        if ctx.pool is not None:
+            ctx.pool.append(feedback)
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class FeedbackConv2dFunction(torch.autograd.Function):
@@ -49,10 +53,10 @@ class FeedbackConv2dFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback, stride, padding, dilation, groups, route=None):
+    def forward(ctx, x, weight, bias, feedback, stride, padding, dilation, groups, route=None, pool=None):
         ctx.save_for_backward(x, feedback)
         ctx.conf = (stride, padding, dilation, groups)
-        ctx.route = route
+        ctx.route, ctx.pool = route, pool
         ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -71,4 +75,6 @@ class FeedbackConv2dFunction(torch.autograd.Function):
                 list(stride), list(padding), list(dilation), False, [0, 0], groups, mask)
         if ctx.needs_input_grad[0] and ctx.route is not None:
             grad_x = ctx.route.direct_error(x)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+        if ctx.pool is not None:
+            ctx.pool.append(feedback)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None

@@ -40,16 +40,24 @@ class FeedbackLayer:
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule}"
 
-    def _step_feedback(self) -> torch.Tensor | None:
-        """The matrix the error travels through on this step, or None for the plain op."""
+    def _step_feedback(self) -> tuple[torch.Tensor | None, list | None]:
+        """The matrix the error travels through on this step (None for the plain op), and the
+        buffer pool the backward pass returns it to (per-step rules only)."""
         if self._exact or not torch.is_grad_enabled():
-            return None
+            return None, None
         rule = RULES.get(self.rule) or get_rule(self.rule)
         if rule.feedback is None:
-            return None
+            return None, None
         if rule.learns_feedback:
             self.sync_feedback()
-        return rule.feedback(self)
+        if not rule.per_step:
+            return rule.feedback(self, None), None
+        pool = self.__dict__.setdefault("_feedback_pool", [])
+        w = self.weight
+        out = pool.pop() if pool else None
+        if out is None or out.shape != w.shape or out.dtype != w.dtype or out.device != w.device:
+            out = torch.empty_like(w, requires_grad=False)
+        return rule.feedback(self, out), pool
 
     def _route(self):
         rule = RULES[self.rule]
@@ -108,10 +116,10 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         self._setup_feedback(rule, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feedback = self._step_feedback()
+        feedback, pool = self._step_feedback()
         if feedback is None:
             return F.linear(x, self.weight, self.bias)
-        return FeedbackLinearFunction.apply(x, self.weight, self.bias, feedback, self._route())
+        return FeedbackLinearFunction.apply(x, self.weight, self.bias, feedback, self._route(), pool)
 
 
 class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
@@ -128,7 +136,7 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         self._setup_feedback(rule, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feedback = self._step_feedback()
+        feedback, pool = self._step_feedback()
         if feedback is None:
             return self._conv_forward(x, self.weight, self.bias)
         padding = self.padding
@@ -137,4 +145,4 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
         return FeedbackConv2dFunction.apply(x, self.weight, self.bias, feedback, self.stride, padding,
-                                            self.dilation, self.groups, self._route())
+                                            self.dilation, self.groups, self._route(), pool)

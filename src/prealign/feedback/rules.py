@@ -31,8 +31,11 @@ from ..errors import UnknownNameError
 class Rule:
     """One learning rule.
 
-    ``feedback(layer) -> Tensor`` returns the matrix (weight-shaped) the error travels back
-    through on this step, or is ``None`` for exact backpropagation. ``direct`` marks rules that
+    ``feedback(layer, out) -> Tensor`` returns the matrix (weight-shaped) the error travels back
+    through on this step, or is ``None`` for exact backpropagation. ``per_step`` marks rules that
+    compute that matrix afresh every step (the sign rules): they write it into ``out``, a buffer the
+    layer reuses once the backward pass that read it has finished (no allocation per step); the
+    others return a stored tensor and ignore ``out``. ``direct`` marks rules that
     send the network's output error straight to every layer (DFA). ``learns_feedback`` marks
     rules whose ``B`` follows ``W``'s updates (KP). ``transports`` says what of ``W`` the backward
     pass reads (``"weights"``, ``"signs"`` or ``"nothing"``), used by the memory-traffic analysis.
@@ -40,7 +43,8 @@ class Rule:
 
     name: str
     description: str
-    feedback: Callable[[torch.nn.Module], torch.Tensor] | None
+    feedback: Callable[[torch.nn.Module, torch.Tensor | None], torch.Tensor] | None
+    per_step: bool = False
     direct: bool = False
     learns_feedback: bool = False
     transports: str = "nothing"
@@ -62,7 +66,7 @@ def get_rule(name: str) -> Rule:
         raise UnknownNameError("rule", name, RULES) from None
 
 
-def _fixed(layer):
+def _fixed(layer, out=None):
     return layer.feedback
 
 
@@ -77,23 +81,23 @@ def _abs_feedback(layer) -> torch.Tensor:
     return cache
 
 
-def _uniform_sign(layer):
-    return torch.sign(layer.weight).mul_(_abs_feedback(layer)[2])
+def _uniform_sign(layer, out=None):
+    return torch.sign(layer.weight.detach(), out=out).mul_(_abs_feedback(layer)[2])
 
 
-def _fixed_random_sign(layer):
-    return torch.copysign(_abs_feedback(layer)[1], layer.weight)
+def _fixed_random_sign(layer, out=None):
+    return torch.copysign(_abs_feedback(layer)[1], layer.weight.detach(), out=out)
 
 
-def _batchwise_random_sign(layer):
-    magnitude = torch.randn_like(layer.weight).abs_().mul_(_abs_feedback(layer)[3])
-    return magnitude.copysign_(layer.weight)
+def _batchwise_random_sign(layer, out=None):
+    out = torch.empty_like(layer.weight, requires_grad=False) if out is None else out
+    return out.normal_().abs_().mul_(_abs_feedback(layer)[3]).copysign_(layer.weight.detach())
 
 
 register_rule(Rule("bp", "backpropagation: the error travels back through W (weight transport)", None, transports="weights"))
 register_rule(Rule("fa", "feedback alignment: the error travels back through a fixed random B", _fixed))
 register_rule(Rule("dfa", "direct feedback alignment: the output error reaches every layer through its own fixed matrix", _fixed, direct=True))
-register_rule(Rule("usf", "uniform sign-concordant feedback: sign(W) scaled by mean |B|", _uniform_sign, transports="signs"))
-register_rule(Rule("brsf", "batchwise random-magnitude sign-concordant feedback: |R|·sign(W), R re-drawn each batch", _batchwise_random_sign, transports="signs"))
-register_rule(Rule("frsf", "fixed random-magnitude sign-concordant feedback: |B|·sign(W)", _fixed_random_sign, transports="signs"))
+register_rule(Rule("usf", "uniform sign-concordant feedback: sign(W) scaled by mean |B|", _uniform_sign, per_step=True, transports="signs"))
+register_rule(Rule("brsf", "batchwise random-magnitude sign-concordant feedback: |R|·sign(W), R re-drawn each batch", _batchwise_random_sign, per_step=True, transports="signs"))
+register_rule(Rule("frsf", "fixed random-magnitude sign-concordant feedback: |B|·sign(W)", _fixed_random_sign, per_step=True, transports="signs"))
 register_rule(Rule("kp", "Kolen-Pollack: B receives the same update (and decay) as W, so B -> W", _fixed, learns_feedback=True))
