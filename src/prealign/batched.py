@@ -39,6 +39,7 @@ from .feedback import FeedbackLayer
 from .init import _row_angles
 from .models import ACTIVATIONS
 from .progress import progress_bar
+from .trainer import GRAD_BATCH, TrainResult, _make_optimizer, gradient_alignment
 
 BATCHED_RULES = ("bp", "fa")
 _ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
@@ -247,6 +248,16 @@ class BatchedMLP(nn.Module):
                     lin._kp_last = None
         return list(models)
 
+    def select(self, keep: Sequence[int]) -> BatchedMLP:
+        """A new BatchedMLP of models ``keep`` (positions in this stack, in that order); tensors copied."""
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.weights[0].device)
+        return BatchedMLP([w.detach()[idx].clone() for w in self.weights],
+                          [None if b is None else b.detach()[idx].clone() for b in (self.bias(i) for i in range(self.num_layers))],
+                          [self.feedback(i)[idx].clone() for i in range(self.num_layers)],
+                          [self.transport(i)[idx].clone() for i in range(self.num_layers)],
+                          copy.deepcopy(self.activation), templates=[self.templates[k] for k in keep] if self.templates else (),
+                          layer_names=self.layer_names)
+
     def to_models(self) -> list[nn.Module]:
         """Unstack: fresh copies of the original models carrying the current weights."""
         return self.write_back([copy.deepcopy(t) for t in self.templates])
@@ -282,14 +293,14 @@ def _evaluate(net: BatchedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size: int = 64, lr: float = 1e-4,
                   seeds: Sequence[int] | None = None, optimizer: str = "adam", weight_decay: float = 0.0,
-                  device: str | torch.device = "auto", eval_batch_size: int = 2048, evaluate: bool = True,
+                  momentum: float = 0.0, device: str | torch.device = "auto", eval_batch_size: int = 2048, evaluate: bool = True,
                   progress: bool | None = None) -> list[list[dict]]:
     """Train ``models`` (one MLP architecture, rules bp/fa) side by side as one batched model; return their curves.
 
     Each model ``s`` sees the training set in its own order: every epoch a fresh
     ``torch.randperm(N, generator=g_s)`` with ``g_s = torch.Generator().manual_seed(seeds[s])`` (CPU),
-    batches of ``batch_size`` (the last one smaller). ``optimizer``: ``"adam"`` or ``"sgd"`` at ``lr``
-    with L2 ``weight_decay``; the result equals S separate runs with the same batch orders up to float
+    batches of ``batch_size`` (the last one smaller). ``optimizer``: ``"adam"``, ``"adamw"`` or ``"sgd"``
+    (with ``momentum``) at ``lr`` with ``weight_decay``, the trainer's own (fused) optimizers; the result equals S separate runs with the same batch orders up to float
     rounding (tested). The trained weights are written back into ``models`` in place.
 
     Returns one curve per model: a list of per-epoch dicts ``epoch`` (0 = before training),
@@ -314,15 +325,9 @@ def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size:
     if x_test is not None:
         x_test = x_test.to(dev, torch.float32).reshape(x_test.shape[0], -1)
         y_test = y_test.to(dev)
-    # fused kernels: one pass over the stacked tensors per step (6x faster than the per-tensor
-    # loop torch picks on the CPU); the same elementwise update, equal up to float rounding
-    fused = dev.type in ("cpu", "cuda")
-    if optimizer == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
-    else:
-        raise ConfigError(f"unknown optimizer {optimizer!r}; valid: adam, sgd")
+    # the trainer's optimizers, fused: one pass over the stacked tensors per step (6x faster than the
+    # per-tensor loop torch picks on the CPU); every update is elementwise, so S models stacked = S optimizers
+    opt = _make_optimizer(optimizer, net.parameters(), lr, weight_decay, momentum)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     n = x_train.shape[0]
     curves: list[list[dict]] = [[] for _ in range(s)]
@@ -368,3 +373,252 @@ def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size:
             bar.advance(1, loss=float(loss_sum.mean() / n))
     net.write_back(models)
     return curves
+
+
+# -------------------------------------------------------------------- S prealign.train runs in one
+def _per_model(value, s: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != s:
+            raise ConfigError(f"got {len(value)} values of {name} for {s} models; pass one per model (or one for all)")
+        return list(value)
+    return [value] * s
+
+
+def _sliced_state(state: dict, index) -> dict:
+    """Optimizer state of some models out of a stacked parameter's state: tensors with a leading
+    model dimension are indexed, scalars (Adam's shared ``step``) copied."""
+    out = {}
+    for key, value in state.items():
+        if torch.is_tensor(value):
+            out[key] = value[index].clone() if value.dim() >= 1 else value.clone()
+        else:
+            out[key] = value
+    return out
+
+
+def _restack(net: BatchedMLP, opt, keep: list[int], make_opt) -> tuple[BatchedMLP, torch.optim.Optimizer]:
+    """Drop the models not in ``keep`` (stack positions) from ``net`` and from its optimizer state."""
+    new = net.select(keep)
+    new_opt = make_opt(new.parameters())
+    idx = torch.as_tensor(keep, dtype=torch.long, device=net.weights[0].device)
+    for old_p, new_p in zip(net.parameters(), new.parameters()):
+        if old_p in opt.state and opt.state[old_p]:
+            new_opt.state[new_p] = _sliced_state(opt.state[old_p], idx)
+    return new, new_opt
+
+
+def _model_optimizer_state(net: BatchedMLP, opt, position: int, model: nn.Module, make_opt) -> dict:
+    """``state_dict()`` of the optimizer :func:`prealign.train` would hold for ``model`` (= stack
+    position ``position``): the same optimizer over ``model.parameters()`` carrying that model's
+    slice of the stacked state, so a checkpoint resumes under :func:`prealign.train`."""
+    model_opt = make_opt(model.parameters())
+    linears, _, _ = _mlp_structure(model, position)
+    for i, (_, lin) in enumerate(linears):
+        pairs = [(lin.weight, net.weights[i])]
+        if lin.bias is not None:
+            pairs.append((lin.bias, net.bias(i)))
+        for p, stacked in pairs:
+            if stacked in opt.state and opt.state[stacked]:
+                model_opt.state[p] = _sliced_state(opt.state[stacked], position)
+    return model_opt.state_dict()
+
+
+def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int], seeds: Sequence[int],
+               patience: int | None | Sequence[int | None] = None, batch_size: int = 64, lr: float = 1e-4,
+               optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
+               device: str | torch.device = "auto", grad_alignment: bool = True, eval_batch_size: int = 4096,
+               checkpoints: Sequence | None = None, callbacks: Sequence[Sequence] | None = None,
+               progress: bool | None = None, description: str = "batched runs") -> list[TrainResult]:
+    """S :func:`prealign.train` runs (MLPs of one architecture, rules bp/fa) trained as one batched model.
+
+    Returns what ``[train(models[s], data, epochs=epochs[s], patience=patience[s], seed=seeds[s], ...)
+    for s in range(S)]`` returns, up to float rounding (tested): the same per-epoch records
+    (``epoch``, ``seconds``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
+    ``angle/<layer>`` and, with ``grad_alignment``, ``grad_angle/<layer>`` in degrees, ``eval_seconds``;
+    epoch 0 = before training), ``best_test_acc``/``best_epoch``, early stopping (``patience``),
+    divergence (a NaN/inf loss stops that model only), and each model's trained weights written back
+    into ``models[s]`` in place — those of the epoch where *its* run stops.
+
+    ``epochs`` and ``patience`` may differ per model (a sequence, one per model): a model whose run
+    ends is taken out of the stack (with its optimizer state), so the others go on at S−1 models' cost.
+    Each model draws its batch order from ``torch.Generator().manual_seed(seeds[s])`` and its gradient-
+    alignment batch from seed ``seeds[s] + 7919``, as :func:`prealign.train` does.
+
+    ``checkpoints[s]``: None or an object with ``save(state)``; after every epoch of model ``s`` it gets
+    the state :func:`prealign.train` saves (model, optimizer of the same kind over that model's
+    parameters, batch-order generator, RNGs, curves, counters), so an interrupted batched run resumes
+    under plain :func:`prealign.train`. ``callbacks[s]``: objects with ``on_epoch_end(epoch, model, data,
+    record)`` (``model`` = model ``s`` carrying the current weights); ``on_step_end`` is not supported
+    (raises PrealignError). Times in the records are the batched wall times divided by the number of
+    models trained in that epoch (each model's share).
+    """
+    models = list(models)
+    s = len(models)
+    if s == 0:
+        raise ConfigError("train_runs needs at least one model")
+    epochs_of = [int(e) for e in _per_model(epochs, s, "epochs")]
+    patience_of = _per_model(patience, s, "patience")
+    seeds = [int(v) for v in seeds]
+    if len(seeds) != s:
+        raise ConfigError(f"got {len(seeds)} seeds for {s} models; pass one seed per model")
+    if min(epochs_of) < 0 or batch_size < 1 or not lr > 0:
+        raise ConfigError(f"train_runs needs epochs >= 0, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    checkpoints = list(checkpoints) if checkpoints is not None else [None] * s
+    callbacks = [list(c) for c in callbacks] if callbacks is not None else [[] for _ in range(s)]
+    if len(checkpoints) != s or len(callbacks) != s:
+        raise ConfigError(f"pass one checkpoint and one callback list per model ({s})")
+    for cbs in callbacks:
+        for cb in cbs:
+            if hasattr(cb, "on_step_end"):
+                raise PrealignError(f"batched runs cannot call on_step_end ({type(cb).__name__}); "
+                                    f"train this run with prealign.train instead")
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    x_train, y_train, x_test, y_test = _tensors(data)
+    if x_train is None or y_train is None or x_test is None or y_test is None:
+        raise ConfigError("train_runs needs data with x_train, y_train, x_test, y_test tensors")
+    for m in models:
+        m.to(dev)
+    net = BatchedMLP.from_models(models, device=dev)
+    x_train = x_train.to(dev, torch.float32).reshape(x_train.shape[0], -1)
+    x_test = x_test.to(dev, torch.float32).reshape(x_test.shape[0], -1)
+    y_train, y_test = y_train.to(dev), y_test.to(dev)
+    n = x_train.shape[0]
+    if n == 0:
+        raise ConfigError("train_runs got an empty training set")
+
+    def make_opt(params):
+        return _make_optimizer(optimizer, params, lr, weight_decay, momentum)
+
+    opt = make_opt(net.parameters())
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    grad_batches = []
+    for seed in seeds:  # prealign.train's fixed gradient-alignment batch, per model
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:GRAD_BATCH].to(dev)
+        grad_batches.append((x_train[idx], y_train[idx]))
+    model_data = data
+    torch_rng = torch.get_rng_state()  # prealign.train leaves the global RNG alone; its checkpoints carry it
+    cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+    results = [TrainResult() for _ in range(s)]
+    bad = [0] * s
+    steps = [0] * s
+    active = list(range(s))  # model index at each stack position
+
+    def measure_rest(j: int, record: dict, test, angles, position: int) -> None:
+        """test loss/acc, angles, gradient alignment and callbacks for model j (weights written back)."""
+        record["test_loss"], record["test_acc"] = float(test[0][position]), float(test[1][position])
+        for name, deg in angles[position].items():
+            record[f"angle/{name}"] = deg
+        if grad_alignment:
+            for name, deg in gradient_alignment(models[j], *grad_batches[j]).items():
+                record[f"grad_angle/{name}"] = deg
+        for cb in callbacks[j]:
+            if hasattr(cb, "on_epoch_end"):
+                cb.on_epoch_end(record["epoch"], models[j], model_data, record)
+
+    def update_best(j: int, record: dict) -> None:
+        res, acc = results[j], record["test_acc"]
+        if not res.best_test_acc >= acc:  # also true while best is NaN
+            res.best_test_acc, res.best_epoch, bad[j] = acc, record["epoch"], 0
+        else:
+            bad[j] += 1
+
+    def save(j: int, position: int, epoch: int, done: bool) -> None:
+        if checkpoints[j] is None:
+            return
+        res = results[j]
+        checkpoints[j].save({
+            "model": models[j].state_dict(), "optimizer": _model_optimizer_state(net, opt, position, models[j], make_opt),
+            "generator": gens[j].get_state(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
+            "epoch": epoch, "curves": res.curves, "best_test_acc": res.best_test_acc, "best_epoch": res.best_epoch,
+            "bad_epochs": bad[j], "step": steps[j], "train_seconds": res.train_seconds, "done": done,
+            "diverged": res.diverged, "diverged_epoch": res.diverged_epoch, "stopped_early": res.stopped_early,
+        })
+
+    def finish_epoch(epoch: int, train_loss, train_acc, seconds: float) -> None:
+        """Records for every model in the stack, checkpoints, then drop the models whose run ended."""
+        nonlocal net, opt, active
+        t = time.perf_counter()
+        net.write_back([models[j] for j in active])
+        with torch.no_grad():
+            test = _evaluate(net, x_test, y_test, eval_batch_size)
+            test = (test[0].cpu(), test[1].cpu())
+        angles = net.alignment_angles()
+        share = 1.0 / len(active)
+        records, keep = [], []
+        for position, j in enumerate(active):
+            res = results[j]
+            record = {"epoch": epoch, "seconds": seconds * share}
+            if epoch == 0 or math.isfinite(float(train_loss[position])):
+                record["train_loss"], record["train_acc"] = float(train_loss[position]), float(train_acc[position])
+                measure_rest(j, record, test, angles, position)
+                records.append(record)  # eval_seconds added below, once the shared time is known
+            else:
+                record["train_loss"], record["train_acc"] = float(train_loss[position]), float(train_acc[position])
+                record["test_loss"], record["test_acc"] = math.nan, math.nan
+            res.curves.append(record)
+        eval_share = (time.perf_counter() - t) * share
+        for record in records:
+            record["eval_seconds"] = eval_share
+        for position, j in enumerate(active):
+            res, record = results[j], results[j].curves[-1]
+            if epoch == 0:
+                update_best(j, record)
+                bad[j] = 0
+                if not (math.isfinite(record["train_loss"]) and math.isfinite(record["test_loss"])):
+                    res.diverged, res.diverged_epoch = True, 0
+                stop = False
+            else:
+                res.train_seconds += record["seconds"]
+                if not math.isfinite(record["train_loss"]) or not math.isfinite(record["test_loss"]):
+                    res.diverged, res.diverged_epoch = True, epoch
+                else:
+                    update_best(j, record)
+                stop = patience_of[j] is not None and bad[j] >= patience_of[j] and not res.diverged
+                res.stopped_early = stop
+            done = res.diverged or stop or epoch >= epochs_of[j]
+            save(j, position, epoch, done)
+            res.seconds += record["seconds"] + record.get("eval_seconds", 0.0)
+            if not done:
+                keep.append(position)
+        if len(keep) < len(active):
+            active = [active[p] for p in keep]
+            if keep:
+                net, opt = _restack(net, opt, keep, make_opt)
+
+    # epoch 0: the state before any data training
+    with torch.no_grad():
+        tr = _evaluate(net, x_train, y_train, eval_batch_size)
+    net.train()
+    finish_epoch(0, tr[0].cpu(), tr[1].cpu(), 0.0)
+    with progress_bar(max(epochs_of), description, enabled=progress) as bar:
+        for epoch in range(1, max(epochs_of) + 1):
+            if not active:
+                break
+            t = time.perf_counter()
+            order = torch.stack([torch.randperm(n, generator=gens[j]) for j in active]).to(dev)  # (S, N)
+            k = len(active)
+            loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
+            correct = torch.zeros(k, dtype=torch.float64, device=dev)
+            for b0 in range(0, n, batch_size):
+                idx = order[:, b0:b0 + batch_size]  # (S, B): model s's batch
+                xb, yb = x_train[idx], y_train[idx]
+                logits = net(xb)
+                per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
+                                            reduction="none").view(k, -1).mean(1)
+                opt.zero_grad(set_to_none=True)
+                per_model.sum().backward()
+                opt.step()
+                with torch.no_grad():
+                    loss_sum += per_model.detach().double() * idx.shape[1]
+                    correct += (logits.detach().argmax(-1) == yb).double().sum(1)
+            for j in active:
+                steps[j] += -(-n // batch_size)
+            train_loss, train_acc = (loss_sum / n).cpu(), (correct / n).cpu()
+            finish_epoch(epoch, train_loss, train_acc, time.perf_counter() - t)
+            bar.advance(1, models=len(active))
+    setup = (time.perf_counter() - start - sum(r.seconds for r in results)) / s
+    for res in results:
+        res.epochs_run = res.curves[-1]["epoch"] if res.curves else 0
+        res.seconds += max(setup, 0.0)
+    return results

@@ -12,6 +12,12 @@ mode, safe under concurrent writers), which makes a sweep *resumable*:
 - a run that raises is recorded ``failed`` (with the error) and the sweep goes on; a ``failed``
   run is tried again on the next invocation.
 
+Batching (issue 8): by default compatible configs — MLPs under bp/fa/ifa/rnp that share data,
+widths and optimizer settings (:func:`prealign.sweep_batched.group_key`) — are trained in groups
+of up to 8 as one vectorized model (:func:`prealign.batched.train_runs`), each run stored exactly
+as its separate run would be; ``batch_models=False`` trains every config alone. A group is one
+task for a worker; a killed group's runs resume from their last epoch checkpoints.
+
 Executors
 ---------
 ``local``  a pool of ``workers`` spawned processes, one torch thread each (``workers=1`` runs
@@ -172,23 +178,47 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
     return todo, done
 
 
+DEFAULT_TASK = "prealign.sweep:train_task"
+
+
+def _batch_config(item, task):
+    """The RunConfig under which ``item`` may train in a batched group, or None.
+
+    A RunConfig qualifies only under the default task (a custom task may do anything); any other
+    item qualifies through its own ``batch_config()`` (None = no), by which it promises that its
+    task's result is that of a plain run of the returned config."""
+    from .config import RunConfig
+
+    if isinstance(item, RunConfig):
+        return item if task == DEFAULT_TASK or task is train_task else None
+    get = getattr(item, "batch_config", None)
+    return get() if callable(get) else None
+
+
 def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, progress: bool | None = None,
-              task: Callable[[dict, str], dict] | str = "prealign.sweep:train_task",
-              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+              task: Callable[[dict, str], dict] | str = DEFAULT_TASK,
+              on_outcome: Callable[[Outcome], None] | None = None, batch_models: bool | int | str = "auto") -> list[Outcome]:
     """Run every config not yet done in ``store``; return one :class:`Outcome` per distinct key.
 
     ``store``: a :class:`~prealign.store.Store` or its path (workers open the path themselves).
     ``executor``: ``"local"`` (``workers`` spawned single-threaded processes; ``workers=1`` runs
     serially in this process) or ``"ray"`` (``address`` of a cluster, ``None`` = start a local one).
     ``task(config_dict, store_path) -> dict`` is the worker function (default: train the run).
+    ``batch_models``: ``"auto"`` (default) trains compatible configs (MLPs under bp/fa/ifa/rnp
+    sharing data, widths and optimizer settings; :func:`prealign.sweep_batched.group_key`) as one
+    vectorized model per group of up to 8, with the same stored results as separate runs;
+    ``False``/``"off"`` trains every config alone; an int sets the largest group.
     ``on_outcome`` is called in this process as each run ends.
     Outcomes come back in the order of ``configs``.
     """
+    from .sweep_batched import GROUP_TASK, plan, resolve_batch
+
     if executor not in EXECUTORS:
         raise UnknownNameError("executor", executor, EXECUTORS)
     if workers is not None and workers < 1:
         raise PrealignError(f"--workers must be at least 1, got {workers}")
+    group_size = resolve_batch(batch_models)
     order = {}
     for cfg in configs:
         order.setdefault(cfg.key(), len(order))
@@ -204,56 +234,72 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
             on_outcome(outcome)
         return outcome
 
+    n_workers = workers or os.cpu_count() or 1
+    batch_configs = [_batch_config(item, task) for item in todo] if group_size else [None] * len(todo)
+    units = []  # (items, task, payload): one config, or a group trained as one batched model
+    for members in plan(batch_configs, group_size, n_workers):
+        if len(members) == 1:
+            units.append(([todo[members[0]]], task, todo[members[0]].to_dict()))
+        else:
+            units.append(([todo[i] for i in members], GROUP_TASK, [batch_configs[i].to_dict() for i in members]))
+
     with progress_bar(len(todo), f"sweep ({executor})", enabled=progress) as bar:
         def advance(outcome: Outcome) -> None:
             n_failed = sum(o.status == "failed" for o in outcomes)
             bar.advance(1, last=outcome.status, failed=n_failed)
 
-        if todo and executor == "local":
-            _run_local(todo, path, workers or os.cpu_count() or 1, task, record, advance)
-        elif todo:
-            _run_ray(todo, path, address, task, record, advance)
+        def finish(items, out) -> None:
+            """Record a unit's result: one dict per item (a list for groups; one dict = all failed)."""
+            outs = out if isinstance(out, list) and len(out) == len(items) else [out] * len(items)
+            for item, o in zip(items, outs):
+                advance(record(item, o))
+
+        if units and executor == "local":
+            _run_local(units, path, n_workers, finish)
+        elif units:
+            _run_ray(units, path, address, finish)
     outcomes.sort(key=lambda o: order[o.key])
     return outcomes
 
 
-def _run_local(todo, path, workers, task, record, advance) -> None:
+def _run_local(units, path, workers, finish) -> None:
     if workers == 1:  # serial, in this process (debugging, tests, one-core machines)
-        for cfg in todo:
+        for items, task, payload in units:
             try:
-                out = _resolve_task(task)(cfg.to_dict(), path)
+                out = _resolve_task(task)(payload, path)
             except Exception as exc:  # noqa: BLE001
                 out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            advance(record(cfg, out))
+            finish(items, out)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")  # no fork: torch threads and SQLite handles don't survive fork
-    remaining, retried = list(todo), set()
+    remaining, retried = list(units), set()
     while remaining:
         broken = []
         with ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=ctx) as pool:
-            futures = {pool.submit(_worker, task, cfg.to_dict(), path): cfg for cfg in remaining}
+            futures = {pool.submit(_worker, task, payload, path): (items, task, payload) for items, task, payload in remaining}
             for fut in as_completed(futures):
-                cfg = futures[fut]
+                unit = futures[fut]
                 try:
                     out = fut.result()
                 except BrokenProcessPool:  # a worker died (killed, out of memory): retry its runs once
-                    broken.append(cfg)
+                    broken.append(unit)
                     continue
-                advance(record(cfg, out))
+                finish(unit[0], out)
         remaining = []
-        for cfg in broken:
-            if cfg.key() in retried:
-                advance(record(cfg, {"status": "failed", "error": "worker process died twice (killed or out of memory)"}))
+        for unit in broken:
+            ident = tuple(item.key() for item in unit[0])
+            if ident in retried:
+                finish(unit[0], {"status": "failed", "error": "worker process died twice (killed or out of memory)"})
             else:
-                retried.add(cfg.key())
-                remaining.append(cfg)
+                retried.add(ident)
+                remaining.append(unit)
 
 
-def _run_ray(todo, path, address, task, record, advance) -> None:
+def _run_ray(units, path, address, finish) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -269,16 +315,16 @@ def _run_ray(todo, path, address, task, record, advance) -> None:
         started = True
     try:
         remote = ray.remote(num_cpus=1, max_retries=1)(_worker)
-        refs = {remote.remote(task, cfg.to_dict(), path): cfg for cfg in todo}
+        refs = {remote.remote(task, payload, path): items for items, task, payload in units}
         waiting = list(refs)
         while waiting:
             ready, waiting = ray.wait(waiting, num_returns=1)
-            cfg = refs[ready[0]]
+            items = refs[ready[0]]
             try:
                 out = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - a lost task / dead node is a failed run
                 out = {"status": "failed", "error": f"ray task failed: {type(exc).__name__}: {exc}"}
-            advance(record(cfg, out))
+            finish(items, out)
     finally:
         if started:
             ray.shutdown()

@@ -1,0 +1,269 @@
+"""Batched sweeps: groups of compatible runs trained as one vectorized model (issue 8).
+
+Many runs of a sweep differ only in what :func:`prealign.batched.train_runs` can vary per model
+(seed, method among bp/fa/ifa/rnp, alignment angle, noise pretraining, init scales, epochs,
+patience). :func:`group_key` says which configs may share one batched training;
+:func:`plan` cuts a sweep's pending configs into groups; :func:`train_group_task` is the sweep
+worker that trains one group and stores every run exactly as :func:`prealign.config.run` would:
+status, per-epoch records with the same keys, summary (``best_test_acc``, ``best_epoch``,
+``epochs_run``, ``diverged``, ``noise_seconds`` ...) and a :func:`prealign.train`-compatible
+checkpoint after every epoch (so ``store.load_model(run_id)`` works, and a group killed mid-way
+resumes each of its runs from its last epoch under plain :func:`prealign.config.run`).
+
+Batchable (:func:`group_key` is not None) — all of:
+
+- ``model = "mlp"`` and the method's rule is ``bp`` or ``fa`` (methods bp, fa, ifa/ifa@θ, rnp: IFA
+  and RNP are FA after a one-time preparation, done per model before stacking with the same seeds
+  and generators as :func:`prealign.config.run`). Not batchable: dfa, usf, brsf, frsf, kp (other
+  backward rules), lenet/alexnet (convolutions);
+- every RunConfig field this module does not know is at its default (a field added later is never
+  silently ignored);
+- the sweep runs the plain training task (no trainer callbacks such as Hessian or trajectory
+  trackers: they need every step or the exact RNG stream of a lone run).
+
+Configs are grouped when they agree on everything that is shared by the stacked model: data set,
+``train_subset``, ``hidden``, ``activation``, ``batch_size``, ``lr``, ``optimizer`` (adam, adamw, sgd:
+all elementwise, so one optimizer over stacked tensors = one per model), ``weight_decay``,
+``momentum``, ``grad_alignment``, ``device``. ``epochs`` and ``patience`` may differ: each model's
+run ends at its own epoch (its weights and records stop there, it leaves the stack) exactly like
+its separate run (tested).
+
+Per-epoch ``seconds``/``eval_seconds`` and the summary's ``seconds`` of a batched run are its share
+of the batched wall time (the group's time divided by the models trained in it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+
+DEFAULT_GROUP = 8  # models per batched training: ~1.5x less CPU time per run than separate runs (BENCHMARKS.md)
+BATCH_RULES = ("bp", "fa")
+BATCH_OPTIMIZERS = ("adam", "adamw", "sgd")
+# RunConfig fields by how a batched group treats them
+SHARED_FIELDS = ("dataset", "train_subset", "model", "hidden", "activation", "batch_size", "lr", "optimizer",
+                 "weight_decay", "momentum", "grad_alignment", "device")
+PER_MODEL_FIELDS = ("method", "angle", "noise_samples", "alpha_w", "alpha_b", "same_init", "epochs", "patience", "seed",
+                    "noise_batch_size", "noise_lr", "noise_distribution", "noise_std", "name")
+GROUP_TASK = "prealign.sweep_batched:train_group_task"
+
+
+def group_key(config) -> tuple | None:
+    """The key under which ``config`` (a RunConfig) may share a batched training, or None if it must
+    train alone (see the module docstring for the rule)."""
+    from .config import RunConfig
+
+    if not isinstance(config, RunConfig) or config.model != "mlp" or config.optimizer not in BATCH_OPTIMIZERS:
+        return None
+    if config.method_object().rule not in BATCH_RULES:
+        return None
+    for f in dataclasses.fields(RunConfig):
+        if f.name in SHARED_FIELDS or f.name in PER_MODEL_FIELDS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if getattr(config, f.name) != default:
+            return None
+    return tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in
+                 ((name, getattr(config, name)) for name in SHARED_FIELDS))
+
+
+def resolve_batch(batch_models) -> int:
+    """``batch_models`` → the largest group size (0 = no batching).
+
+    ``"auto"``/``True``/``None``: :data:`DEFAULT_GROUP`; ``False``/``"off"``/``0``/``1``: off; an int ``G >= 2``: groups of
+    at most ``G``."""
+    from .errors import PrealignError
+
+    if batch_models is None or batch_models is True or (isinstance(batch_models, str) and batch_models.lower() in ("auto", "on")):
+        return DEFAULT_GROUP
+    if batch_models is False or (isinstance(batch_models, str) and batch_models.lower() in ("off", "no", "false")):
+        return 0
+    try:
+        size = int(batch_models)
+    except (TypeError, ValueError):
+        size = -1
+    if size < 0:
+        raise PrealignError(f"--batch-models must be auto, off or a group size >= 1, got {batch_models!r}")
+    return size if size >= 2 else 0
+
+
+def _chunks(items: list, parts: int) -> list[list]:
+    """``items`` cut into ``parts`` contiguous pieces of nearly equal size."""
+    n = len(items)
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def plan(configs: Sequence, group_size: int, workers: int = 1) -> list[list[int]]:
+    """Dispatch units for a sweep: lists of indices into ``configs`` (RunConfig or None for "never
+    batch"). Batchable configs with one :func:`group_key` are cut into groups of at most
+    ``group_size``, and into at least ``min(workers, n // 2)`` groups so every worker gets work;
+    a group of one is a plain run. Units come in the order of their first config."""
+    if group_size < 2:
+        return [[i] for i in range(len(configs))]
+    groups: dict[tuple, list[int]] = {}
+    units: list[list[int]] = []
+    for i, cfg in enumerate(configs):
+        key = group_key(cfg) if cfg is not None else None
+        if key is None:
+            units.append([i])
+        else:
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        parts = max(math.ceil(len(members) / group_size), min(max(workers, 1), len(members) // 2), 1)
+        for chunk in _chunks(members, parts):
+            units.extend([[i] for i in chunk] if len(chunk) == 1 else [chunk])
+    units.sort(key=lambda u: u[0])
+    return units
+
+
+def _summary(result) -> dict:
+    return {"best_test_acc": result.best_test_acc, "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
+
+
+def _prepare(config, data, device):
+    """The network :func:`prealign.config.run` trains for ``config``: built, moved, prepared (IFA
+    alignment / RNP noise) with the same seeds; returns ``(model, noise_seconds)``."""
+    import torch
+
+    from .config import _seed_for, build
+
+    model = build(config, data).to(device)
+    method = config.method_object()
+    prep_gen = torch.Generator().manual_seed(_seed_for(config.seed, config.label, "prepare"))
+    t = time.perf_counter()
+    method.prepare(model, generator=prep_gen, noise_batch_size=config.noise_batch_size, noise_lr=config.noise_lr,
+                   noise_distribution=config.noise_distribution, noise_std=config.noise_std, progress=False)
+    return model, (time.perf_counter() - t if method.noise_samples else 0.0)
+
+
+def train_group(configs: Sequence, store) -> list[dict | None]:
+    """Train ``configs`` (RunConfigs with one :func:`group_key`) as one batched run into ``store``.
+
+    Returns one worker outcome dict per config (as :func:`prealign.sweep.train_task` returns), or
+    None for a config this function left to a plain run: one whose run has a checkpoint already (an
+    interrupted run resumes where it stopped) or, if the batched training itself raised, every
+    unfinished one (the error is in ``summary["batched_error"]`` of their outcomes). A config that
+    fails to build or prepare is recorded ``failed`` on its own; the others train.
+    """
+    from .batched import train_runs
+    from .config import load_data
+    from .device import resolve_device
+    from .sweep import DONE, _record_failure
+
+    outs: list[dict | None] = [None] * len(configs)
+    try:
+        data = load_data(configs[0])
+        device = resolve_device(configs[0].device)
+    except Exception:  # noqa: BLE001 - every run will report this error itself when it runs alone
+        return outs
+    start = time.perf_counter()
+    members = []  # (index, config, run_id, model, noise_seconds, checkpoint)
+    for i, cfg in enumerate(configs):
+        row = store.find(cfg.key())
+        if row is not None and row["status"] in DONE:
+            outs[i] = {"key": cfg.key(), "status": row["status"], "summary": _summary(store.result(row["id"])), "seconds": 0.0}
+            continue
+        if row is not None and store.checkpoint_path(row["id"]).exists():
+            continue  # resume it alone from its last epoch
+        try:
+            run_id = store.start(cfg)
+            model, noise_seconds = _prepare(cfg, data, device)
+        except Exception as exc:  # noqa: BLE001 - one bad config must not stop its group
+            error = f"{type(exc).__name__}: {exc}"
+            _record_failure(store, cfg, error)
+            outs[i] = {"key": cfg.key(), "status": "failed", "error": error, "seconds": time.perf_counter() - start}
+            continue
+        ckpt = store.checkpointer(run_id)
+        ckpt.extra = {"noise_seconds": noise_seconds}
+        members.append((i, cfg, run_id, model, noise_seconds, ckpt))
+    if not members:
+        return outs
+    first = members[0][1]
+    try:
+        results = train_runs([m[3] for m in members], data, epochs=[m[1].epochs for m in members],
+                             patience=[m[1].patience for m in members], seeds=[m[1].seed for m in members],
+                             batch_size=first.batch_size, lr=first.lr, optimizer=first.optimizer,
+                             weight_decay=first.weight_decay, momentum=first.momentum, device=device,
+                             grad_alignment=first.grad_alignment, checkpoints=[m[5] for m in members],
+                             callbacks=[[store.epoch_logger(m[2])] for m in members], progress=False,
+                             description=f"{len(members)} runs batched")
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the stacked model: train them one by one
+        error = f"{type(exc).__name__}: {exc}"
+        for i, *_ in members:
+            outs[i] = {"batched_error": error}
+        return outs
+    except BaseException as exc:  # interrupted: mark the runs as config.run does; checkpoints stay for resuming
+        for _, _, run_id, *_ in members:
+            store.fail(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    for (i, cfg, run_id, _, noise_seconds, _), result in zip(members, results):
+        result.noise_seconds = noise_seconds
+        result.config = cfg.to_dict()
+        result.run_id = run_id
+        store.finish(run_id, result)
+        outs[i] = {"key": cfg.key(), "status": result.status, "summary": _summary(result),
+                   "seconds": result.seconds + noise_seconds, "batched": len(members)}
+    return outs
+
+
+def train_group_task(configs: list[dict], store_path: str) -> list[dict]:
+    """Sweep worker for one group (config dicts): :func:`train_group`, then a plain
+    :func:`prealign.sweep.train_task` for every config it left (resumed or fallback runs).
+    Never raises for a training problem; returns one outcome dict per config."""
+    from .config import RunConfig
+    from .store import Store
+    from .sweep import train_task
+
+    cfgs = [RunConfig.from_dict(c) for c in configs]
+    store = Store(store_path)
+    try:
+        outs = train_group(cfgs, store)
+    finally:
+        store.close()
+    for i, out in enumerate(outs):
+        if out is None or "status" not in out:
+            alone = train_task(configs[i], store_path)
+            if out is not None:  # the batched training raised: say so next to the plain run's outcome
+                alone.setdefault("summary", {})["batched_error"] = out["batched_error"]
+            outs[i] = alone
+    return outs
+
+
+# ------------------------------------------------------------------------------------ benchmark
+def bench_sweep_batched(quick: bool = True, workers: int = 1) -> dict:
+    """Wall time of one sweep of small runs with batching off vs on, same ``workers``, one torch thread
+    per worker (the sweep's own setting).
+
+    Runs: 784-100-10 on the first 1,000 (quick) or 4,000 mnist5k training images, methods bp, fa,
+    ifa × seeds (12 runs quick, 24 full), 2 (quick) or 3 epochs, batch 64, Adam lr 1e-4, gradient
+    alignment on (the default). Returns ``{"off_s", "on_s", "ratio" (off/on), "runs", "workers", ...}``.
+    """
+    import tempfile
+
+    from .config import RunConfig
+    from .store import Store
+    from .sweep import run_sweep
+
+    n_train, epochs, seeds = (1000, 2, 4) if quick else (4000, 3, 8)
+    configs = [RunConfig(method=m, seed=s, dataset="mnist5k", train_subset=n_train, hidden=(100,), epochs=epochs,
+                         batch_size=64, lr=1e-4, device="cpu") for m in ("bp", "fa", "ifa") for s in range(seeds)]
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_sweep(configs[:1], Store(f"{tmp}/warm"), workers=1, progress=False, batch_models=False)  # data cached
+        for label, batch in (("off", False), ("on", "auto")):
+            store = Store(f"{tmp}/{label}")
+            t = time.perf_counter()
+            out = run_sweep(configs, store, workers=workers, progress=False, batch_models=batch)
+            times[label] = time.perf_counter() - t
+            bad = [o.error for o in out if o.status != "finished"]
+            if bad:
+                raise RuntimeError(f"bench sweep ({label}) had failed runs: {bad[:2]}")
+    return {"off_s": times["off"], "on_s": times["on"], "ratio": times["off"] / times["on"], "runs": len(configs),
+            "workers": workers, "n_train": n_train, "epochs": epochs, "model": "784-100-10, bp/fa/ifa"}
+
+
+__all__ = ["group_key", "plan", "resolve_batch", "train_group", "train_group_task", "bench_sweep_batched",
+           "DEFAULT_GROUP", "GROUP_TASK"]
