@@ -316,7 +316,8 @@ def lanczos(op, v0, steps: int) -> tuple[np.ndarray, np.ndarray]:
 
     Returns the tridiagonal matrix ``T = Vᵀ H V`` as ``(diagonal α (m,), off-diagonal β (m−1,))``,
     ``m ≤ steps`` (fewer if the Krylov space becomes invariant, e.g. ``steps ≥ P``). Each step is one
-    product plus a Gram–Schmidt pass against all previous vectors; the basis (``steps × P``) stays
+    product plus a Gram–Schmidt pass against all previous vectors (a second one only when the first
+    cancelled more than half the norm: Daniel–Gragg–Kaufman–Stewart); the basis (``steps × P``) stays
     on the operator's device in its dtype (float32 for a model's Hessian).
     """
     matvec, n, device, dtype = _torch_matvec(op)
@@ -337,9 +338,12 @@ def lanczos(op, v0, steps: int) -> tuple[np.ndarray, np.ndarray]:
         if j:
             w -= beta[-1] * basis[j - 1]
         done = basis[:j + 1]
-        for _ in range(2):  # full reorthogonalisation ("twice is enough")
-            w -= done.T @ (done @ w)
+        before = float(torch.linalg.vector_norm(w))
+        w -= done.T @ (done @ w)  # full reorthogonalisation (classical Gram-Schmidt) ...
         b = float(torch.linalg.vector_norm(w))
+        if b < 0.7071 * before:  # ... repeated when it cancelled much (DGKS criterion; "twice is enough")
+            w -= done.T @ (done @ w)
+            b = float(torch.linalg.vector_norm(w))
         if b <= (1e-10 if dtype == torch.float64 else 1e-5) * scale:
             break  # invariant subspace (to the working precision): T is exact
         beta.append(b)
