@@ -31,6 +31,10 @@ def register(sub) -> None:
                                                    "default: start a local Ray instance")
     p.add_argument("--workers", type=int, default=None, help="local worker processes, one torch thread each "
                                                              "(default: number of CPU cores; 1 = serial in this process)")
+    p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
+                   help="train compatible runs (MLPs under bp/fa/ifa/rnp with the same data and optimizer settings) "
+                        "as one vectorized model per group of up to G (auto: 8); same stored results as separate "
+                        "runs; off trains each run alone (default auto)")
     p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                    help="restrict a grid axis to some of its values (repeatable), e.g. dataset=fashion-mnist")
     p.add_argument("--report-only", action="store_true",
@@ -81,7 +85,11 @@ def run(args) -> int:
     only = _only(args.only)
     out = Path(args.out)
     store = Store(args.store or out / "store")
-    kwargs = dict(executor=args.executor, workers=args.workers, address=args.address, train=not args.report_only)
+    from ..sweep_batched import resolve_batch
+
+    resolve_batch(args.batch_models)  # a bad value is a user error before anything runs
+    kwargs = dict(executor=args.executor, workers=args.workers, address=args.address, train=not args.report_only,
+                  batch_models=args.batch_models)
     if len(experiments) == 1 and args.name != "all":
         res = reproduce(experiments[0], args.budget, store, out, only=only, **kwargs)
         print(f"{res.name} ({res.ref}, budget {args.budget}): "

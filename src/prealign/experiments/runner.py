@@ -36,6 +36,11 @@ class ExperimentRun:
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "track": self.track}
 
+    def batch_config(self):
+        """The RunConfig when this point is a plain run (no trackers): the sweep may then train it
+        in a batched group (:mod:`prealign.sweep_batched`); None with trackers."""
+        return None if self.track else self.config
+
 
 def experiment_task(payload: dict, store_path: str) -> dict:
     """Worker: train one grid point with its trackers (see :func:`prealign.sweep.train_task`)."""
@@ -202,11 +207,12 @@ def _data_note(exp: Experiment, budget: str) -> str:
 
 def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor: str = "local",
               workers: int | None = None, address: str | None = None, progress: bool | None = None,
-              only: dict | None = None, train: bool = True) -> ExperimentResult:
+              only: dict | None = None, train: bool = True, batch_models: bool | int | str = "auto") -> ExperimentResult:
     """Sweep, analyse and report one experiment at one budget (see the module docstring).
 
     ``only``: ``{axis: [labels]}`` restricts the grid; ``train=False`` trains nothing and reports
-    on the runs already finished in the store (the others are listed as not run / running)."""
+    on the runs already finished in the store (the others are listed as not run / running);
+    ``batch_models``: as :func:`prealign.sweep.run_sweep` (compatible runs trained batched)."""
     from ..config import RunConfig
     from ..sweep import run_sweep
 
@@ -226,7 +232,7 @@ def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor:
     items = [ExperimentRun(RunConfig.from_dict(p["config"]), usable_track) for p in points]
     if train:
         outcomes = run_sweep(items, store, executor=executor, workers=workers, address=address, progress=progress,
-                             task="prealign.experiments.runner:experiment_task")
+                             task="prealign.experiments.runner:experiment_task", batch_models=batch_models)
     else:  # report on what the store holds now (e.g. while a long sweep is still running elsewhere)
         outcomes = []
     errors = {o.key: o.error for o in outcomes if o.error}

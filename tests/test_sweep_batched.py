@@ -1,0 +1,245 @@
+"""Batched sweeps (prealign.sweep_batched): compatible runs trained as one stacked model are stored
+exactly as their separate runs; incompatible ones run alone; resume, failures and patience hold."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import prealign as pa
+import prealign.batched
+import prealign.sweep_batched as sb
+from prealign.batched import train_runs
+from prealign.config import RunConfig
+from prealign.store import Store
+from prealign.sweep import run_sweep
+from prealign.trainer import TensorData, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LOSS_TOL = 1e-5  # losses and accuracies, absolute
+ANGLE_TOL = 1e-3  # degrees
+
+
+def tiny(method="fa", seed=0, **kw):
+    base = dict(method=method, seed=seed, dataset="digits", train_subset=192, hidden=[16, 12], epochs=3,
+                batch_size=32, lr=3e-2, device="cpu")
+    base.update(kw)
+    return RunConfig.from_dict(base)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the number of models of every batched training."""
+    calls = []
+    real = prealign.batched.train_runs
+
+    def counting(models, *args, **kw):
+        calls.append(len(models))
+        return real(models, *args, **kw)
+
+    monkeypatch.setattr(prealign.batched, "train_runs", counting)
+    return calls
+
+
+def _close(a: float, b: float, tol: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol
+
+
+def assert_same_run(sa: Store, sb_: Store, cfg: RunConfig) -> None:
+    """Two stores hold the same run of ``cfg``: status, summary, records (same keys), weights."""
+    ra, rb = sa.find(cfg.key()), sb_.find(cfg.key())
+    assert ra["status"] == rb["status"] == "finished", (cfg.label, ra["status"], rb["status"], rb["error"])
+    a, b = sa.result(ra["id"]), sb_.result(rb["id"])
+    assert set(ra["summary"]) == set(rb["summary"])
+    for field in ("best_epoch", "epochs_run", "diverged", "diverged_epoch", "stopped_early"):
+        va, vb = getattr(a, field), getattr(b, field)  # a stored None reads back as NaN
+        assert va == vb or (math.isnan(va) and math.isnan(vb)), (cfg.label, cfg.seed, field)
+    assert _close(a.best_test_acc, b.best_test_acc, LOSS_TOL)
+    assert a.noise_seconds > 0 if cfg.noise_samples else a.noise_seconds == 0
+    assert (b.noise_seconds > 0) == (a.noise_seconds > 0)
+    assert [r["epoch"] for r in a.curves] == [r["epoch"] for r in b.curves] == list(range(a.epochs_run + 1))
+    for ea, eb in zip(a.curves, b.curves):
+        assert list(ea) == list(eb), (cfg.label, ea["epoch"])  # same keys, same order
+        for key in ea:
+            if key.endswith("seconds"):
+                continue
+            tol = ANGLE_TOL if "angle" in key else LOSS_TOL
+            assert _close(ea[key], eb[key], tol), (cfg.label, cfg.seed, ea["epoch"], key, ea[key], eb[key])
+    ma, mb = sa.load_model(ra["id"]), sb_.load_model(rb["id"])
+    for (name, p), q in zip(ma.state_dict().items(), mb.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{cfg.label} seed {cfg.seed}: {name}")
+
+
+def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy):
+    """(a) bp/fa/ifa@30/rnp × seeds, one with patience, batched = separate (records incl. angle and
+    grad_angle, summaries, final weights); (b) dfa, kp and a different lr run alone / in their own group."""
+    batchable = [tiny(m, s) for m in ("bp", "fa", "ifa@30") for s in (0, 1)]
+    batchable += [tiny("rnp", 0, noise_samples=256), tiny("fa", 2, epochs=6, patience=1),
+                  tiny("bp", 3, alpha_w=1.0, epochs=2)]
+    other_lr = [tiny("fa", 5, lr=1e-2), tiny("ifa", 5, lr=1e-2)]
+    alone = [tiny("dfa", 0), tiny("kp", 0, weight_decay=1e-3)]
+    configs = batchable + alone + other_lr
+    assert all(sb.group_key(c) is None for c in alone)
+    assert len({sb.group_key(c) for c in batchable}) == 1 and sb.group_key(other_lr[0]) != sb.group_key(batchable[0])
+
+    separate = Store(tmp_path / "separate")
+    out = run_sweep(configs, separate, workers=1, progress=False, batch_models=False)
+    assert all(o.status == "finished" for o in out) and spy == []
+    batched = Store(tmp_path / "batched")
+    out = run_sweep(configs, batched, workers=1, progress=False)  # default: auto
+    assert all(o.status == "finished" for o in out), [o.error for o in out]
+    assert [o.key for o in out] == [c.key() for c in configs]
+    assert sorted(spy) == [2, 4, 5]  # the 9 in groups of at most 8 (4 + 5), the other lr's 2; dfa, kp alone
+    for cfg in configs:
+        assert_same_run(separate, batched, cfg)
+    patient = batched.result(batched.find(batchable[7].key())["id"])
+    assert patient.stopped_early and patient.epochs_run < 6  # really stopped before its last epoch
+    assert any(k.startswith("grad_angle/") for k in patient.curves[1])
+    rows = batched.runs()
+    assert len(rows) == len(configs) and all(r["status"] == "finished" for r in rows)
+
+
+def test_resume_skips_finished_and_interrupted_group_resumes_alone(tmp_path, spy, monkeypatch):
+    """(c) finished runs are skipped (not retrained, not duplicated); a group interrupted after its
+    first epoch leaves trainer-compatible checkpoints: the next sweep resumes each run from there
+    and ends with the results of uninterrupted separate runs."""
+    configs = [tiny(m, s) for m in ("bp", "fa", "ifa") for s in (0, 1)]
+    store = Store(tmp_path / "s")
+    run_sweep(configs[:2], store, workers=1, progress=False, batch_models=False)
+    before = {r["key"]: r["updated"] for r in store.runs()}
+
+    class Killed(BaseException):
+        pass
+
+    real_log = Store.log_epoch
+
+    def dying_log(self, run_id, record):
+        if record["epoch"] == 2:
+            raise Killed("simulated kill")
+        return real_log(self, run_id, record)
+
+    monkeypatch.setattr(Store, "log_epoch", dying_log)
+    with pytest.raises(Killed):
+        run_sweep(configs, store, workers=1, progress=False)
+    assert spy == [4]  # only the 4 unfinished runs went into the group
+    monkeypatch.setattr(Store, "log_epoch", real_log)
+    interrupted = [store.find(c.key()) for c in configs[2:]]
+    assert all(r["status"] == "failed" and store.load_checkpoint(r["id"])["epoch"] == 1 for r in interrupted)
+
+    out = run_sweep(configs, store, workers=1, progress=False)
+    assert [o.status for o in out] == ["skipped"] * 2 + ["finished"] * 4
+    assert spy == [4]  # resumed alone from their checkpoints, not retrained from scratch in a group
+    rows = store.runs()
+    assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
+    assert {r["key"]: r["updated"] for r in rows if r["key"] in before} == before
+    reference = Store(tmp_path / "ref")
+    run_sweep(configs[2:], reference, workers=1, progress=False, batch_models=False)
+    for cfg in configs[2:]:
+        assert_same_run(reference, store, cfg)
+
+
+def test_one_bad_config_and_a_failing_batch_lose_nothing(tmp_path, spy, monkeypatch):
+    configs = [tiny("fa", s) for s in range(4)]
+    real_prepare = sb._prepare
+
+    def prepare(config, data, device):
+        if config.seed == 1:
+            raise RuntimeError("broken seed")
+        return real_prepare(config, data, device)
+
+    monkeypatch.setattr(sb, "_prepare", prepare)
+    store = Store(tmp_path / "a")
+    out = {o.key: o for o in run_sweep(configs, store, workers=1, progress=False)}
+    assert out[configs[1].key()].status == "failed" and "broken seed" in out[configs[1].key()].error
+    assert store.find(configs[1].key())["status"] == "failed"
+    assert all(out[c.key()].status == "finished" for c in configs if c.seed != 1) and spy == [3]
+
+    def broken(*args, **kw):
+        raise MemoryError("stack too large")
+
+    monkeypatch.setattr(prealign.batched, "train_runs", broken)
+    store = Store(tmp_path / "b")
+    out = run_sweep(configs[2:], store, workers=1, progress=False)
+    assert all(o.status == "finished" for o in out)  # trained one by one instead, and said so
+    assert all("stack too large" in o.summary["batched_error"] for o in out)
+
+
+def test_train_runs_equals_separate_train_calls_with_patience_and_optimizers():
+    """(d) per-model epochs and patience (models leave the stack as their run ends), Adam, AdamW
+    and SGD with momentum: records, best epoch, early stop and final weights equal prealign.train."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 1, 4, 5, generator=g)
+    y = (x.flatten(1) @ torch.randn(20, 3, generator=g)).argmax(1)
+    data = TensorData(x[:150], y[:150], x[150:], y[150:], 3)
+    seeds, epochs, patience = [3, 1, 4, 1, 5], [4, 4, 2, 4, 3], [1, None, None, 2, 1]
+    stopped = set()
+    for optimizer, momentum, lr in (("adam", 0.0, 3e-2), ("adamw", 0.0, 3e-2), ("sgd", 0.9, 5e-2)):
+        models = []
+        for i, method in enumerate(["bp", "fa", "ifa@30", "rnp", "fa"]):
+            gen = torch.Generator().manual_seed(100 + i)
+            model = pa.mlp([20, 16, 12, 3], rule="fa", generator=gen)
+            pa.get_method(method).with_options(noise_samples=128).prepare(model, generator=gen, progress=False)
+            models.append(model)
+        refs = [copy.deepcopy(m) for m in models]
+        kw = dict(batch_size=16, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=1e-3, device="cpu", progress=False)
+        expected = [train(m, data, epochs=e, patience=p, seed=s, **kw) for m, s, e, p in zip(refs, seeds, epochs, patience)]
+        got = train_runs(models, data, epochs=epochs, patience=patience, seeds=seeds, **kw)
+        for k, (r, b) in enumerate(zip(expected, got)):
+            assert (r.best_epoch, r.epochs_run, r.stopped_early, r.diverged) == (b.best_epoch, b.epochs_run, b.stopped_early, b.diverged)
+            assert len(r.curves) == len(b.curves)
+            for er, eb in zip(r.curves, b.curves):
+                assert list(er) == list(eb)
+                for key in er:
+                    if not key.endswith("seconds"):
+                        assert _close(er[key], eb[key], ANGLE_TOL if "angle" in key else LOSS_TOL), (optimizer, k, key)
+            for p, q in zip(models[k].parameters(), refs[k].parameters()):
+                torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+            if r.stopped_early and r.epochs_run < epochs[k]:
+                stopped.add((optimizer, k))
+    assert len(stopped) >= 3  # early stops really happened, at epochs before the models' budgets
+
+
+def test_divergence_stops_only_the_diverged_model():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(96, 10, generator=g)
+    y = (x @ torch.randn(10, 3, generator=g)).argmax(1)
+    data = TensorData(x[:64], y[:64], x[64:], y[64:], 3)
+    models = [pa.mlp([10, 8, 3], rule="fa", generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    with torch.no_grad():
+        models[0][1].weight[0, 0] = float("nan")  # diverges in its first epoch
+    refs = [copy.deepcopy(m) for m in models]
+    kw = dict(epochs=3, batch_size=16, lr=1e-2, device="cpu", progress=False)
+    expected = [train(m, data, seed=s, **kw) for m, s in zip(refs, (0, 1))]
+    got = train_runs(models, data, seeds=(0, 1), **kw)
+    assert got[0].diverged and got[0].diverged_epoch == expected[0].diverged_epoch == 0 and got[0].epochs_run == 0
+    assert not got[1].diverged and got[1].epochs_run == 3
+    for er, eb in zip(expected[1].curves, got[1].curves):
+        assert _close(er["test_loss"], eb["test_loss"], LOSS_TOL) and list(er) == list(eb)
+
+
+def test_grouping_rule():
+    base = tiny("fa", 0)
+    assert sb.group_key(base) is not None
+    for c in (tiny("dfa"), tiny("usf"), tiny("kp"), tiny("fa", model="lenet")):
+        assert sb.group_key(c) is None, c.method
+    for change in ({"lr": 1e-2}, {"hidden": [16]}, {"batch_size": 16}, {"optimizer": "sgd"}, {"train_subset": 100},
+                   {"grad_alignment": False}, {"activation": "tanh"}, {"momentum": 0.5}):
+        assert sb.group_key(base.replace(**change)) != sb.group_key(base), change
+    for change in ({"seed": 3}, {"method": "bp"}, {"method": "ifa", "angle": 30.0}, {"epochs": 9}, {"patience": 2},
+                   {"alpha_w": 1.0}, {"method": "rnp", "noise_samples": 10}):
+        assert sb.group_key(base.replace(**change)) == sb.group_key(base), change
+    # 10 compatible + 1 not, groups of at most 4, 2 workers: 4+3+3 (no group of one) and the odd one alone
+    configs = [tiny("fa", s) for s in range(10)] + [tiny("dfa")]
+    units = sb.plan(configs, 4, workers=2)
+    assert sorted(len(u) for u in units) == [1, 3, 3, 4] and sorted(i for u in units for i in u) == list(range(11))
+    assert sb.plan(configs[:3], 8, workers=2) == [[0, 1, 2]]  # too few to split between workers
+    assert sb.plan(configs[:6], 8, workers=2) == [[0, 1, 2], [3, 4, 5]]  # both workers busy
+    assert sb.plan(configs, 0) == [[i] for i in range(11)]
+    assert sb.resolve_batch("auto") == sb.DEFAULT_GROUP and sb.resolve_batch("off") == 0 and sb.resolve_batch(3) == 3
+    from prealign.errors import PrealignError
+
+    with pytest.raises(PrealignError):
+        sb.resolve_batch("many")
