@@ -17,7 +17,9 @@ paired ratios. Rows:
                 input error, weight gradient: 2 each per multiply-add). Target ≥ 0.5.
 4. ``hessian``  PyHessian (top eigenvalue by power iteration, Hutchinson trace, SLQ density) /
                 :mod:`prealign.analysis.hessian`, same model, data, probes and iteration counts.
-                Target ≥ 2.
+                Target ≥ 2. Also reports ``ratio_bound``: PyHessian's time per product over the
+                two GEMMs with the data matrix that every product needs (the most any
+                implementation doing the same products could gain).
 5. ``sweep``    throughput of N single-threaded worker processes / one process using all cores, on
                 a sweep of small :func:`prealign.train` runs (CPU). Target ≥ 1.7 at N = 2.
 6. ``batched``  S sequential :func:`prealign.train` runs / one :func:`prealign.batched.train_batched`
@@ -388,13 +390,32 @@ def bench_hessian(device: torch.device, quick: bool) -> BenchRow:
         hutchinson_trace(op, probes)
         spectral_density(op, dens_probes, steps)
 
-    times = interleaved({"pyhessian": pyhessian_suite, "prealign": prealign_suite}, 2 if quick else 5, device)
+    # The floor of one product on either side: the two GEMMs with the data matrix that any
+    # Hessian-vector product of this model needs (x V1ᵀ forward, Aᵀ x for the first layer's block).
+    flat = x.reshape(n, -1)
+    v1 = torch.randn(SMALL_DIMS[1], SMALL_DIMS[0], generator=_gen(3)).to(device)
+    a = torch.randn(n, SMALL_DIMS[1], generator=_gen(4)).to(device)
+
+    def data_gemms():
+        for _ in range(10):
+            flat @ v1.T
+            a.T @ flat
+
+    times = interleaved({"pyhessian": pyhessian_suite, "prealign": prealign_suite, "gemms": data_gemms},
+                        2 if quick else 5, device)
     row = _row("hessian/mlp", "PyHessian / prealign Hessian suite time, 784-100-10", ">= 2",
                times["pyhessian"], times["prealign"])
+    products = iters + probes + dens_probes * steps
+    floor_ms = statistics.median(times["gemms"]) / 10 * 1e3
     row.details = {"samples": n, "power_iterations": iters, "trace_probes": probes, "density_probes": dens_probes,
-                   "lanczos_steps": steps, "pyhessian_s": row.a_seconds, "prealign_s": row.b_seconds,
-                   "note": "PyHessian 0.1's density calls torch.eig (removed in torch 2.0); a torch.linalg.eigh shim "
-                           "stands in for that one call on the small tridiagonal matrix"}
+                   "lanczos_steps": steps, "products": products, "pyhessian_s": row.a_seconds,
+                   "prealign_s": row.b_seconds, "pyhessian_ms_per_product": row.a_seconds / products * 1e3,
+                   "prealign_ms_per_product": row.b_seconds / products * 1e3, "data_gemm_ms_per_product": floor_ms,
+                   "ratio_bound": row.a_seconds / products * 1e3 / floor_ms,
+                   "note": "ratio_bound: PyHessian's time per product over the two data-matrix GEMMs every "
+                           "product needs; no implementation doing the same products can exceed it. "
+                           "PyHessian 0.1's density calls torch.eig (removed in torch 2.0); a torch.linalg.eigh "
+                           "shim stands in for that one call on the small tridiagonal matrix"}
     return row
 
 
