@@ -39,7 +39,7 @@ from .feedback import FeedbackLayer
 from .init import _row_angles
 from .models import ACTIVATIONS
 from .progress import progress_bar
-from .trainer import GRAD_BATCH, TrainResult, _make_optimizer, gradient_alignment
+from .trainer import GRAD_BATCH, TrainResult, _make_optimizer
 
 BATCHED_RULES = ("bp", "fa")
 _ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
@@ -233,6 +233,43 @@ class BatchedMLP(nn.Module):
             for k in range(s):
                 if self.templates and isinstance(dict(self.templates[k].named_children())[name], FeedbackLayer):
                     out[k][name] = float(angles[k])
+        return out
+
+    def gradient_alignment(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
+        """Per model ``{layer name: degrees}`` as :func:`prealign.trainer.gradient_alignment` gives for
+        each model alone: for every layer but the last, the angle between the error the model's rule
+        delivers to the layer's output and the true backprop error (``W`` as feedback), on model
+        ``s``'s batch ``x[s]`` (``(S, N, ...)``), ``y[s]`` (``(S, N)``), the whole batch flattened.
+        Parameters and their ``.grad`` are left alone."""
+        s, n_layers = self.num_models, self.num_layers
+        if n_layers < 2:
+            return [{} for _ in range(s)]
+        x = x.reshape(s, x.shape[1], -1)
+
+        def errors(exact: bool) -> tuple[torch.Tensor, ...]:
+            with torch.enable_grad():
+                h, outputs = x, []
+                for i in range(n_layers):
+                    feedback = self.weights[i].detach() if exact else self._step_feedback(i)
+                    h = BatchedFeedbackLinear.apply(h, self.weights[i], self.bias(i), feedback)
+                    if i < n_layers - 1:
+                        outputs.append(h)
+                        h = self.activation(h)
+                loss = F.cross_entropy(h.reshape(-1, h.shape[-1]), y.reshape(-1), reduction="none").view(s, -1).mean(1)
+                return torch.autograd.grad(loss.sum(), outputs)
+
+        delivered, true = errors(False), errors(True)
+        out = [{} for _ in range(s)]
+        for i, name in enumerate(self.layer_names[:-1]):
+            a, b = delivered[i].double().reshape(s, -1), true[i].double().reshape(s, -1)
+            na, nb = a.norm(dim=1), b.norm(dim=1)
+            cos = ((a * b).sum(1) / (na * nb)).clamp(-1.0, 1.0)
+            angles = torch.rad2deg(torch.acos(cos))
+            bad = ~(torch.isfinite(na) & torch.isfinite(nb)) | (na == 0) | (nb == 0)
+            angles = torch.where(bad, torch.full_like(angles, math.nan), angles).tolist()
+            for k in range(s):
+                if not self.templates or isinstance(dict(self.templates[k].named_children())[name], FeedbackLayer):
+                    out[k][name] = angles[k]
         return out
 
     @torch.no_grad()
@@ -492,10 +529,10 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
 
     opt = make_opt(net.parameters())
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    grad_batches = []
-    for seed in seeds:  # prealign.train's fixed gradient-alignment batch, per model
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:GRAD_BATCH].to(dev)
-        grad_batches.append((x_train[idx], y_train[idx]))
+    # prealign.train's fixed gradient-alignment batch, per model: (S, GRAD_BATCH, features), (S, GRAD_BATCH)
+    grad_idx = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:GRAD_BATCH]
+                            for seed in seeds]).to(dev)
+    grad_x, grad_y = x_train[grad_idx], y_train[grad_idx]
     model_data = data
     torch_rng = torch.get_rng_state()  # prealign.train leaves the global RNG alone; its checkpoints carry it
     cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
@@ -504,13 +541,13 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     steps = [0] * s
     active = list(range(s))  # model index at each stack position
 
-    def measure_rest(j: int, record: dict, test, angles, position: int) -> None:
+    def measure_rest(j: int, record: dict, test, angles, grad_angles, position: int) -> None:
         """test loss/acc, angles, gradient alignment and callbacks for model j (weights written back)."""
         record["test_loss"], record["test_acc"] = float(test[0][position]), float(test[1][position])
         for name, deg in angles[position].items():
             record[f"angle/{name}"] = deg
         if grad_alignment:
-            for name, deg in gradient_alignment(models[j], *grad_batches[j]).items():
+            for name, deg in grad_angles[position].items():
                 record[f"grad_angle/{name}"] = deg
         for cb in callbacks[j]:
             if hasattr(cb, "on_epoch_end"):
@@ -544,6 +581,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             test = _evaluate(net, x_test, y_test, eval_batch_size)
             test = (test[0].cpu(), test[1].cpu())
         angles = net.alignment_angles()
+        grad_angles = net.gradient_alignment(grad_x[active], grad_y[active]) if grad_alignment else None
         share = 1.0 / len(active)
         records, keep = [], []
         for position, j in enumerate(active):
@@ -551,7 +589,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             record = {"epoch": epoch, "seconds": seconds * share}
             if epoch == 0 or math.isfinite(float(train_loss[position])):
                 record["train_loss"], record["train_acc"] = float(train_loss[position]), float(train_acc[position])
-                measure_rest(j, record, test, angles, position)
+                measure_rest(j, record, test, angles, grad_angles, position)
                 records.append(record)  # eval_seconds added below, once the shared time is known
             else:
                 record["train_loss"], record["train_acc"] = float(train_loss[position]), float(train_acc[position])

@@ -247,10 +247,14 @@ def bench_sweep_batched(quick: bool = True, workers: int = 1) -> dict:
     from .store import Store
     from .sweep import run_sweep
 
+    import torch
+
     n_train, epochs, seeds = (1000, 2, 4) if quick else (4000, 3, 8)
     configs = [RunConfig(method=m, seed=s, dataset="mnist5k", train_subset=n_train, hidden=(100,), epochs=epochs,
                          batch_size=64, lr=1e-4, device="cpu") for m in ("bp", "fa", "ifa") for s in range(seeds)]
     times = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # workers=1 trains in this process: one thread, as every worker has
     with tempfile.TemporaryDirectory() as tmp:
         run_sweep(configs[:1], Store(f"{tmp}/warm"), workers=1, progress=False, batch_models=False)  # data cached
         for label, batch in (("off", False), ("on", "auto")):
@@ -261,6 +265,7 @@ def bench_sweep_batched(quick: bool = True, workers: int = 1) -> dict:
             bad = [o.error for o in out if o.status != "finished"]
             if bad:
                 raise RuntimeError(f"bench sweep ({label}) had failed runs: {bad[:2]}")
+    torch.set_num_threads(threads)
     return {"off_s": times["off"], "on_s": times["on"], "ratio": times["off"] / times["on"], "runs": len(configs),
             "workers": workers, "n_train": n_train, "epochs": epochs, "model": "784-100-10, bp/fa/ifa"}
 
