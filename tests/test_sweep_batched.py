@@ -231,10 +231,12 @@ def test_grouping_rule():
     for change in ({"seed": 3}, {"method": "bp"}, {"method": "ifa", "angle": 30.0}, {"epochs": 9}, {"patience": 2},
                    {"alpha_w": 1.0}, {"method": "rnp", "noise_samples": 10}):
         assert sb.group_key(base.replace(**change)) == sb.group_key(base), change
-    # 10 compatible + 1 not, groups of at most 4, 2 workers: 4+3+3 (no group of one) and the odd one alone
+    # 10 compatible + 1 not, groups of at most 4, 2 workers: 3 groups rounded up to 4 (2+3+2+3), dfa alone
     configs = [tiny("fa", s) for s in range(10)] + [tiny("dfa")]
     units = sb.plan(configs, 4, workers=2)
-    assert sorted(len(u) for u in units) == [1, 3, 3, 4] and sorted(i for u in units for i in u) == list(range(11))
+    assert sorted(len(u) for u in units) == [1, 2, 2, 3, 3] and sorted(i for u in units for i in u) == list(range(11))
+    assert sorted(len(u) for u in sb.plan(configs, 4, workers=1)) == [1, 3, 3, 4]
+    assert [len(u) for u in sb.plan(configs[:9], 8, workers=3)] == [3, 3, 3]
     assert sb.plan(configs[:3], 8, workers=2) == [[0, 1, 2]]  # too few to split between workers
     assert sb.plan(configs[:6], 8, workers=2) == [[0, 1, 2], [3, 4, 5]]  # both workers busy
     assert sb.plan(configs, 0) == [[i] for i in range(11)]

@@ -212,7 +212,9 @@ class BatchedMLP(nn.Module):
             h = x.reshape(s, x.shape[1], -1)
         for i in range(start, self.num_layers):
             if torch.is_grad_enabled():
-                h = BatchedFeedbackLinear.apply(h, self.weights[i], self.bias(i), self._step_feedback(i))
+                # the input layer's error is never used: skip building its (mixed) feedback
+                feedback = self._step_feedback(i) if h.requires_grad else self.feedback(i)
+                h = BatchedFeedbackLinear.apply(h, self.weights[i], self.bias(i), feedback)
             else:
                 b = self.bias(i)
                 h = torch.bmm(h, self.weights[i].transpose(1, 2)) if b is None else \
@@ -250,7 +252,7 @@ class BatchedMLP(nn.Module):
             with torch.enable_grad():
                 h, outputs = x, []
                 for i in range(n_layers):
-                    feedback = self.weights[i].detach() if exact else self._step_feedback(i)
+                    feedback = self.weights[i].detach() if exact or not h.requires_grad else self._step_feedback(i)
                     h = BatchedFeedbackLinear.apply(h, self.weights[i], self.bias(i), feedback)
                     if i < n_layers - 1:
                         outputs.append(h)

@@ -97,9 +97,10 @@ def _chunks(items: list, parts: int) -> list[list]:
 
 def plan(configs: Sequence, group_size: int, workers: int = 1) -> list[list[int]]:
     """Dispatch units for a sweep: lists of indices into ``configs`` (RunConfig or None for "never
-    batch"). Batchable configs with one :func:`group_key` are cut into groups of at most
-    ``group_size``, and into at least ``min(workers, n // 2)`` groups so every worker gets work;
-    a group of one is a plain run. Units come in the order of their first config."""
+    batch"). The ``n`` batchable configs of one :func:`group_key` are cut into ``ceil(n / group_size)``
+    groups, rounded up to a multiple of ``workers`` (so the workers finish together) while every
+    group keeps at least 2 configs; a group of one is a plain run. Units come in the order of their
+    first config."""
     if group_size < 2:
         return [[i] for i in range(len(configs))]
     groups: dict[tuple, list[int]] = {}
@@ -111,7 +112,9 @@ def plan(configs: Sequence, group_size: int, workers: int = 1) -> list[list[int]
         else:
             groups.setdefault(key, []).append(i)
     for members in groups.values():
-        parts = max(math.ceil(len(members) / group_size), min(max(workers, 1), len(members) // 2), 1)
+        n, w = len(members), max(workers, 1)
+        parts = math.ceil(n / group_size)
+        parts = max(parts, min(math.ceil(parts / w) * w, n // 2))
         for chunk in _chunks(members, parts):
             units.extend([[i] for i in chunk] if len(chunk) == 1 else [chunk])
     units.sort(key=lambda u: u[0])
