@@ -240,7 +240,14 @@ def test_grouping_rule():
     assert sb.plan(configs[:3], 8, workers=2) == [[0, 1, 2]]  # too few to split between workers
     assert sb.plan(configs[:6], 8, workers=2) == [[0, 1, 2], [3, 4, 5]]  # both workers busy
     assert sb.plan(configs, 0) == [[i] for i in range(11)]
-    assert sb.resolve_batch("auto") == sb.DEFAULT_GROUP and sb.resolve_batch("off") == 0 and sb.resolve_batch(3) == 3
+    assert sb.resolve_batch("auto") == (sb.DEFAULT_GROUP, True) and sb.resolve_batch("off")[0] == 0
+    assert sb.resolve_batch(3) == (3, False) and sb.resolve_batch("1")[0] == 0
+    # auto batches small networks on a CPU only (measured); a group size batches whatever is compatible
+    small, wide = tiny("fa", 0, dataset="mnist5k", hidden=[100]), tiny("fa", 0, dataset="mnist5k", hidden=[1000])
+    assert sb.step_macs(small) == 32 * (784 * 100 + 100 * 10)
+    assert sb.wins(small) and not sb.wins(wide)
+    assert sb.plan([wide, wide.replace(seed=1)], 8, auto=True) == [[0], [1]]
+    assert sb.plan([wide, wide.replace(seed=1)], 8) == [[0, 1]]
     from prealign.errors import PrealignError
 
     with pytest.raises(PrealignError):

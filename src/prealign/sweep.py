@@ -207,8 +207,10 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     ``task(config_dict, store_path) -> dict`` is the worker function (default: train the run).
     ``batch_models``: ``"auto"`` (default) trains compatible configs (MLPs under bp/fa/ifa/rnp
     sharing data, widths and optimizer settings; :func:`prealign.sweep_batched.group_key`) as one
-    vectorized model per group of up to 8, with the same stored results as separate runs;
-    ``False``/``"off"`` trains every config alone; an int sets the largest group.
+    vectorized model per group of up to 8, with the same stored results as separate runs, where
+    that is faster (:func:`prealign.sweep_batched.wins`: small networks on a CPU, any on a GPU);
+    ``False``/``"off"`` trains every config alone; an int ``G >= 2`` batches every compatible
+    config in groups of at most ``G``.
     ``on_outcome`` is called in this process as each run ends.
     Outcomes come back in the order of ``configs``.
     """
@@ -218,7 +220,7 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
         raise UnknownNameError("executor", executor, EXECUTORS)
     if workers is not None and workers < 1:
         raise PrealignError(f"--workers must be at least 1, got {workers}")
-    group_size = resolve_batch(batch_models)
+    group_size, auto = resolve_batch(batch_models)
     order = {}
     for cfg in configs:
         order.setdefault(cfg.key(), len(order))
@@ -237,7 +239,7 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     n_workers = workers or os.cpu_count() or 1
     batch_configs = [_batch_config(item, task) for item in todo] if group_size else [None] * len(todo)
     units = []  # (items, task, payload): one config, or a group trained as one batched model
-    for members in plan(batch_configs, group_size, n_workers):
+    for members in plan(batch_configs, group_size, n_workers, auto=auto):
         if len(members) == 1:
             units.append(([todo[members[0]]], task, todo[members[0]].to_dict()))
         else:

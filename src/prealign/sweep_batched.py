@@ -38,7 +38,12 @@ import math
 import time
 from collections.abc import Sequence
 
-DEFAULT_GROUP = 8  # models per batched training: ~1.5x less CPU time per run than separate runs (BENCHMARKS.md)
+DEFAULT_GROUP = 8  # models per batched training: on this CPU 8 beat 4 and 12 (sweep of 24 runs: 1.54x vs 1.41x, 1.37x)
+# "auto" on a CPU batches only networks this small (multiply-adds per model and training step,
+# batch_size x sum(in x out)): measured with 4 models, 1 thread, batched/separate wall time won at
+# 5M (784-100-10, batch 64: 1.5x), 11.5M (784-100-100-10, 128: 1.3x), 13M and 20M (1.2x) and lost
+# or tied at 30M (784-300-10, 128: 0.98x), 51M (784-1000-10, 64: 0.93x) and 86M (784-512-512-10, 128: 1.04x)
+AUTO_MAX_MACS = 20_000_000
 BATCH_RULES = ("bp", "fa")
 BATCH_OPTIMIZERS = ("adam", "adamw", "sgd")
 # RunConfig fields by how a batched group treats them
@@ -68,24 +73,54 @@ def group_key(config) -> tuple | None:
                  ((name, getattr(config, name)) for name in SHARED_FIELDS))
 
 
-def resolve_batch(batch_models) -> int:
-    """``batch_models`` → the largest group size (0 = no batching).
+def resolve_batch(batch_models) -> tuple[int, bool]:
+    """``batch_models`` → ``(largest group size, auto)``; size 0 = no batching.
 
-    ``"auto"``/``True``/``None``: :data:`DEFAULT_GROUP`; ``False``/``"off"``/``0``/``1``: off; an int ``G >= 2``: groups of
-    at most ``G``."""
+    ``"auto"``/``True``/``None``: groups of :data:`DEFAULT_GROUP` where batching wins (:func:`wins`);
+    ``False``/``"off"``/``0``/``1``: off; an int ``G >= 2``: every batchable config, groups of at most ``G``."""
     from .errors import PrealignError
 
     if batch_models is None or batch_models is True or (isinstance(batch_models, str) and batch_models.lower() in ("auto", "on")):
-        return DEFAULT_GROUP
+        return DEFAULT_GROUP, True
     if batch_models is False or (isinstance(batch_models, str) and batch_models.lower() in ("off", "no", "false")):
-        return 0
+        return 0, False
     try:
         size = int(batch_models)
     except (TypeError, ValueError):
         size = -1
     if size < 0:
         raise PrealignError(f"--batch-models must be auto, off or a group size >= 1, got {batch_models!r}")
-    return size if size >= 2 else 0
+    return (size if size >= 2 else 0), False
+
+
+def step_macs(config) -> int | None:
+    """Multiply-adds of one training step's forward pass of ``config``'s MLP (``batch_size × Σ in·out``),
+    from the data set's registered shape; None for a data set without one."""
+    from .data.registry import DATASETS
+
+    spec = DATASETS.get(config.dataset)
+    if spec is None:
+        return None
+    dims = [math.prod(spec.shape), *config.hidden, spec.num_classes]
+    return config.batch_size * sum(a * b for a, b in zip(dims, dims[1:]))
+
+
+def wins(config) -> bool:
+    """Whether ``batch_models="auto"`` batches this (batchable) config: on a CPU when the network is small
+    enough that per-op overhead, which batching removes, is a large part of a step (:data:`AUTO_MAX_MACS`,
+    measured); on a GPU always (a small run there is bound by kernel launches, which batching divides by
+    the group size — the reason, not a measurement: no GPU was available to measure it)."""
+    from .device import resolve_device
+    from .errors import PrealignError
+
+    try:
+        device = resolve_device(config.device)
+    except PrealignError:
+        return False  # the run itself will report the device problem
+    if device.type == "cuda":
+        return True
+    macs = step_macs(config)
+    return macs is not None and macs <= AUTO_MAX_MACS
 
 
 def _chunks(items: list, parts: int) -> list[list]:
@@ -95,19 +130,19 @@ def _chunks(items: list, parts: int) -> list[list]:
     return [items[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def plan(configs: Sequence, group_size: int, workers: int = 1) -> list[list[int]]:
+def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = False) -> list[list[int]]:
     """Dispatch units for a sweep: lists of indices into ``configs`` (RunConfig or None for "never
     batch"). The ``n`` batchable configs of one :func:`group_key` are cut into ``ceil(n / group_size)``
     groups, rounded up to a multiple of ``workers`` (so the workers finish together) while every
-    group keeps at least 2 configs; a group of one is a plain run. Units come in the order of their
-    first config."""
+    group keeps at least 2 configs; a group of one is a plain run. ``auto``: only configs where
+    batching :func:`wins` are grouped. Units come in the order of their first config."""
     if group_size < 2:
         return [[i] for i in range(len(configs))]
     groups: dict[tuple, list[int]] = {}
     units: list[list[int]] = []
     for i, cfg in enumerate(configs):
         key = group_key(cfg) if cfg is not None else None
-        if key is None:
+        if key is None or (auto and not wins(cfg)):
             units.append([i])
         else:
             groups.setdefault(key, []).append(i)
@@ -273,5 +308,5 @@ def bench_sweep_batched(quick: bool = True, workers: int = 1) -> dict:
             "workers": workers, "n_train": n_train, "epochs": epochs, "model": "784-100-10, bp/fa/ifa"}
 
 
-__all__ = ["group_key", "plan", "resolve_batch", "train_group", "train_group_task", "bench_sweep_batched",
+__all__ = ["group_key", "plan", "resolve_batch", "wins", "step_macs", "AUTO_MAX_MACS", "train_group", "train_group_task", "bench_sweep_batched",
            "DEFAULT_GROUP", "GROUP_TASK"]
