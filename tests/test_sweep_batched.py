@@ -220,6 +220,33 @@ def test_divergence_stops_only_the_diverged_model():
         assert _close(er["test_loss"], eb["test_loss"], LOSS_TOL) and list(er) == list(eb)
 
 
+def test_runs_are_stored_as_they_end(tmp_path, monkeypatch):
+    """A run whose budget ends first is finished in the store while its group goes on."""
+    configs = [tiny("fa", 0, epochs=1), tiny("fa", 1, epochs=3)]
+    store = Store(tmp_path)
+    seen = {}
+    real_log = Store.log_epoch
+
+    def log(self, run_id, record):
+        if record["epoch"] == 3:  # the long run's last epoch: the short one must be stored already
+            seen.update({r["key"]: r["status"] for r in self.runs()})
+        return real_log(self, run_id, record)
+
+    monkeypatch.setattr(Store, "log_epoch", log)
+    out = run_sweep(configs, store, workers=1, progress=False)
+    assert [o.status for o in out] == ["finished", "finished"]
+    assert seen == {configs[0].key(): "finished", configs[1].key(): "running"}
+    assert [store.result(store.find(c.key())["id"]).epochs_run for c in configs] == [1, 3]
+
+
+def test_cli_rejects_a_bad_batch_option(capsys, tmp_path):
+    from prealign.cli import main
+
+    assert main(["reproduce", "ifa_fig1", "--batch-models", "many", "--out", str(tmp_path / "out")]) == 2
+    assert "--batch-models" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
 def test_grouping_rule():
     base = tiny("fa", 0)
     assert sb.group_key(base) is not None

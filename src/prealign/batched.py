@@ -467,7 +467,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
                optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
                device: str | torch.device = "auto", grad_alignment: bool = True, eval_batch_size: int = 4096,
                checkpoints: Sequence | None = None, callbacks: Sequence[Sequence] | None = None,
-               progress: bool | None = None, description: str = "batched runs") -> list[TrainResult]:
+               on_done=None, progress: bool | None = None, description: str = "batched runs") -> list[TrainResult]:
     """S :func:`prealign.train` runs (MLPs of one architecture, rules bp/fa) trained as one batched model.
 
     Returns what ``[train(models[s], data, epochs=epochs[s], patience=patience[s], seed=seeds[s], ...)
@@ -488,7 +488,8 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     parameters, batch-order generator, RNGs, curves, counters), so an interrupted batched run resumes
     under plain :func:`prealign.train`. ``callbacks[s]``: objects with ``on_epoch_end(epoch, model, data,
     record)`` (``model`` = model ``s`` carrying the current weights); ``on_step_end`` is not supported
-    (raises PrealignError). Times in the records are the batched wall times divided by the number of
+    (raises PrealignError). ``on_done(s, result)`` is called as soon as model ``s``'s run ends (its
+    result complete), while the others may go on. Times in the records are the batched wall times divided by the number of
     models trained in that epoch (each model's share).
     """
     models = list(models)
@@ -621,11 +622,18 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             res.seconds += record["seconds"] + record.get("eval_seconds", 0.0)
             if not done:
                 keep.append(position)
+            else:
+                res.epochs_run = record["epoch"]
+                if on_done is not None:
+                    on_done(j, res)
         if len(keep) < len(active):
             active = [active[p] for p in keep]
             if keep:
                 net, opt = _restack(net, opt, keep, make_opt)
 
+    setup = (time.perf_counter() - start) / s  # each model's share of building the stack
+    for res in results:
+        res.seconds = setup
     # epoch 0: the state before any data training
     with torch.no_grad():
         tr = _evaluate(net, x_train, y_train, eval_batch_size)
@@ -657,8 +665,4 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             train_loss, train_acc = (loss_sum / n).cpu(), (correct / n).cpu()
             finish_epoch(epoch, train_loss, train_acc, time.perf_counter() - t)
             bar.advance(1, models=len(active))
-    setup = (time.perf_counter() - start - sum(r.seconds for r in results)) / s
-    for res in results:
-        res.epochs_run = res.curves[-1]["epoch"] if res.curves else 0
-        res.seconds += max(setup, 0.0)
     return results

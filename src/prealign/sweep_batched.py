@@ -220,31 +220,45 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     if not members:
         return outs
     first = members[0][1]
+    finished = set()
+
+    def done(position: int, result) -> None:  # store each run as soon as it ends, as config.run would
+        _, cfg, run_id, _, noise_seconds, _ = members[position]
+        result.noise_seconds = noise_seconds
+        result.config = cfg.to_dict()
+        result.run_id = run_id
+        store.finish(run_id, result)
+        finished.add(position)
+
     try:
         results = train_runs([m[3] for m in members], data, epochs=[m[1].epochs for m in members],
                              patience=[m[1].patience for m in members], seeds=[m[1].seed for m in members],
                              batch_size=first.batch_size, lr=first.lr, optimizer=first.optimizer,
                              weight_decay=first.weight_decay, momentum=first.momentum, device=device,
                              grad_alignment=first.grad_alignment, checkpoints=[m[5] for m in members],
-                             callbacks=[[store.epoch_logger(m[2])] for m in members], progress=False,
+                             callbacks=[[store.epoch_logger(m[2])] for m in members], on_done=done, progress=False,
                              description=f"{len(members)} runs batched")
-    except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the stacked model: train them one by one
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the stacked model: train the rest one by one
         error = f"{type(exc).__name__}: {exc}"
-        for i, *_ in members:
-            outs[i] = {"batched_error": error}
+        for position, (i, cfg, run_id, *_) in enumerate(members):
+            if position in finished:
+                outs[i] = _outcome(cfg, store.result(run_id), len(members))
+            else:
+                outs[i] = {"batched_error": error}
         return outs
-    except BaseException as exc:  # interrupted: mark the runs as config.run does; checkpoints stay for resuming
-        for _, _, run_id, *_ in members:
-            store.fail(run_id, f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # interrupted: mark the open runs as config.run does; checkpoints stay for resuming
+        for position, (_, _, run_id, *_) in enumerate(members):
+            if position not in finished:
+                store.fail(run_id, f"{type(exc).__name__}: {exc}")
         raise
-    for (i, cfg, run_id, _, noise_seconds, _), result in zip(members, results):
-        result.noise_seconds = noise_seconds
-        result.config = cfg.to_dict()
-        result.run_id = run_id
-        store.finish(run_id, result)
-        outs[i] = {"key": cfg.key(), "status": result.status, "summary": _summary(result),
-                   "seconds": result.seconds + noise_seconds, "batched": len(members)}
+    for (i, cfg, *_), result in zip(members, results):
+        outs[i] = _outcome(cfg, result, len(members))
     return outs
+
+
+def _outcome(cfg, result, group: int) -> dict:
+    return {"key": cfg.key(), "status": result.status, "summary": _summary(result),
+            "seconds": result.seconds + result.noise_seconds, "batched": group}
 
 
 def train_group_task(configs: list[dict], store_path: str) -> list[dict]:

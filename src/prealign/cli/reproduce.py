@@ -83,11 +83,11 @@ def run(args) -> int:
         raise PrealignError("name an experiment (or 'all'); `prealign reproduce --list` shows them")
     experiments = select(args.name)
     only = _only(args.only)
-    out = Path(args.out)
-    store = Store(args.store or out / "store")
     from ..sweep_batched import resolve_batch
 
     resolve_batch(args.batch_models)  # a bad value is a user error before anything runs
+    out = Path(args.out)
+    store = Store(args.store or out / "store")
     kwargs = dict(executor=args.executor, workers=args.workers, address=args.address, train=not args.report_only,
                   batch_models=args.batch_models)
     if len(experiments) == 1 and args.name != "all":
