@@ -24,8 +24,8 @@ ANGLE_TOL = 1e-3  # degrees
 
 
 def tiny(method="fa", seed=0, **kw):
-    base = dict(method=method, seed=seed, dataset="digits", train_subset=192, hidden=[16, 12], epochs=3,
-                batch_size=32, lr=3e-2, device="cpu")
+    base = {"method": method, "seed": seed, "dataset": "digits", "train_subset": 192, "hidden": [16, 12], "epochs": 3,
+            "batch_size": 32, "lr": 3e-2, "device": "cpu"}
     base.update(kw)
     return RunConfig.from_dict(base)
 
@@ -184,7 +184,8 @@ def test_train_runs_equals_separate_train_calls_with_patience_and_optimizers():
             pa.get_method(method).with_options(noise_samples=128).prepare(model, generator=gen, progress=False)
             models.append(model)
         refs = [copy.deepcopy(m) for m in models]
-        kw = dict(batch_size=16, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=1e-3, device="cpu", progress=False)
+        kw = {"batch_size": 16, "lr": lr, "optimizer": optimizer, "momentum": momentum, "weight_decay": 1e-3,
+              "device": "cpu", "progress": False}
         expected = [train(m, data, epochs=e, patience=p, seed=s, **kw) for m, s, e, p in zip(refs, seeds, epochs, patience)]
         got = train_runs(models, data, epochs=epochs, patience=patience, seeds=seeds, **kw)
         for k, (r, b) in enumerate(zip(expected, got)):
@@ -211,7 +212,7 @@ def test_divergence_stops_only_the_diverged_model():
     with torch.no_grad():
         models[0][1].weight[0, 0] = float("nan")  # diverges in its first epoch
     refs = [copy.deepcopy(m) for m in models]
-    kw = dict(epochs=3, batch_size=16, lr=1e-2, device="cpu", progress=False)
+    kw = {"epochs": 3, "batch_size": 16, "lr": 1e-2, "device": "cpu", "progress": False}
     expected = [train(m, data, seed=s, **kw) for m, s in zip(refs, (0, 1))]
     got = train_runs(models, data, seeds=(0, 1), **kw)
     assert got[0].diverged and got[0].diverged_epoch == expected[0].diverged_epoch == 0 and got[0].epochs_run == 0

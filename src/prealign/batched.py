@@ -19,6 +19,10 @@ Usage::
 
     models = [pa.mlp([784, 100, 10], rule="fa", generator=torch.Generator().manual_seed(s)) for s in range(8)]
     curves = pa.batched.train_batched(models, data, epochs=10, seeds=range(8))   # models updated in place
+    # what 8 prealign.train runs return (TrainResults: same records, patience, divergence, checkpoints)
+    results = pa.batched.train_runs(models, data, epochs=10, seeds=range(8), patience=3)
+
+Sweeps use :func:`train_runs` for groups of compatible runs (:mod:`prealign.sweep_batched`).
 
 Shapes: weights ``(S, out, in)``, biases ``(S, out)``, activations ``(S, N, features)``.
 """
@@ -441,7 +445,7 @@ def _restack(net: BatchedMLP, opt, keep: list[int], make_opt) -> tuple[BatchedML
     new_opt = make_opt(new.parameters())
     idx = torch.as_tensor(keep, dtype=torch.long, device=net.weights[0].device)
     for old_p, new_p in zip(net.parameters(), new.parameters()):
-        if old_p in opt.state and opt.state[old_p]:
+        if opt.state.get(old_p):
             new_opt.state[new_p] = _sliced_state(opt.state[old_p], idx)
     return new, new_opt
 
@@ -457,7 +461,7 @@ def _model_optimizer_state(net: BatchedMLP, opt, position: int, model: nn.Module
         if lin.bias is not None:
             pairs.append((lin.bias, net.bias(i)))
         for p, stacked in pairs:
-            if stacked in opt.state and opt.state[stacked]:
+            if opt.state.get(stacked):
                 model_opt.state[p] = _sliced_state(opt.state[stacked], position)
     return model_opt.state_dict()
 
@@ -489,8 +493,10 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     under plain :func:`prealign.train`. ``callbacks[s]``: objects with ``on_epoch_end(epoch, model, data,
     record)`` (``model`` = model ``s`` carrying the current weights); ``on_step_end`` is not supported
     (raises PrealignError). ``on_done(s, result)`` is called as soon as model ``s``'s run ends (its
-    result complete), while the others may go on. Times in the records are the batched wall times divided by the number of
-    models trained in that epoch (each model's share).
+    result complete), while the others may go on. ``optimizer``: adam, adamw or sgd (with
+    ``momentum``), the trainer's fused optimizers over the stacked tensors (elementwise updates).
+    Times in the records are the batched wall times divided by the number of models trained in that
+    epoch (each model's share).
     """
     models = list(models)
     s = len(models)

@@ -34,6 +34,7 @@ of the batched wall time (the group's time divided by the models trained in it).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -102,7 +103,7 @@ def step_macs(config) -> int | None:
     if spec is None:
         return None
     dims = [math.prod(spec.shape), *config.hidden, spec.num_classes]
-    return config.batch_size * sum(a * b for a, b in zip(dims, dims[1:]))
+    return config.batch_size * sum(a * b for a, b in itertools.pairwise(dims))
 
 
 def wins(config) -> bool:
@@ -127,7 +128,7 @@ def _chunks(items: list, parts: int) -> list[list]:
     """``items`` cut into ``parts`` contiguous pieces of nearly equal size."""
     n = len(items)
     bounds = [round(i * n / parts) for i in range(parts + 1)]
-    return [items[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [items[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = False) -> list[list[int]]:
@@ -295,11 +296,11 @@ def bench_sweep_batched(quick: bool = True, workers: int = 1) -> dict:
     """
     import tempfile
 
+    import torch
+
     from .config import RunConfig
     from .store import Store
     from .sweep import run_sweep
-
-    import torch
 
     n_train, epochs, seeds = (1000, 2, 4) if quick else (4000, 3, 8)
     configs = [RunConfig(method=m, seed=s, dataset="mnist5k", train_subset=n_train, hidden=(100,), epochs=epochs,
@@ -322,5 +323,16 @@ def bench_sweep_batched(quick: bool = True, workers: int = 1) -> dict:
             "workers": workers, "n_train": n_train, "epochs": epochs, "model": "784-100-10, bp/fa/ifa"}
 
 
-__all__ = ["group_key", "plan", "resolve_batch", "wins", "step_macs", "AUTO_MAX_MACS", "train_group", "train_group_task", "bench_sweep_batched",
-           "DEFAULT_GROUP", "GROUP_TASK"]
+__all__ = [
+    "AUTO_MAX_MACS",
+    "DEFAULT_GROUP",
+    "GROUP_TASK",
+    "bench_sweep_batched",
+    "group_key",
+    "plan",
+    "resolve_batch",
+    "step_macs",
+    "train_group",
+    "train_group_task",
+    "wins",
+]
