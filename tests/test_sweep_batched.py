@@ -73,11 +73,20 @@ def assert_same_run(sa: Store, sb_: Store, cfg: RunConfig) -> None:
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{cfg.label} seed {cfg.seed}: {name}")
 
 
-def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy):
+def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy, monkeypatch):
     """(a) bp/fa/ifa@30/rnp × seeds, one with patience, batched = separate (records incl. angle and
-    grad_angle, summaries, final weights); (b) dfa, kp and a different lr run alone / in their own group."""
+    grad_angle, summaries, final weights; the two RNP runs' noise pretraining batched too); (b) dfa,
+    kp and a different lr run alone / in their own group."""
+    noise_calls = []
+    real_noise = prealign.batched.pretrain_noise_batched
+
+    def noise(models, *args, **kw):
+        noise_calls.append(len(models))
+        return real_noise(models, *args, **kw)
+
+    monkeypatch.setattr(prealign.batched, "pretrain_noise_batched", noise)
     batchable = [tiny(m, s) for m in ("bp", "fa", "ifa@30") for s in (0, 1)]
-    batchable += [tiny("rnp", 0, noise_samples=256), tiny("fa", 2, epochs=6, patience=1),
+    batchable += [tiny("rnp", 0, noise_samples=200), tiny("rnp", 1, noise_samples=200), tiny("fa", 2, epochs=6, patience=1),
                   tiny("bp", 3, alpha_w=1.0, epochs=2)]
     other_lr = [tiny("fa", 5, lr=1e-2), tiny("ifa", 5, lr=1e-2)]
     alone = [tiny("dfa", 0), tiny("kp", 0, weight_decay=1e-3)]
@@ -92,10 +101,11 @@ def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy):
     out = run_sweep(configs, batched, workers=1, progress=False)  # default: auto
     assert all(o.status == "finished" for o in out), [o.error for o in out]
     assert [o.key for o in out] == [c.key() for c in configs]
-    assert sorted(spy) == [2, 4, 5]  # the 9 in groups of at most 8 (4 + 5), the other lr's 2; dfa, kp alone
+    assert sorted(spy) == [2, 5, 5]  # the 10 in groups of at most 8 (5 + 5), the other lr's 2; dfa, kp alone
+    assert noise_calls == [2]  # both RNP runs landed in one group and were pretrained together
     for cfg in configs:
         assert_same_run(separate, batched, cfg)
-    patient = batched.result(batched.find(batchable[7].key())["id"])
+    patient = batched.result(batched.find(batchable[8].key())["id"])
     assert patient.stopped_early and patient.epochs_run < 6  # really stopped before its last epoch
     assert any(k.startswith("grad_angle/") for k in patient.curves[1])
     rows = batched.runs()
@@ -145,10 +155,10 @@ def test_one_bad_config_and_a_failing_batch_lose_nothing(tmp_path, spy, monkeypa
     configs = [tiny("fa", s) for s in range(4)]
     real_prepare = sb._prepare
 
-    def prepare(config, data, device):
+    def prepare(config, data, device, **kw):
         if config.seed == 1:
             raise RuntimeError("broken seed")
-        return real_prepare(config, data, device)
+        return real_prepare(config, data, device, **kw)
 
     monkeypatch.setattr(sb, "_prepare", prepare)
     store = Store(tmp_path / "a")

@@ -672,3 +672,56 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             finish_epoch(epoch, train_loss, train_acc, time.perf_counter() - t)
             bar.advance(1, models=len(active))
     return results
+
+
+def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[torch.Generator | None], samples: int, *,
+                           batch_size: int = 64, lr: float = 1e-4, distribution: str = "gaussian",
+                           std: float = 1.0) -> float:
+    """S :func:`prealign.pretrain_noise` runs (MLPs of one architecture, rules bp/fa) as one batched model.
+
+    Model ``s`` sees the noise :func:`prealign.pretrain_noise` would draw for it with
+    ``generator=generators[s]`` (its own noise stream, seeded from that generator the same way; labels
+    uniform over the classes) and gets the same fresh Adam at ``lr``, so each model ends where its
+    own ``pretrain_noise(models[s], samples, ...)`` ends, up to float rounding (tested through
+    sweeps of RNP runs). The weights are written back into ``models`` in place; returns the wall time
+    in seconds (noise paper A.1, B.8).
+    """
+    from .pretrain import DISTRIBUTIONS, infer_io
+
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigError(f"unknown noise distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+    if samples < 0 or batch_size <= 0:
+        raise ConfigError(f"noise samples must be >= 0 and batch size > 0 (got {samples}, {batch_size})")
+    models = list(models)
+    if len(generators) != len(models):
+        raise ConfigError(f"pass one generator per model ({len(models)})")
+    start = time.perf_counter()
+    shape, classes = infer_io(models[0])
+    device = next(models[0].parameters()).device
+    net = BatchedMLP.from_models(models, device=device)
+    s = net.num_models
+    streams = []
+    for g in generators:  # pretrain_noise's own seeding of its noise stream
+        seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        streams.append(torch.Generator(device=device).manual_seed(seed))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)  # the optimizer pretrain_noise uses
+    seen = 0
+    net.train()
+    for _ in range(math.ceil(samples / batch_size)):
+        n = min(batch_size, samples - seen)
+        xs, ys = [], []
+        for gen in streams:  # per model: its inputs, then its labels, as pretrain_noise draws them
+            if distribution == "gaussian":
+                xs.append(torch.randn((n, *shape), generator=gen, device=device).mul_(std))
+            else:
+                xs.append(torch.rand((n, *shape), generator=gen, device=device).sub_(0.5).mul_(2 * math.sqrt(3) * std))
+            ys.append(torch.randint(0, classes, (n,), generator=gen, device=device))
+        logits = net(torch.stack(xs).reshape(s, n, -1))
+        per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.stack(ys).reshape(-1),
+                                    reduction="none").view(s, n).mean(1)
+        opt.zero_grad(set_to_none=True)
+        per_model.sum().backward()
+        opt.step()
+        seen += n
+    net.write_back(models)
+    return time.perf_counter() - start

@@ -168,20 +168,53 @@ def _summary(result) -> dict:
             "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
 
 
-def _prepare(config, data, device):
+def _prepare(config, data, device, noise: bool = True):
     """The network :func:`prealign.config.run` trains for ``config``: built, moved, prepared (IFA
-    alignment / RNP noise) with the same seeds; returns ``(model, noise_seconds)``."""
+    alignment / RNP noise) with the same seeds; returns ``(model, noise_seconds, generator)``.
+    ``noise=False`` stops before the noise pretraining: ``generator`` is then where that pretraining
+    draws its seed (for :func:`prealign.batched.pretrain_noise_batched`)."""
     import torch
 
     from .config import _seed_for, build
 
     model = build(config, data).to(device)
     method = config.method_object()
+    if not noise:
+        method = method.with_options(noise_samples=0)
     prep_gen = torch.Generator().manual_seed(_seed_for(config.seed, config.label, "prepare"))
     t = time.perf_counter()
     method.prepare(model, generator=prep_gen, noise_batch_size=config.noise_batch_size, noise_lr=config.noise_lr,
                    noise_distribution=config.noise_distribution, noise_std=config.noise_std, progress=False)
-    return model, (time.perf_counter() - t if method.noise_samples else 0.0)
+    return model, (time.perf_counter() - t if method.noise_samples else 0.0), prep_gen
+
+
+def _noise_key(config) -> tuple | None:
+    """Configs with one noise key can share a batched noise pretraining (None: no noise)."""
+    if not config.noise_samples:
+        return None
+    return (config.noise_samples, config.noise_batch_size, config.noise_lr, config.noise_distribution, config.noise_std)
+
+
+def _pretrain_noise(members: list, data, device) -> None:
+    """Noise pretraining of the members that need it, batched per :func:`_noise_key` (in place:
+    ``members[k][4]`` becomes the noise seconds); a batch that raises is redone one model at a time."""
+    from .batched import pretrain_noise_batched
+
+    groups: dict[tuple, list[int]] = {}
+    for k, (_, cfg, *_rest) in enumerate(members):
+        key = _noise_key(cfg)
+        if key is not None:
+            groups.setdefault(key, []).append(k)
+    for (samples, batch_size, lr, distribution, std), ks in groups.items():
+        try:
+            seconds = pretrain_noise_batched([members[k][3] for k in ks], [members[k][6] for k in ks], samples,
+                                             batch_size=batch_size, lr=lr, distribution=distribution, std=std)
+            share = seconds / len(ks)
+            for k in ks:
+                members[k][4] = share
+        except Exception:  # noqa: BLE001 - e.g. out of memory: prepare these from scratch, one by one
+            for k in ks:
+                members[k][3], members[k][4], _ = _prepare(members[k][1], data, device)
 
 
 def train_group(configs: Sequence, store) -> list[dict | None]:
@@ -215,22 +248,23 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
             continue  # resume it alone from its last epoch
         try:
             run_id = store.start(cfg)
-            model, noise_seconds = _prepare(cfg, data, device)
+            model, _, prep_gen = _prepare(cfg, data, device, noise=False)
         except Exception as exc:  # noqa: BLE001 - one bad config must not stop its group
             error = f"{type(exc).__name__}: {exc}"
             _record_failure(store, cfg, error)
             outs[i] = {"key": cfg.key(), "status": "failed", "error": error, "seconds": time.perf_counter() - start}
             continue
-        ckpt = store.checkpointer(run_id)
-        ckpt.extra = {"noise_seconds": noise_seconds}
-        members.append((i, cfg, run_id, model, noise_seconds, ckpt))
+        members.append([i, cfg, run_id, model, 0.0, store.checkpointer(run_id), prep_gen])
     if not members:
         return outs
+    _pretrain_noise(members, data, device)  # RNP: the models' noise pretraining, batched too
+    for m in members:
+        m[5].extra = {"noise_seconds": m[4]}
     first = members[0][1]
     finished = set()
 
     def done(position: int, result) -> None:  # store each run as soon as it ends, as config.run would
-        _, cfg, run_id, _, noise_seconds, _ = members[position]
+        _, cfg, run_id, _, noise_seconds, *_ = members[position]
         result.noise_seconds = noise_seconds
         result.config = cfg.to_dict()
         result.run_id = run_id
