@@ -14,8 +14,9 @@ Batchable (:func:`group_key` is not None) — all of:
 
 - ``model = "mlp"`` and the method's rule is ``bp`` or ``fa`` (methods bp, fa, ifa/ifa@θ, rnp: IFA
   and RNP are FA after a one-time preparation, done per model before stacking with the same seeds
-  and generators as :func:`prealign.config.run`). Not batchable: dfa, usf, brsf, frsf, kp (other
-  backward rules), lenet/alexnet (convolutions);
+  and generators as :func:`prealign.config.run`; RNP's noise pretraining is itself batched across the
+  group's RNP runs with equal noise settings, each model on its own noise stream). Not batchable:
+  dfa, usf, brsf, frsf, kp (other backward rules), lenet/alexnet (convolutions);
 - every RunConfig field this module does not know is at its default (a field added later is never
   silently ignored);
 - the sweep runs the plain training task (no trainer callbacks such as Hessian or trajectory
