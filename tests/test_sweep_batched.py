@@ -153,14 +153,14 @@ def test_resume_skips_finished_and_interrupted_group_resumes_alone(tmp_path, spy
 
 def test_one_bad_config_and_a_failing_batch_lose_nothing(tmp_path, spy, monkeypatch):
     configs = [tiny("fa", s) for s in range(4)]
-    real_prepare = sb._prepare
+    real_prepare = prealign.config.prepare
 
     def prepare(config, data, device, **kw):
         if config.seed == 1:
             raise RuntimeError("broken seed")
         return real_prepare(config, data, device, **kw)
 
-    monkeypatch.setattr(sb, "_prepare", prepare)
+    monkeypatch.setattr(prealign.config, "prepare", prepare)
     store = Store(tmp_path / "a")
     out = {o.key: o for o in run_sweep(configs, store, workers=1, progress=False)}
     assert out[configs[1].key()].status == "failed" and "broken seed" in out[configs[1].key()].error

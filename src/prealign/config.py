@@ -18,11 +18,11 @@ import hashlib
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 
 from .errors import ConfigError, PrealignError
@@ -280,6 +280,24 @@ def build(config: RunConfig, data) -> torch.nn.Module:
     return convert(model, config.method_object().rule)
 
 
+def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, noise: bool = True,
+            progress: bool | None = None) -> tuple[torch.nn.Module, float, torch.Generator]:
+    """The network :func:`run` trains for ``config``: :func:`build`, moved to ``device``, then the
+    method's one-time preparation (IFA alignment, RNP noise pretraining) from the config's own
+    preparation seed. Returns ``(model, noise_seconds, generator)``. ``noise=False`` stops before
+    the noise pretraining; ``generator`` is then where that pretraining would draw its seed (for
+    :func:`prealign.batched.pretrain_noise_batched`, which pretrains several models at once)."""
+    model = build(config, data).to(device)
+    method = config.method_object()
+    if not noise:
+        method = method.with_options(noise_samples=0)
+    gen = torch.Generator().manual_seed(_seed_for(config.seed, config.label, "prepare"))
+    start = time.perf_counter()
+    method.prepare(model, generator=gen, noise_batch_size=config.noise_batch_size, noise_lr=config.noise_lr,
+                   noise_distribution=config.noise_distribution, noise_std=config.noise_std, progress=progress)
+    return model, (time.perf_counter() - start if method.noise_samples else 0.0), gen
+
+
 def run(config: RunConfig, store=None, *, progress: bool | None = None, callbacks=(), data=None):
     """Execute one config: data → network → method preparation (alignment / noise) → :func:`train`.
 
@@ -301,18 +319,11 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
     try:
         data = data if data is not None else load_data(config)
         device = resolve_device(config.device)
-        model = build(config, data).to(device)
-        method = config.method_object()
         state = ckpt.load() if ckpt is not None else None
-        noise_seconds = 0.0
         if state is None:
-            prep_gen = torch.Generator().manual_seed(_seed_for(config.seed, config.label, "prepare"))
-            t = time.perf_counter()
-            method.prepare(model, generator=prep_gen, noise_batch_size=config.noise_batch_size, noise_lr=config.noise_lr,
-                           noise_distribution=config.noise_distribution, noise_std=config.noise_std, progress=progress)
-            noise_seconds = time.perf_counter() - t if method.noise_samples else 0.0
-        else:
-            noise_seconds = state.get("noise_seconds", 0.0)
+            model, noise_seconds, _ = prepare(config, data, device, progress=progress)
+        else:  # resumed: train() restores the weights (and feedback) from the checkpoint
+            model, noise_seconds = build(config, data).to(device), state.get("noise_seconds", 0.0)
         cbs = list(callbacks)
         if ckpt is not None:
             ckpt.extra = {"noise_seconds": noise_seconds}
@@ -334,4 +345,4 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         raise
 
 
-__all__ = ["RunConfig", "run", "build", "load_data", "parse_overrides"]
+__all__ = ["RunConfig", "build", "load_data", "parse_overrides", "prepare", "run"]

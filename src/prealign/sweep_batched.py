@@ -169,26 +169,6 @@ def _summary(result) -> dict:
             "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
 
 
-def _prepare(config, data, device, noise: bool = True):
-    """The network :func:`prealign.config.run` trains for ``config``: built, moved, prepared (IFA
-    alignment / RNP noise) with the same seeds; returns ``(model, noise_seconds, generator)``.
-    ``noise=False`` stops before the noise pretraining: ``generator`` is then where that pretraining
-    draws its seed (for :func:`prealign.batched.pretrain_noise_batched`)."""
-    import torch
-
-    from .config import _seed_for, build
-
-    model = build(config, data).to(device)
-    method = config.method_object()
-    if not noise:
-        method = method.with_options(noise_samples=0)
-    prep_gen = torch.Generator().manual_seed(_seed_for(config.seed, config.label, "prepare"))
-    t = time.perf_counter()
-    method.prepare(model, generator=prep_gen, noise_batch_size=config.noise_batch_size, noise_lr=config.noise_lr,
-                   noise_distribution=config.noise_distribution, noise_std=config.noise_std, progress=False)
-    return model, (time.perf_counter() - t if method.noise_samples else 0.0), prep_gen
-
-
 def _noise_key(config) -> tuple | None:
     """Configs with one noise key can share a batched noise pretraining (None: no noise)."""
     if not config.noise_samples:
@@ -200,6 +180,7 @@ def _pretrain_noise(members: list, data, device) -> None:
     """Noise pretraining of the members that need it, batched per :func:`_noise_key` (in place:
     ``members[k][4]`` becomes the noise seconds); a batch that raises is redone one model at a time."""
     from .batched import pretrain_noise_batched
+    from .config import prepare
 
     groups: dict[tuple, list[int]] = {}
     for k, (_, cfg, *_rest) in enumerate(members):
@@ -215,7 +196,7 @@ def _pretrain_noise(members: list, data, device) -> None:
                 members[k][4] = share
         except Exception:  # noqa: BLE001 - e.g. out of memory: prepare these from scratch, one by one
             for k in ks:
-                members[k][3], members[k][4], _ = _prepare(members[k][1], data, device)
+                members[k][3], members[k][4], _ = prepare(members[k][1], data, device, progress=False)
 
 
 def train_group(configs: Sequence, store) -> list[dict | None]:
@@ -228,7 +209,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     fails to build or prepare is recorded ``failed`` on its own; the others train.
     """
     from .batched import train_runs
-    from .config import load_data
+    from .config import load_data, prepare
     from .device import resolve_device
     from .sweep import DONE, _record_failure
 
@@ -249,7 +230,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
             continue  # resume it alone from its last epoch
         try:
             run_id = store.start(cfg)
-            model, _, prep_gen = _prepare(cfg, data, device, noise=False)
+            model, _, prep_gen = prepare(cfg, data, device, noise=False, progress=False)
         except Exception as exc:  # noqa: BLE001 - one bad config must not stop its group
             error = f"{type(exc).__name__}: {exc}"
             _record_failure(store, cfg, error)
