@@ -686,12 +686,9 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     sweeps of RNP runs). The weights are written back into ``models`` in place; returns the wall time
     in seconds (noise paper A.1, B.8).
     """
-    from .pretrain import DISTRIBUTIONS, infer_io
+    from .pretrain import check_noise_options, infer_io, noise_batch, noise_stream
 
-    if distribution not in DISTRIBUTIONS:
-        raise ConfigError(f"unknown noise distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
-    if samples < 0 or batch_size <= 0:
-        raise ConfigError(f"noise samples must be >= 0 and batch size > 0 (got {samples}, {batch_size})")
+    check_noise_options(distribution, samples, batch_size)
     models = list(models)
     if len(generators) != len(models):
         raise ConfigError(f"pass one generator per model ({len(models)})")
@@ -700,22 +697,13 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     device = next(models[0].parameters()).device
     net = BatchedMLP.from_models(models, device=device)
     s = net.num_models
-    streams = []
-    for g in generators:  # pretrain_noise's own seeding of its noise stream
-        seed = int(torch.randint(0, 2**62, (1,), generator=g))
-        streams.append(torch.Generator(device=device).manual_seed(seed))
+    streams = [noise_stream(g, device) for g in generators]  # each model's own stream, as pretrain_noise seeds it
     opt = torch.optim.Adam(net.parameters(), lr=lr)  # the optimizer pretrain_noise uses
     seen = 0
     net.train()
     for _ in range(math.ceil(samples / batch_size)):
         n = min(batch_size, samples - seen)
-        xs, ys = [], []
-        for gen in streams:  # per model: its inputs, then its labels, as pretrain_noise draws them
-            if distribution == "gaussian":
-                xs.append(torch.randn((n, *shape), generator=gen, device=device).mul_(std))
-            else:
-                xs.append(torch.rand((n, *shape), generator=gen, device=device).sub_(0.5).mul_(2 * math.sqrt(3) * std))
-            ys.append(torch.randint(0, classes, (n,), generator=gen, device=device))
+        xs, ys = zip(*(noise_batch(n, shape, classes, gen, device, torch.float32, distribution, std) for gen in streams))
         logits = net(torch.stack(xs).reshape(s, n, -1))
         per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.stack(ys).reshape(-1),
                                     reduction="none").view(s, n).mean(1)

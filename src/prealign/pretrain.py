@@ -43,6 +43,30 @@ def infer_io(model: nn.Module) -> tuple[tuple[int, ...], int]:
     return tuple(input_shape), int(num_classes)
 
 
+def check_noise_options(distribution: str, samples: int, batch_size: int) -> None:
+    """Reject an unknown noise distribution or a negative sample count / non-positive batch size."""
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigError(f"unknown noise distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+    if samples < 0 or batch_size <= 0:
+        raise ConfigError(f"noise samples must be >= 0 and batch size > 0 (got {samples}, {batch_size})")
+
+
+def noise_stream(generator: torch.Generator | None, device) -> torch.Generator:
+    """The generator the noise is drawn from: seeded by one draw from ``generator`` (``None``: the global RNG)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def noise_batch(n: int, shape, classes: int, gen: torch.Generator, device, dtype=torch.float32,
+                distribution: str = "gaussian", std: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` noise inputs ``(n, *shape)`` then their labels ``(n,)``, uniform over ``classes``, drawn from ``gen``."""
+    if distribution == "gaussian":
+        x = torch.randn((n, *shape), generator=gen, device=device, dtype=dtype).mul_(std)
+    else:
+        x = torch.rand((n, *shape), generator=gen, device=device, dtype=dtype).sub_(0.5).mul_(2 * math.sqrt(3) * std)
+    return x, torch.randint(0, classes, (n,), generator=gen, device=device)
+
+
 def pretrain_noise(model: nn.Module, samples: int = 500_000, batch_size: int = 64, lr: float = 1e-4,
                    distribution: str = "gaussian", std: float = 1.0, generator: torch.Generator | None = None,
                    callback: Callable[[int, int, nn.Module], None] | None = None, callback_every: int = 100,
@@ -55,17 +79,12 @@ def pretrain_noise(model: nn.Module, samples: int = 500_000, batch_size: int = 6
     runs every ``callback_every`` steps and after the last (e.g. to track alignment angles).
     Deterministic for a given ``generator`` on a given device.
     """
-    if distribution not in DISTRIBUTIONS:
-        raise ConfigError(f"unknown noise distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
-    if samples < 0 or batch_size <= 0:
-        raise ConfigError(f"noise samples must be >= 0 and batch size > 0 (got {samples}, {batch_size})")
+    check_noise_options(distribution, samples, batch_size)
     shape, classes = infer_io(model)
     shape, classes = tuple(input_shape or shape), int(num_classes or classes)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    gen = torch.Generator(device=device)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # generator=None draws from the global RNG
-    gen.manual_seed(seed)
+    gen = noise_stream(generator, device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = math.ceil(samples / batch_size)
     was_training = model.training
@@ -74,11 +93,7 @@ def pretrain_noise(model: nn.Module, samples: int = 500_000, batch_size: int = 6
     with progress_bar(steps, "noise pretraining", enabled=progress) as bar:
         for step in range(1, steps + 1):
             n = min(batch_size, samples - seen)
-            if distribution == "gaussian":
-                x = torch.randn((n, *shape), generator=gen, device=device, dtype=dtype).mul_(std)
-            else:
-                x = torch.rand((n, *shape), generator=gen, device=device, dtype=dtype).sub_(0.5).mul_(2 * math.sqrt(3) * std)
-            y = torch.randint(0, classes, (n,), generator=gen, device=device)
+            x, y = noise_batch(n, shape, classes, gen, device, dtype, distribution, std)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
