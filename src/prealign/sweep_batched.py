@@ -308,59 +308,10 @@ def train_group_task(configs: list[dict], store_path: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ benchmark
-def bench_sweep_batched(quick: bool = True, workers: int = 1, repeats: int | None = None) -> dict:
-    """Wall time of one sweep of small runs with batching off vs on (``batch_models=False`` vs
-    ``"auto"``), same ``workers``, one torch thread per worker (the sweep's own setting).
-
-    Runs: 784-100-10 on the first 1,000 (quick) or 4,000 mnist5k training images, methods bp, fa,
-    ifa × seeds (12 runs quick, 24 full), 2 (quick) or 3 epochs, batch 64, Adam lr 1e-4, gradient
-    alignment on (the default); every run stored with its checkpoints as a real sweep does. The
-    two sweeps alternate ``repeats`` times (default 1 quick, 3 full), each into a fresh store.
-    Returns ``{"off_s": [seconds per repetition], "on_s": [...], "ratio": median of the paired
-    off/on ratios, "runs", "workers", "n_train", "epochs", "model"}``.
-    """
-    import statistics
-    import tempfile
-
-    import torch
-
-    from .config import RunConfig
-    from .store import Store
-    from .sweep import run_sweep
-
-    n_train, epochs, seeds = (1000, 2, 4) if quick else (4000, 3, 8)
-    repeats = repeats or (1 if quick else 3)
-    configs = [RunConfig(method=m, seed=s, dataset="mnist5k", train_subset=n_train, hidden=(100,), epochs=epochs,
-                         batch_size=64, lr=1e-4, device="cpu") for m in ("bp", "fa", "ifa") for s in range(seeds)]
-    times: dict[str, list[float]] = {"off": [], "on": []}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # workers=1 trains in this process: one thread, as every worker has
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for label, batch in (("off", False), ("on", "auto")):  # warm-up: data cached, both code paths run once
-                run_sweep(configs[:2], Store(f"{tmp}/warm-{label}"), workers=1, progress=False, batch_models=batch)
-            for rep in range(repeats):
-                for label, batch in (("off", False), ("on", "auto")):
-                    store = Store(f"{tmp}/{label}{rep}")
-                    t = time.perf_counter()
-                    out = run_sweep(configs, store, workers=workers, progress=False, batch_models=batch)
-                    times[label].append(time.perf_counter() - t)
-                    store.close()
-                    bad = [o.error for o in out if o.status != "finished"]
-                    if bad:
-                        raise RuntimeError(f"bench sweep ({label}) had failed runs: {bad[:2]}")
-    finally:
-        torch.set_num_threads(threads)
-    ratio = statistics.median(a / b for a, b in zip(times["off"], times["on"]))
-    return {"off_s": times["off"], "on_s": times["on"], "ratio": ratio, "runs": len(configs), "workers": workers,
-            "n_train": n_train, "epochs": epochs, "model": "784-100-10, bp/fa/ifa"}
-
-
 __all__ = [
     "AUTO_MAX_MACS",
     "DEFAULT_GROUP",
     "GROUP_TASK",
-    "bench_sweep_batched",
     "group_key",
     "plan",
     "resolve_batch",
