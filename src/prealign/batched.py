@@ -334,6 +334,30 @@ def _evaluate(net: BatchedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss / n, correct / n
 
 
+def _train_epoch(net: BatchedMLP, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 gens: Sequence[torch.Generator], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch of every stacked model: model ``s`` draws its order ``torch.randperm(N, generator=gens[s])``
+    (CPU) and takes ``batch_size`` steps on the mean cross-entropy of its own batches. Returns the
+    running mean train loss and accuracy over the epoch, ``(S,)`` float64 on the CPU (one host sync)."""
+    n, s = x.shape[0], len(gens)
+    order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)  # (S, N)
+    loss_sum = torch.zeros(s, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(s, dtype=torch.float64, device=x.device)
+    for b0 in range(0, n, batch_size):
+        idx = order[:, b0:b0 + batch_size]  # (S, B): model s's batch
+        xb, yb = x[idx], y[idx]
+        logits = net(xb)
+        per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
+                                    reduction="none").view(s, -1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        per_model.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            loss_sum += per_model.detach().double() * idx.shape[1]
+            correct += (logits.detach().argmax(-1) == yb).double().sum(1)
+    return (loss_sum / n).cpu(), (correct / n).cpu()
+
+
 def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size: int = 64, lr: float = 1e-4,
                   seeds: Sequence[int] | None = None, optimizer: str = "adam", weight_decay: float = 0.0,
                   momentum: float = 0.0, device: str | torch.device = "auto", eval_batch_size: int = 2048, evaluate: bool = True,
@@ -372,7 +396,6 @@ def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size:
     # per-tensor loop torch picks on the CPU); every update is elementwise, so S models stacked = S optimizers
     opt = _make_optimizer(optimizer, net.parameters(), lr, weight_decay, momentum)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    n = x_train.shape[0]
     curves: list[list[dict]] = [[] for _ in range(s)]
     diverged = [False] * s
 
@@ -397,23 +420,9 @@ def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size:
     with progress_bar(epochs, f"batched training ×{s}", enabled=progress) as bar:
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
-            order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)  # (S, N)
-            loss_sum = torch.zeros(s, dtype=torch.float64, device=dev)
-            correct = torch.zeros(s, dtype=torch.float64, device=dev)
-            for b0 in range(0, n, batch_size):
-                idx = order[:, b0:b0 + batch_size]  # (S, B): model s's batch
-                xb, yb = x_train[idx], y_train[idx]
-                logits = net(xb)
-                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1), reduction="none")
-                per_model = ce.view(s, -1).mean(1)
-                opt.zero_grad(set_to_none=True)
-                per_model.sum().backward()
-                opt.step()
-                with torch.no_grad():
-                    loss_sum += per_model.double() * idx.shape[1]
-                    correct += (logits.argmax(-1) == yb).double().sum(1)
-            record(epoch, (loss_sum / n).cpu(), (correct / n).cpu(), time.perf_counter() - start)
-            bar.advance(1, loss=float(loss_sum.mean() / n))
+            loss, acc = _train_epoch(net, opt, x_train, y_train, gens, batch_size)
+            record(epoch, loss, acc, time.perf_counter() - start)
+            bar.advance(1, loss=float(loss.mean()))
     net.write_back(models)
     return curves
 
@@ -650,25 +659,9 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             if not active:
                 break
             t = time.perf_counter()
-            order = torch.stack([torch.randperm(n, generator=gens[j]) for j in active]).to(dev)  # (S, N)
-            k = len(active)
-            loss_sum = torch.zeros(k, dtype=torch.float64, device=dev)
-            correct = torch.zeros(k, dtype=torch.float64, device=dev)
-            for b0 in range(0, n, batch_size):
-                idx = order[:, b0:b0 + batch_size]  # (S, B): model s's batch
-                xb, yb = x_train[idx], y_train[idx]
-                logits = net(xb)
-                per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
-                                            reduction="none").view(k, -1).mean(1)
-                opt.zero_grad(set_to_none=True)
-                per_model.sum().backward()
-                opt.step()
-                with torch.no_grad():
-                    loss_sum += per_model.detach().double() * idx.shape[1]
-                    correct += (logits.detach().argmax(-1) == yb).double().sum(1)
+            train_loss, train_acc = _train_epoch(net, opt, x_train, y_train, [gens[j] for j in active], batch_size)
             for j in active:
                 steps[j] += -(-n // batch_size)
-            train_loss, train_acc = (loss_sum / n).cpu(), (correct / n).cpu()
             finish_epoch(epoch, train_loss, train_acc, time.perf_counter() - t)
             bar.advance(1, models=len(active))
     return results
