@@ -30,18 +30,23 @@ def tiny(method="fa", seed=0, **kw):
     return RunConfig.from_dict(base)
 
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Records the number of models of every batched training."""
+def _count_models(monkeypatch, name: str) -> list[int]:
+    """Replace ``prealign.batched.<name>`` by a wrapper recording how many models each call got."""
     calls = []
-    real = prealign.batched.train_runs
+    real = getattr(prealign.batched, name)
 
     def counting(models, *args, **kw):
         calls.append(len(models))
         return real(models, *args, **kw)
 
-    monkeypatch.setattr(prealign.batched, "train_runs", counting)
+    monkeypatch.setattr(prealign.batched, name, counting)
     return calls
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the number of models of every batched training."""
+    return _count_models(monkeypatch, "train_runs")
 
 
 def _close(a: float, b: float, tol: float) -> bool:
@@ -77,14 +82,7 @@ def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy, monk
     """(a) bp/fa/ifa@30/rnp × seeds, one with patience, batched = separate (records incl. angle and
     grad_angle, summaries, final weights; the two RNP runs' noise pretraining batched too); (b) dfa,
     kp and a different lr run alone / in their own group."""
-    noise_calls = []
-    real_noise = prealign.batched.pretrain_noise_batched
-
-    def noise(models, *args, **kw):
-        noise_calls.append(len(models))
-        return real_noise(models, *args, **kw)
-
-    monkeypatch.setattr(prealign.batched, "pretrain_noise_batched", noise)
+    noise_calls = _count_models(monkeypatch, "pretrain_noise_batched")
     batchable = [tiny(m, s) for m in ("bp", "fa", "ifa@30") for s in (0, 1)]
     batchable += [tiny("rnp", 0, noise_samples=200), tiny("rnp", 1, noise_samples=200), tiny("fa", 2, epochs=6, patience=1),
                   tiny("bp", 3, alpha_w=1.0, epochs=2)]
