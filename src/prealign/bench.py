@@ -187,9 +187,9 @@ def bench_step(device: torch.device, quick: bool) -> list[BenchRow]:
     from .feedback import RULES
 
     batch = 128
-    reps = 3 if quick else 7
+    reps = 3 if quick else 15
     specs = [
-        ("mlp", "784-512-512-10", lambda rule: mlp(MLP_DIMS, rule, generator=_gen(0)), (batch, 784), 3 if quick else 10),
+        ("mlp", "784-512-512-10", lambda rule: mlp(MLP_DIMS, rule, generator=_gen(0)), (batch, 784), 3 if quick else 20),
         ("lenet", "LeNet", lambda rule: lenet((1, 28, 28), 10, rule, generator=_gen(0)), (batch, 1, 28, 28), 2 if quick else 6),
     ]
     rules = ["bp", "fa"] if quick else list(RULES)
