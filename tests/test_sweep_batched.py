@@ -274,7 +274,17 @@ def test_grouping_rule():
     assert sorted(len(u) for u in sb.plan(configs, 4, workers=1)) == [1, 3, 3, 4]
     assert [len(u) for u in sb.plan(configs[:9], 8, workers=3)] == [3, 3, 3]
     assert sb.plan(configs[:3], 8, workers=2) == [[0, 1, 2]]  # too few to split between workers
-    assert sb.plan(configs[:6], 8, workers=2) == [[0, 1, 2], [3, 4, 5]]  # both workers busy
+    assert sb.plan(configs[:6], 8, workers=2) == [[0, 2, 4], [1, 3, 5]]  # both workers busy, equal costs dealt
+    # costs balanced: 3 RNP runs (noise = 4x their training) among 9 plain ones, 2 workers: the RNP runs
+    # split 2 / 1 and the plain runs even the load (contiguous halves would be 1200 / 3600)
+    mixed = [tiny(m, s, epochs=2, train_subset=100) for m in ("bp", "fa", "ifa") for s in range(3)]
+    mixed += [tiny("rnp", s, epochs=2, train_subset=100, noise_samples=800) for s in range(3)]
+    costs = [sb.run_cost(c) for c in mixed]
+    assert costs[0] == 200 and costs[-1] == 1000
+    groups = sb.plan(mixed, 8, workers=2)
+    assert sorted(len(g) for g in groups) == [4, 8]
+    assert sorted(sum(i >= 9 for i in g) for g in groups) == [1, 2]
+    assert [sum(costs[i] for i in g) for g in groups] == [2400, 2400]
     assert sb.plan(configs, 0) == [[i] for i in range(11)]
     assert sb.resolve_batch("auto") == (sb.DEFAULT_GROUP, True) and sb.resolve_batch("off")[0] == 0
     assert sb.resolve_batch(3) == (3, False) and sb.resolve_batch("1")[0] == 0

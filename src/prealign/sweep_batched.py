@@ -131,11 +131,28 @@ def wins(config) -> bool:
     return macs is not None and macs <= AUTO_MAX_MACS
 
 
-def _chunks(items: list, parts: int) -> list[list]:
-    """``items`` cut into ``parts`` contiguous pieces of nearly equal size."""
-    n = len(items)
-    bounds = [round(i * n / parts) for i in range(parts + 1)]
-    return [items[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+def run_cost(config) -> float:
+    """Samples one run passes through its network: ``epochs × training-set size + noise samples``
+    (training and noise steps cost the same per sample for one architecture). The training-set size
+    is ``train_subset`` or the data set's registered size (1 if unknown: then epochs alone count)."""
+    from .data.registry import DATASETS
+
+    spec = DATASETS.get(config.dataset)
+    n = config.train_subset or (spec.sizes[0] if spec is not None and spec.sizes else 1)
+    return config.epochs * n + (config.noise_samples or 0)
+
+
+def _balanced(items: list[int], costs: list[float], parts: int, cap: int) -> list[list[int]]:
+    """``items`` dealt into ``parts`` groups of at most ``cap`` with nearly equal total cost: most
+    expensive first, each to the cheapest group with room (greedy longest-processing-time), so the
+    workers finish together. Groups keep the items' original order."""
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    load = [0.0] * parts
+    for k in sorted(range(len(items)), key=lambda k: -costs[k]):
+        g = min((g for g in range(parts) if len(groups[g]) < cap), key=lambda g: (load[g], len(groups[g]), g))
+        groups[g].append(k)
+        load[g] += costs[k]
+    return [[items[k] for k in sorted(group)] for group in groups if group]
 
 
 def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = False) -> list[list[int]]:
@@ -158,7 +175,7 @@ def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = Fals
         n, w = len(members), max(workers, 1)
         parts = math.ceil(n / group_size)
         parts = max(parts, min(math.ceil(parts / w) * w, n // 2))
-        for chunk in _chunks(members, parts):
+        for chunk in _balanced(members, [run_cost(configs[i]) for i in members], parts, group_size):
             units.extend([[i] for i in chunk] if len(chunk) == 1 else [chunk])
     units.sort(key=lambda u: u[0])
     return units

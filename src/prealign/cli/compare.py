@@ -69,7 +69,11 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="runs trained in parallel processes (default: 2 on a multi-core CPU, 1 on a GPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker (default 1 for mlp: small nets train fastest single-threaded)")
+                   help="torch threads with --workers 1 (default 1 for mlp: small nets train fastest single-threaded); "
+                        "parallel workers use one thread each")
+    p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
+                   help="train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
+                        "(default; where it was measured to win), off, or a group size G")
     p.add_argument("--out", default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     p.set_defaults(func=main)
@@ -99,38 +103,26 @@ def build_configs(args) -> list:
     return configs
 
 
-def _run_one(config_dict: dict, out: str, threads: int | None) -> dict:
-    """Worker: one run through the store; returns the result as a dict."""
-    import torch
-
-    from ..config import RunConfig, run
-    from ..progress import set_quiet
-    from ..store import Store
-
-    set_quiet(True)
-    if threads:
-        torch.set_num_threads(threads)
-    with Store(out) as store:
-        return run(RunConfig.from_dict(config_dict), store, progress=False).to_dict()
-
-
 def main(args) -> int:
     import torch
 
     from ..config import load_data
     from ..device import resolve_device
-    from ..progress import progress_bar
+    from ..errors import PrealignError
     from ..report import budget_line, table, write_compare_report
     from ..store import Store, default_root
+    from ..sweep import run_sweep
+    from ..sweep_batched import resolve_batch
     from ..trainer import TrainResult
 
     configs = build_configs(args)  # unknown methods / bad values fail here, before any work
+    resolve_batch(args.batch_models)
     data = load_data(configs[0])  # unknown or missing data set fails here
     device = resolve_device(args.device)
     root = Path(args.out) if args.out else default_root()
     store = Store(root)
     workers = args.workers or (1 if device.type != "cpu" else min(2, os.cpu_count() or 1))
-    threads = args.threads or (1 if args.model == "mlp" and device.type == "cpu" else None)
+    threads = 1 if workers > 1 else args.threads or (1 if args.model == "mlp" and device.type == "cpu" else None)
     labels = list(dict.fromkeys(c.label for c in configs))
     n_in = 1
     for d in data.x_train.shape[1:]:
@@ -145,24 +137,18 @@ def main(args) -> int:
     if not args.json:
         print(f"prealign compare: {', '.join(labels)} on {args.dataset} ({arch}); {budget_line(settings)}", file=sys.stderr)
     start = time.perf_counter()
-    results: dict[str, TrainResult] = {}
-    if workers <= 1:
-        if threads:
-            torch.set_num_threads(threads)
-        from ..config import run
-        for cfg in configs:
-            results[cfg.key()] = run(cfg, store, data=data)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool, \
-                progress_bar(len(configs), f"{len(configs)} runs on {workers} workers") as bar:
-            futures = {pool.submit(_run_one, c.to_dict(), str(root), threads): c for c in configs}
-            for fut in as_completed(futures):
-                cfg = futures[fut]
-                results[cfg.key()] = TrainResult.from_dict(fut.result())
-                bar.advance(1, last=f"{cfg.label} seed {cfg.seed}")
+    previous_threads = torch.get_num_threads()
+    if threads and workers <= 1:
+        torch.set_num_threads(threads)
+    try:  # the sweep machinery: resumable, compatible runs trained batched (--batch-models), failures isolated
+        outcomes = run_sweep(configs, store, workers=workers, batch_models=args.batch_models)
+    finally:
+        torch.set_num_threads(previous_threads)
+    failed = [o for o in outcomes if not o.done]
+    if failed:
+        raise PrealignError(f"{len(failed)} of {len(outcomes)} runs failed (first: {failed[0].error}); the finished "
+                            f"ones are stored in {store.path}: fix the cause and run the same command again to resume")
+    results: dict[str, TrainResult] = {c.key(): store.result(store.find(c.key())["id"]) for c in configs}
     wall = time.perf_counter() - start
     groups = {label: [results[c.key()] for c in configs if c.label == label] for label in labels}
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
