@@ -21,3 +21,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_data_dirs(tmp_path, monkeypatch):
+    """A private user cache, no $PREALIGN_DATA and no system data folder: data lookups see only what the test makes."""
+    from prealign.data import sources
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PREALIGN_DATA", raising=False)
+    monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
+    return sources

@@ -5,11 +5,7 @@ from prealign.data import sources
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("PREALIGN_DATA", raising=False)
-    monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
-
+def isolated(no_data_dirs, monkeypatch):
     def offline(*a, **k):
         import urllib.error
         raise urllib.error.URLError("network is unreachable")

@@ -20,12 +20,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
+def isolated(no_data_dirs, monkeypatch):
     """Each test gets its own user cache, no $PREALIGN_DATA and (unless a test restores it) no system folder."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("PREALIGN_DATA", raising=False)
-    monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
-
     def no_network(*args, **kwargs):
         raise AssertionError("tests must not touch the network")
     monkeypatch.setattr(sources, "_urlopen", no_network)
