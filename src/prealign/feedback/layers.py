@@ -51,7 +51,7 @@ class FeedbackLayer:
         if rule.learns_feedback:
             self.sync_feedback()
         if not rule.per_step:
-            return rule.feedback(self, None), None
+            return rule.feedback(self), None
         pool = self.__dict__.setdefault("_feedback_pool", [])
         w = self.weight
         out = pool.pop() if pool else None

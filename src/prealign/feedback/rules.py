@@ -31,11 +31,11 @@ from ..errors import UnknownNameError
 class Rule:
     """One learning rule.
 
-    ``feedback(layer, out) -> Tensor`` returns the matrix (weight-shaped) the error travels back
+    ``feedback(layer) -> Tensor`` returns the matrix (weight-shaped) the error travels back
     through on this step, or is ``None`` for exact backpropagation. ``per_step`` marks rules that
-    compute that matrix afresh every step (the sign rules): they write it into ``out``, a buffer the
-    layer reuses once the backward pass that read it has finished (no allocation per step); the
-    others return a stored tensor and ignore ``out``. ``direct`` marks rules that
+    compute that matrix afresh every step (the sign rules): they are called as
+    ``feedback(layer, out)`` and write it into ``out``, a buffer the layer reuses once the backward
+    pass that read it has finished (no allocation per step). ``direct`` marks rules that
     send the network's output error straight to every layer (DFA). ``learns_feedback`` marks
     rules whose ``B`` follows ``W``'s updates (KP). ``transports`` says what of ``W`` the backward
     pass reads (``"weights"``, ``"signs"`` or ``"nothing"``), used by the memory-traffic analysis.
@@ -43,7 +43,7 @@ class Rule:
 
     name: str
     description: str
-    feedback: Callable[[torch.nn.Module, torch.Tensor | None], torch.Tensor] | None
+    feedback: Callable[..., torch.Tensor] | None
     per_step: bool = False
     direct: bool = False
     learns_feedback: bool = False
@@ -66,7 +66,7 @@ def get_rule(name: str) -> Rule:
         raise UnknownNameError("rule", name, RULES) from None
 
 
-def _fixed(layer, out=None):
+def _fixed(layer):
     return layer.feedback
 
 
