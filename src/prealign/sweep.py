@@ -103,10 +103,14 @@ def train_task(config: dict, store_path: str, callbacks=()) -> dict:
         close = getattr(store, "close", None)
         if close:
             close()
-    status = "diverged" if result.diverged else "finished"
-    summary = {"best_test_acc": result.best_test_acc, "best_epoch": result.best_epoch,
-               "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
-    return {"key": cfg.key(), "status": status, "summary": summary, "seconds": time.perf_counter() - start}
+    return {"key": cfg.key(), "status": result.status, "summary": run_summary(result),
+            "seconds": time.perf_counter() - start}
+
+
+def run_summary(result) -> dict:
+    """The per-run summary a sweep outcome carries (from a :class:`~prealign.trainer.TrainResult`)."""
+    return {"best_test_acc": result.best_test_acc, "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
 
 
 def _record_failure(store, cfg, error: str) -> None:

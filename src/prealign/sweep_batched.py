@@ -181,11 +181,6 @@ def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = Fals
     return units
 
 
-def _summary(result) -> dict:
-    return {"best_test_acc": result.best_test_acc, "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
-
-
 def _noise_key(config) -> tuple | None:
     """Configs with one noise key can share a batched noise pretraining (None: no noise)."""
     if not config.noise_samples:
@@ -228,7 +223,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     from .batched import train_runs
     from .config import load_data, prepare
     from .device import resolve_device
-    from .sweep import DONE, _record_failure
+    from .sweep import DONE, _record_failure, run_summary
 
     outs: list[dict | None] = [None] * len(configs)
     try:
@@ -241,7 +236,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     for i, cfg in enumerate(configs):
         row = store.find(cfg.key())
         if row is not None and row["status"] in DONE:
-            outs[i] = {"key": cfg.key(), "status": row["status"], "summary": _summary(store.result(row["id"])), "seconds": 0.0}
+            outs[i] = {"key": cfg.key(), "status": row["status"], "summary": run_summary(store.result(row["id"])), "seconds": 0.0}
             continue
         if row is not None and store.checkpoint_path(row["id"]).exists():
             continue  # resume it alone from its last epoch
@@ -297,7 +292,9 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
 
 
 def _outcome(cfg, result, group: int) -> dict:
-    return {"key": cfg.key(), "status": result.status, "summary": _summary(result),
+    from .sweep import run_summary
+
+    return {"key": cfg.key(), "status": result.status, "summary": run_summary(result),
             "seconds": result.seconds + result.noise_seconds, "batched": group}
 
 
