@@ -56,6 +56,8 @@ class RunConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.0
+    kp_decay: float | None = None  # kp only: per-step decay of (B - W); default: the rule's (see prealign.feedback)
+    val_fraction: float = 0.1  # training samples held out for model selection; 0 = select on test (papers)
     patience: int | None = None
     seed: int = 0
     noise_batch_size: int = 64
@@ -96,7 +98,10 @@ class RunConfig:
         checks = [
             ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("momentum", self.momentum >= 0, ">= 0"), ("noise_batch_size", self.noise_batch_size >= 1, ">= 1"),
+            ("momentum", self.momentum >= 0, ">= 0"),
+            ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1) (0: select on the test set, as the papers)"),
+            ("kp_decay", self.kp_decay is None or 0 <= self.kp_decay < 1, "in [0, 1) per step"),
+            ("noise_batch_size", self.noise_batch_size >= 1, ">= 1"),
             ("noise_lr", self.noise_lr > 0, "> 0"), ("noise_std", self.noise_std >= 0, ">= 0"),
             ("patience", self.patience is None or self.patience >= 1, ">= 1 (or absent for no early stop)"),
             ("train_subset", self.train_subset is None or self.train_subset >= 1, ">= 1"),

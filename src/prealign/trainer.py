@@ -64,9 +64,12 @@ class TensorData:
     y_test: torch.Tensor
     num_classes: int = 10
     name: str = "tensors"
+    x_val: torch.Tensor | None = None  # optional validation set (prealign.data.holdout_validation)
+    y_val: torch.Tensor | None = None
 
     def to(self, device) -> TensorData:
-        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
+        from .data.base import TENSOR_FIELDS
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in TENSOR_FIELDS if getattr(self, k) is not None})
 
 
 @dataclass

@@ -16,11 +16,11 @@ import torch
 
 from ..errors import PrealignError
 from . import formats
-from .base import Dataset, stratified_indices, to_float, to_labels
+from .base import Dataset, holdout_validation, stratified_indices, to_float, to_labels
 from .registry import DATASETS, DatasetSpec, RemoteFile
 from .sources import available, cache_dir, fetch, get_spec, locate, not_found, search_dirs
 
-__all__ = ["Dataset", "DATASETS", "DatasetSpec", "RemoteFile", "load", "available", "fetch", "locate",
+__all__ = ["Dataset", "holdout_validation", "DATASETS", "DatasetSpec", "RemoteFile", "load", "available", "fetch", "locate",
            "search_dirs", "cache_dir", "load_corrupted", "corrupt", "CORRUPTIONS", "ood_sets",
            "stratified_indices"]
 

@@ -29,6 +29,8 @@ class Dataset:
     num_classes: int
     source: str
     classes: list[str] | None = None
+    x_val: torch.Tensor | None = None  # held-out validation samples (see holdout_validation)
+    y_val: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -42,8 +44,7 @@ class Dataset:
     def to(self, device) -> Dataset:
         """All four tensors moved to ``device`` in one go (a no-op copy of references if already there)."""
         device = torch.device(device)
-        return replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
-                       x_test=self.x_test.to(device), y_test=self.y_test.to(device))
+        return replace(self, **{k: getattr(self, k).to(device) for k in TENSOR_FIELDS if getattr(self, k) is not None})
 
     def subset(self, n: int, *, stratified: bool = False, seed: int = 0) -> Dataset:
         """The first ``n`` training samples, or (``stratified=True``) ``n`` samples drawn with
@@ -78,6 +79,37 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
                 f"classes={self.num_classes}, source={self.source!r})")
+
+
+TENSOR_FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
+
+
+def holdout_validation(data, fraction: float, *, seed: int = 0):
+    """``data`` with a fraction of its training set held out as a validation set (model selection).
+
+    ``round(fraction · N)`` training samples, chosen by a fixed seeded permutation (numpy PCG64,
+    ``seed`` = 0 by default: the same split for every run and every method, independent of the
+    run's own seed), become ``x_val``/``y_val``; the rest stay ``x_train``/``y_train`` in their
+    original order; the test set is untouched. ``fraction = 0`` returns ``data`` unchanged (the
+    papers' protocol: select on the test set). ``data``: a :class:`Dataset`,
+    :class:`prealign.trainer.TensorData` or any dataclass with those fields.
+    """
+    fraction = float(fraction)
+    if fraction == 0:
+        return data
+    n = len(data.y_train)
+    n_val = round(fraction * n)
+    if not 0 < fraction < 1 or not 0 < n_val < n:
+        raise PrealignError(f"val_fraction={fraction} leaves no validation or no training sample out of {n}; "
+                            f"choose a fraction in (0, 1) with at least one sample on each side (0 for none)")
+    if getattr(data, "x_val", None) is not None:
+        raise PrealignError("the data already has a validation set (x_val); use val_fraction=0 to keep it")
+    perm = np.random.default_rng(seed).permutation(n)
+    dev = data.x_train.device
+    val = torch.from_numpy(np.sort(perm[:n_val])).to(dev)
+    rest = torch.from_numpy(np.sort(perm[n_val:])).to(dev)
+    return replace(data, x_train=data.x_train[rest], y_train=data.y_train[rest],
+                   x_val=data.x_train[val], y_val=data.y_train[val])
 
 
 def stratified_indices(labels: np.ndarray, n: int, num_classes: int, seed: int = 0) -> np.ndarray:
