@@ -21,7 +21,12 @@ task for a worker; a killed group's runs resume from their last epoch checkpoint
 Executors
 ---------
 ``local``  a pool of ``workers`` spawned processes, one torch thread each (``workers=1`` runs
-           in this process, serially). Default ``workers`` = number of CPU cores.
+           in this process, serially). Default ``workers`` = number of CPU cores. Workers never
+           outlive the sweep: if the sweeping process is interrupted (Ctrl-C, SIGTERM) it ends its
+           workers before it returns, and if it dies outright (``kill -9``) the workers notice
+           (Linux: ``prctl(PR_SET_PDEATHSIG)``; everywhere: a thread watching the parent pid) and
+           exit. Runs they had in flight stay ``running`` with their last epoch checkpoint and
+           resume on the next invocation.
 ``ray``    ``ray.init(address=...)`` (``None`` starts a local Ray instance); each run is a Ray
            task with ``num_cpus=1`` executing the same worker function. Every node must be able
            to open the store path (a shared POSIX filesystem; SQLite WAL does not work on NFS).
@@ -135,6 +140,55 @@ def _resolve_task(task) -> Callable[[dict, str], dict]:
         return task
     module, _, name = str(task).partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+PARENT_POLL_SECONDS = 0.25  # how often a worker checks that its parent is still alive
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Initializer of every local worker process: exit when the sweeping process ``parent_pid`` dies.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill this worker the moment its
+    parent dies (also on ``kill -9``). Everywhere: a daemon thread polls ``os.getppid()`` every
+    :data:`PARENT_POLL_SECONDS` and ends the process once it differs from ``parent_pid`` (the
+    worker was re-parented: its parent is gone). SIGINT is ignored here: on Ctrl-C the terminal
+    signals the whole process group, and the parent alone decides (it ends the workers)."""
+    import signal
+    import sys
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="prealign-parent-watch", daemon=True).start()
+
+
+def _end_workers(pool, grace: float = 5.0) -> None:
+    """Stop a process pool now: cancel the queued units, SIGTERM every worker, wait for them.
+
+    A worker ended mid-run leaves that run ``running`` with its last (atomically written) epoch
+    checkpoint, which the next invocation resumes."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
 
 
 def _worker(task, config: dict, store_path: str) -> dict:
@@ -285,7 +339,9 @@ def _run_local(units, path, workers, finish) -> None:
     remaining, retried = list(units), set()
     while remaining:
         broken = []
-        with ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=ctx,
+                                   initializer=_worker_init, initargs=(os.getpid(),))
+        try:
             futures = {pool.submit(_worker, task, payload, path): (items, task, payload) for items, task, payload in remaining}
             for fut in as_completed(futures):
                 unit = futures[fut]
@@ -295,6 +351,10 @@ def _run_local(units, path, workers, finish) -> None:
                     broken.append(unit)
                     continue
                 finish(unit[0], out)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM via the CLI) or failing: no worker outlives us
+            _end_workers(pool)
+            raise
+        pool.shutdown(wait=True)
         remaining = []
         for unit in broken:
             ident = tuple(item.key() for item in unit[0])

@@ -3,12 +3,21 @@
 Each subcommand lives in its own module under ``prealign.cli`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 A :class:`~prealign.errors.PrealignError` becomes one line on stderr and exit status 2.
+
+Interruptions: Ctrl-C (SIGINT) and SIGTERM stop the command the same way — the sweep ends its
+worker processes, runs in flight stay resumable (their last epoch checkpoint; the store is SQLite,
+so no record is half-written), and one line on stderr says so. Exit status 130 after SIGINT and
+143 after SIGTERM (128 + the signal number, what a shell reports for a process killed by it). A
+second SIGTERM during that clean-up ends the process at once.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 # subcommand name -> module that registers it (imported lazily, so `prealign --help` is fast)
 COMMANDS = {
@@ -40,6 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM: every clean-up that handles Ctrl-C handles it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..errors import PrealignError
     from ..progress import set_quiet
@@ -52,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except PrealignError as err:
         print(f"prealign: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("prealign: interrupted; finished runs are saved, re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"prealign: {'terminated (SIGTERM)' if terminated else 'interrupted'}; finished runs are saved, "
+              "re-run the same command to resume", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":  # pragma: no cover
