@@ -144,3 +144,33 @@ def test_bad_executor_and_workers_are_user_errors(tmp_path):
         run_sweep([tiny()], tmp_path, executor="slurm")
     with pytest.raises(PrealignError):
         run_sweep([tiny()], tmp_path, workers=0)
+
+
+BAD_ARGUMENTS = [  # (command line after the subcommand's --out, expected words of the one-line error)
+    (["compare", "--methods", "nonsense"], "unknown method 'nonsense'"),
+    (["compare", "--dataset", "digits", "--workers", "0"], "--workers must be at least 1"),
+    (["compare", "--dataset", "digits", "--threads", "0"], "--threads must be at least 1"),
+    (["compare", "--dataset", "nope"], "unknown data set 'nope'"),
+    (["compare", "--batch-models", "bogus"], "--batch-models"),
+    (["reproduce", "ifa_fig1", "--budget", "smoke", "--only", "foo=1"], "no grid axis 'foo'"),
+    (["reproduce", "ifa_fig1", "--budget", "smoke", "--workers", "0"], "--workers must be at least 1"),
+    (["reproduce", "ifa_fig1,ifa_fig2", "--budget", "smoke", "--only", "method=fa"], "single experiment"),
+    (["reproduce", "nonsense"], "unknown experiment 'nonsense'"),
+    (["train", "--config", "{bad}"], "unknown method 'nonsense'"),
+    (["train", "--config", "{good}", "--threads", "0"], "--threads must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _) in enumerate(BAD_ARGUMENTS)])
+def test_a_failed_argument_check_leaves_no_store_behind(tmp_path, capsys, argv, message):
+    """Every argument is checked before the result store opens: the --out folder is not even created."""
+    from prealign.cli import main
+
+    (tmp_path / "bad.toml").write_text('method = "nonsense"\ndataset = "digits"\n')
+    (tmp_path / "good.toml").write_text('method = "fa"\ndataset = "digits"\nepochs = 1\n')
+    out = tmp_path / "out"
+    argv = [a.format(bad=tmp_path / "bad.toml", good=tmp_path / "good.toml") for a in argv]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("prealign: error:") and message in err
+    assert not out.exists()

@@ -253,6 +253,15 @@ def _batch_config(item, task):
     return get() if callable(get) else None
 
 
+def check_options(executor: str = "local", workers: int | None = None) -> None:
+    """Raise a one-line error for an unknown ``executor`` or ``workers < 1`` (commands call this
+    before they open a store, so a bad option leaves nothing behind)."""
+    if executor not in EXECUTORS:
+        raise UnknownNameError("executor", executor, EXECUTORS)
+    if workers is not None and workers < 1:
+        raise PrealignError(f"--workers must be at least 1, got {workers}")
+
+
 def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, progress: bool | None = None,
               task: Callable[[dict, str], dict] | str = DEFAULT_TASK,
@@ -274,10 +283,7 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     """
     from .sweep_batched import GROUP_TASK, plan, resolve_batch
 
-    if executor not in EXECUTORS:
-        raise UnknownNameError("executor", executor, EXECUTORS)
-    if workers is not None and workers < 1:
-        raise PrealignError(f"--workers must be at least 1, got {workers}")
+    check_options(executor, workers)
     group_size, auto = resolve_batch(batch_models)
     order = {}
     for cfg in configs:

@@ -111,12 +111,15 @@ def main(args) -> int:
     from ..errors import PrealignError
     from ..report import budget_line, table, write_compare_report
     from ..store import Store, default_root
-    from ..sweep import run_sweep
+    from ..sweep import check_options, run_sweep
     from ..sweep_batched import resolve_batch
     from ..trainer import TrainResult
 
     configs = build_configs(args)  # unknown methods / bad values fail here, before any work
     resolve_batch(args.batch_models)
+    check_options(workers=args.workers)
+    if args.threads is not None and args.threads < 1:
+        raise PrealignError(f"--threads must be at least 1, got {args.threads}")
     data = load_data(configs[0])  # unknown or missing data set fails here
     device = resolve_device(args.device)
     root = Path(args.out) if args.out else default_root()

@@ -83,9 +83,15 @@ def run(args) -> int:
         raise PrealignError("name an experiment (or 'all'); `prealign reproduce --list` shows them")
     experiments = select(args.name)
     only = _only(args.only)
+    from ..sweep import check_options
     from ..sweep_batched import resolve_batch
 
     resolve_batch(args.batch_models)  # a bad value is a user error before anything runs
+    check_options(args.executor, args.workers)
+    if only and (len(experiments) != 1 or args.name == "all"):
+        raise PrealignError("--only applies to a single experiment; name one experiment with it")
+    if only:
+        experiments[0].points(args.budget, only)  # an unknown axis or value fails here, before the store opens
     out = Path(args.out)
     store = Store(args.store or out / "store")
     kwargs = dict(executor=args.executor, workers=args.workers, address=args.address, train=not args.report_only,
@@ -100,8 +106,6 @@ def run(args) -> int:
             print(f"  not produced: {', '.join(w for w, _ in res.missing)} (see the report)")
         print(f"report: {res.folder / 'report.md'}")
         return 0
-    if only:
-        raise PrealignError("--only applies to a single experiment; name one experiment with it")
     results = reproduce_many(experiments, args.budget, store, out, **kwargs)
     print(f"{len(results)} experiments reproduced at budget {args.budget}; index: {out / 'index.md'}")
     print((out / "claims.md").read_text(), file=sys.stdout)

@@ -38,6 +38,10 @@ def main(args) -> int:
 
     config = RunConfig.from_toml(args.config, args.overrides)
     data = load_data(config)  # unknown / missing data set: one clear error before anything is stored
+    if args.threads is not None and args.threads < 1:
+        from ..errors import PrealignError
+
+        raise PrealignError(f"--threads must be at least 1, got {args.threads}")
     if args.threads:
         import torch
 
