@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import ranksums, spearmanr
 
 from prealign.config import RunConfig
+from prealign.data.registry import DATASETS
 from prealign.errors import ConfigError, PrealignError
 from prealign.experiments import BUDGETS, desugar, load, load_all, names, parse
 from prealign.experiments.claims import check_claim
@@ -46,6 +47,7 @@ def test_experiment_file_is_valid(name):
     for p in smoke:
         c = RunConfig.from_dict(p["config"])
         assert c.epochs <= 2 and (c.train_subset or 10**9) <= 256 and c.noise_samples <= 2048
+        assert DATASETS[c.dataset].offline, f"{name}: the smoke budget must run on a fresh machine (mnist5k, digits)"
     for a in exp.analysis_params("smoke"):
         assert a.get("probes", 2) <= 2 and a.get("noise_samples", 0) <= 2048
     for claim in exp.claims:  # parse and whitelist check, without data -> "not run"
