@@ -59,8 +59,10 @@ def test_digits_real_and_resized():
     assert abs(big.x_test.mean() - ds.x_test.mean()) < 0.02
 
 
+@pytest.mark.optional_data
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_fashion_mnist_from_debian(monkeypatch):
+    monkeypatch.delenv("PREALIGN_NO_SYSTEM_DATA", raising=False)  # this test reads the system folder on purpose
     monkeypatch.setattr(sources, "SYSTEM_DIR", FASHION.parent)
     assert data.available("fashion-mnist") == (True, str(FASHION))
     ds = data.load("fashion-mnist")

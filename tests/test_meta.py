@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import prealign as pa
 from prealign.analysis import meta
 from prealign.analysis import trajectory as tj
-from prealign.data import Dataset
+from prealign.data import Dataset, available
 
 
 def _task(name, seed, n=40, d=12, classes=4):
@@ -67,15 +67,28 @@ def test_task_adaptation_trains_copies(gen):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_default_tasks_name_stand_ins():
+def test_default_tasks_on_a_fresh_machine(no_data_dirs):
+    """Only the embedded sets: MNIST-5k and UCI digits standing in for Fashion-MNIST; KMNIST is skipped, loudly."""
+    with pytest.warns(UserWarning, match=r"kmnist not found on this machine, skipped"):
+        tasks = meta.default_tasks(train_size=200)
+    assert [t.name for t in tasks] == ["mnist5k", "uci-digits-28 (stand-in for fashion-mnist)"]
+    assert all(t.data.x_train.shape[1:] == (1, 28, 28) and len(t.data.y_train) == 200 for t in tasks)
+    assert all(torch.bincount(t.data.y_train).tolist() == [20] * 10 for t in tasks)  # stratified subset
+    # a split no larger than train_size is used whole (UCI digits have 1,438 training images)
+    with pytest.warns(UserWarning):
+        whole = meta.default_tasks(train_size=5000)
+    assert [len(t.data.y_train) for t in whole] == [4000, 1438]
+
+
+@pytest.mark.optional_data
+@pytest.mark.skipif(not available("fashion-mnist")[0], reason="Fashion-MNIST not on this machine (apt install dataset-fashion-mnist)")
+def test_default_tasks_with_fashion_mnist(recwarn):
     tasks = meta.default_tasks(train_size=200)
     names = [t.name for t in tasks]
-    assert len(tasks) == 3 and names[0] in ("mnist", "mnist5k")
-    assert any("stand-in" in n for n in names) or "kmnist" in names
+    assert names[0] in ("mnist", "mnist5k") and names[1] == "fashion-mnist" and len(tasks) == 3
+    assert names[2] in ("kmnist", "uci-digits-28 (stand-in for kmnist)")
+    assert not [w for w in recwarn if "meta-loss tasks" in str(w.message)]  # nothing skipped
     assert all(t.data.x_train.shape[1:] == (1, 28, 28) and len(t.data.y_train) == 200 for t in tasks)
-    # a split no larger than train_size is used whole (UCI digits have 1,438 training images)
-    whole = meta.default_tasks(train_size=5000)
-    assert all(len(t.data.y_train) <= 5000 for t in whole) and len(whole[-1].data.y_train) > 200
 
 
 def test_weight_trajectory_and_pca(gen):
