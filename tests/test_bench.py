@@ -74,3 +74,11 @@ def test_cli_quick_json_structure(capsys):
         if r["skipped"] is None:
             assert r["ratio"] > 0 and r["spread"][0] <= r["spread"][1] and isinstance(r["passed"], bool)
     assert result["rows"][0]["details"]["flops_per_step"] == bench.mlp_flops_per_step(bench.MLP_DIMS, 128)
+
+
+def test_quick_recipe_row_runs_on_a_fresh_machine(no_data_dirs, capsys):
+    """No system data folder, empty cache: the recipe row (it read Fashion-MNIST) trains on the embedded MNIST-5k."""
+    assert main(["bench", "--json", "--quick", "--only", "recipe", "--device", "cpu"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["key"] == "recipe/mlp" and row["skipped"] is None and row["ratio"] > 0
+    assert row["details"]["dataset"].startswith("mnist5k") and row["details"]["n_train"] == 1500
