@@ -149,7 +149,8 @@ def _worker_init(parent_pid: int) -> None:
     """Initializer of every local worker process: exit when the sweeping process ``parent_pid`` dies.
 
     Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill this worker the moment its
-    parent dies (also on ``kill -9``). Everywhere: a daemon thread polls ``os.getppid()`` every
+    parent dies (also on ``kill -9``; strictly, when the parent thread that started it ends: the
+    pool starts its workers from the thread calling :func:`run_sweep`, which outlives the pool). Everywhere: a daemon thread polls ``os.getppid()`` every
     :data:`PARENT_POLL_SECONDS` and ends the process once it differs from ``parent_pid`` (the
     worker was re-parented: its parent is gone). SIGINT is ignored here: on Ctrl-C the terminal
     signals the whole process group, and the parent alone decides (it ends the workers)."""
@@ -179,6 +180,7 @@ def _end_workers(pool, grace: float = 5.0) -> None:
 
     A worker ended mid-run leaves that run ``running`` with its last (atomically written) epoch
     checkpoint, which the next invocation resumes."""
+    # ProcessPoolExecutor has no public way to stop running workers; its ``_processes`` (pid -> Process) does
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
