@@ -55,7 +55,7 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    raise Terminated()
+    raise Terminated("SIGTERM")
 
 
 @contextlib.contextmanager
