@@ -211,3 +211,27 @@ def test_sqlite_file_of_another_program(workdir, capsys):
     before = other.read_bytes()
     line = _one_line_error(capsys, ["runs", "--out", "other", "list"])
     assert "is not a prealign result store" in line and other.read_bytes() == before
+
+
+def test_library_refuses_the_same_values_from_python():
+    """The values the CLI refuses at parse time are refused by the analysis functions too."""
+    import torch
+
+    from prealign import mlp
+    from prealign.analysis import hessian_summary, perturbed_surface
+    from prealign.analysis.generalization import feature_effective_ranks
+    from prealign.errors import ConfigError
+
+    model = mlp([4, 3, 2], rule="bp", generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    with pytest.raises(ConfigError, match="n_samples"):
+        hessian_summary(model, x, y, n_samples=-5)
+    for axis in ([], [0.0], [float("nan"), 0.0, 1.0]):
+        with pytest.raises(ConfigError, match="alphas"):
+            perturbed_surface(model, None, x, y, alphas=axis)
+    with pytest.raises(ConfigError, match="probe"):
+        feature_effective_ranks(model, x[:0])
+    with pytest.raises(ValueError, match="seed"):
+        RunConfig(seed=2**70)
+    with pytest.raises(ValueError, match="seed"):
+        RunConfig(seed=-1)
