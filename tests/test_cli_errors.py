@@ -80,6 +80,8 @@ CASES = [
     (["analyze", "meta", "--device", "bogus"], ["--device", "bogus"]),
     (["compare", "--device", "bogus"], ["--device", "bogus"]),
     (["bench", "--device", "bogus"], ["--device", "bogus"]),
+    (["compare", "--device", "meta"], ["--device", "not supported"]),
+    (["compare", "--device", "cuda:99"], ["--device", "cuda:99"]),
     (["analyze", "meta", "--seeds", "0"], ["--seeds", ">= 1"]),
     (["runs", "--out", "st", "show", "%"], ["no run '%'"]),
     (["runs", "--out", "st", "show", "_"], ["no run '_'"]),
