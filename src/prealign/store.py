@@ -166,8 +166,9 @@ class Store:
                 break
             except sqlite3.Error as err:
                 conn.close()
-                no_wal_index = getattr(err, "sqlite_errorname", "SQLITE_READONLY_DIRECTORY") == "SQLITE_READONLY_DIRECTORY"
-                if not immutable and no_wal_index and "readonly" in str(err) and not wal.exists():
+                name = getattr(err, "sqlite_errorname", None)  # None before Python 3.11: the message alone tells
+                no_wal_index = name in (None, "SQLITE_READONLY_DIRECTORY") and "readonly" in str(err)
+                if not immutable and no_wal_index and not wal.exists():
                     continue
                 raise (_store_error(self.path, err) or err) from None
         if not {"runs", "epochs"} <= tables:
