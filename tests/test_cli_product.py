@@ -56,14 +56,14 @@ def test_compare_table_on_stdout(tmp_path, capsys):
     (["compare", "--dataset", "nope"], ["unknown data set 'nope'", "mnist5k"]),
     (["compare", "--methods", "bp,backprop"], ["unknown method 'backprop'", "rnp"]),
     (["compare", "--seeds", "zero"], ["--seeds"]),
-    (["train", "--config", "/nonexistent/run.toml"], ["not found", "run.toml"]),
+    (["train", "--config", "/nonexistent/run.toml"], ["--config", "existing file", "run.toml"]),
     (["runs", "--out", "/nonexistent/store", "list"], ["no result store"]),
 ])
 def test_bad_input_is_one_line_exit_2(argv, words, capsys):
     code, out, err = _run(capsys, argv)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prealign: error:") and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("prealign") and ": error: " in lines[0] and "Traceback" not in err
     for w in words:
         assert w in lines[0]
 

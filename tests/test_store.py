@@ -103,3 +103,130 @@ def test_default_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PREALIGN_RUNS", str(tmp_path / "elsewhere"))
     store = Store()
     assert store.path == tmp_path / "elsewhere" / "runs.sqlite" and store.path.exists()
+
+
+# -- reading: literal run references, read-only stores (issue #13) -------------------------------------
+def _store_with_runs(root, n=2) -> Store:
+    store = Store(root)
+    for seed in range(n):
+        run_id = store.start(RunConfig(method="fa", hidden=(8,), epochs=1, seed=seed))
+        store.log_epoch(run_id, {"epoch": 0, "test_acc": 0.5})
+    return store
+
+
+def test_resolve_compares_key_prefixes_literally(tmp_path):
+    store = _store_with_runs(tmp_path)
+    keys = {r["id"]: r["key"] for r in store.runs()}
+    for text in ("%", "_", "%%", "_" * 16, keys[1][:3] + "%", "*", "[", "1" * 25):
+        with pytest.raises(PrealignError, match="no run"):
+            store.resolve(text)
+    assert store.resolve(keys[2][:5]) == 2 and store.resolve(keys[2].upper()) == 2 and store.resolve(" 1 ") == 1
+
+
+def test_read_only_open_writes_nothing_and_refuses_writes(tmp_path):
+    _store_with_runs(tmp_path).close()
+    db = tmp_path / "runs.sqlite"
+    before = db.read_bytes()
+    store = Store(tmp_path, read_only=True)
+    assert [r["seed"] for r in store.runs()] == [0, 1] and store.epochs(1) == [{"epoch": 0, "test_acc": 0.5}]
+    with pytest.raises(PrealignError, match="read-only"):
+        store.start(RunConfig(method="bp"))
+    store.close()
+    assert db.read_bytes() == before
+    with pytest.raises(PrealignError, match="no result store"):
+        Store(tmp_path / "absent", read_only=True)
+    assert not (tmp_path / "absent").exists()
+
+
+def _as_reader_without_write_permission(fn):
+    """``fn()`` in a forked child that really cannot write: chmod binds it (as user nobody when we are
+    root, who ignores file modes). Returns what ``fn`` returned (JSON), or the exception's repr."""
+    import json
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        os.close(r)
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            result = fn()
+        except BaseException as err:  # noqa: BLE001 (reported to the parent)
+            result = {"exception": repr(err)}
+        os.write(w, json.dumps(result).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 1 << 16):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+@pytest.mark.parametrize("case", ["read-only folder", "read-only file", "read-only folder, open writer with a WAL"])
+def test_runs_list_show_export_on_a_read_only_store(case):
+    """The old code died with 'attempt to write a readonly database' on a read-only folder."""
+    import contextlib
+    import io
+    import json
+    import os
+    import shutil
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    from prealign.cli import main
+
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
+    top = Path(tempfile.mkdtemp(prefix="prealign-ro-"))  # outside pytest's 0700 tmp, so user nobody can enter
+    try:
+        top.chmod(0o755)
+        warm, root, out = top / "warm", top / "store", top / "out"
+        _store_with_runs(warm).close()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            for argv in (["list"], ["show", "1"], ["show", "1", "--json"], ["export", "--csv", str(top / "w.csv")]):
+                assert main(["runs", "--out", str(warm), *argv]) == 0  # imports everything the child needs
+        writer = _store_with_runs(root)
+        if "writer" in case:  # a third run sits in the WAL of a writer that is still open
+            writer.start(RunConfig(method="bp", hidden=(8,), epochs=1))
+            assert (root / "runs.sqlite-wal").stat().st_size > 0
+        else:
+            writer.close()
+        out.mkdir()
+        out.chmod(0o777)
+        db = root / "runs.sqlite"
+        files = sorted(os.listdir(root))
+        before = db.read_bytes()
+        for p in root.iterdir():
+            p.chmod(0o444 if p.is_file() else 0o555)
+        root.chmod(0o777 if case == "read-only file" else 0o555)
+
+        def read():
+            results = {}
+            for name, argv in (("list", ["list"]), ("show", ["show", "1", "--json"]),
+                               ("export", ["export", "--csv", str(out / "e.csv")])):
+                stdout, stderr = io.StringIO(), io.StringIO()
+                with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                    code = main(["runs", "--out", str(root), *argv])
+                results[name] = [code, stdout.getvalue(), stderr.getvalue()]
+            return results
+
+        got = _as_reader_without_write_permission(read)
+        assert "exception" not in got, got
+        for name, (code, stdout, stderr) in got.items():
+            assert code == 0, (name, stderr)
+        n_runs = 3 if "writer" in case else 2
+        assert got["list"][1].count(" fa ") + got["list"][1].count(" bp ") == n_runs
+        assert json.loads(got["show"][1])["epochs"] == [{"epoch": 0, "test_acc": 0.5}]
+        assert "wrote 2 rows" in got["export"][2]  # one epoch logged for each of the first two runs
+        assert db.read_bytes() == before
+        if case != "read-only file":
+            assert sorted(os.listdir(root)) == files
+    finally:
+        for p in [top, *top.rglob("*")]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR | stat.S_IXUSR | stat.S_IRUSR)
+        shutil.rmtree(top)

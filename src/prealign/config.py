@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ class RunConfig:
             ("patience", self.patience is None or self.patience >= 1, ">= 1 (or absent for no early stop)"),
             ("train_subset", self.train_subset is None or self.train_subset >= 1, ">= 1"),
             ("alpha_w", self.alpha_w > 0, "> 0"), ("alpha_b", self.alpha_b > 0, "> 0"),
+            ("seed", 0 <= self.seed <= 2**32 - 1, "in [0, 4294967295] (a 32-bit seed)"),
             ("hidden", len(self.hidden) >= 1 and min(self.hidden) >= 1, "a list of positive widths, e.g. [100] or [100, 100]"),
         ]
         for key, ok, need in checks:
@@ -149,7 +151,10 @@ class RunConfig:
             path = Path(path_or_text)
             if not path.is_file():
                 raise PrealignError(f"config file {str(path)!r} not found; give the path of a TOML file (see docs/usage.md)")
-            text = path.read_text()
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise ConfigError(f"cannot read config file {str(path)!r} ({err}); give a readable UTF-8 TOML file") from None
         else:
             path, text = None, str(path_or_text)
         try:
@@ -228,7 +233,7 @@ def _coerce(key: str, value, typ: str):
             return value
         if base.startswith("tuple"):
             if isinstance(value, str):
-                value = [v for v in value.replace("-", ",").split(",") if v.strip()]
+                value = [v for v in re.split(r",|(?<=\d)-", value) if v.strip()]  # 100,100 or 100-100; -5 stays -5
             if isinstance(value, int) and not isinstance(value, bool):
                 value = [value]
             return tuple(int(v) for v in value)

@@ -16,8 +16,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise PrealignError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise PrealignError(f"device {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PrealignError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PrealignError(f"device {device!r} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                            "device(s); use cuda:0 .. cuda:N-1, or auto")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise PrealignError(f"device {device!r} was asked for but MPS is not available here; use --device cpu or auto")
     return dev

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .errors import UnknownNameError
+from .errors import ConfigError, UnknownNameError
 from .feedback import FeedbackConv2d, FeedbackLinear, convert, get_rule
 from .init import init_weights
 
@@ -67,7 +67,7 @@ def lenet(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, rule:
     h1, w1 = _conv_out(h, 5, 1, 2) // 2, _conv_out(w, 5, 1, 2) // 2
     h2, w2 = _conv_out(h1, 5) // 2, _conv_out(w1, 5) // 2
     if min(h2, w2) < 1:
-        raise ValueError(f"lenet needs inputs of at least 12×12 pixels, got {tuple(input_shape)}")
+        raise ConfigError(f"lenet needs inputs of at least 12×12 pixels, got {tuple(input_shape)}; use model mlp for this data")
     act = lambda: _activation(activation)  # noqa: E731
     model = nn.Sequential(
         FeedbackConv2d(c, 6, 5, padding=2, rule=rule), act(), nn.MaxPool2d(2),
@@ -91,7 +91,7 @@ def alexnet(input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, rul
     get_rule(rule)
     ch = [width, 3 * width, 6 * width, 4 * width, 4 * width]
     if min(h, w) < 8:
-        raise ValueError(f"alexnet needs inputs of at least 8×8 pixels, got {tuple(input_shape)}")
+        raise ConfigError(f"alexnet needs inputs of at least 8×8 pixels, got {tuple(input_shape)}; use model mlp for this data")
     act = lambda: _activation(activation)  # noqa: E731
     model = nn.Sequential(
         FeedbackConv2d(c, ch[0], 3, padding=1, rule=rule), act(), nn.MaxPool2d(2),

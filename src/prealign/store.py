@@ -11,6 +11,13 @@ SQLite runs in WAL mode with a busy timeout and every write in its own ``BEGIN I
 transaction, so several processes can write at once without losing or duplicating rows. A
 run's ``key`` (:meth:`prealign.config.RunConfig.key`) is UNIQUE: starting a config twice
 gives the same run, so a finished run is never duplicated and an interrupted one is resumed.
+
+``Store(root, read_only=True)`` (what ``prealign runs`` and ``prealign analyze RUN`` use) opens
+the file with SQLite's ``mode=ro``: no schema, no journal-mode switch, nothing written, so a
+store on a read-only file or folder can be listed. SQLite cannot build the WAL index of a
+read-only folder; when it says so (``SQLITE_READONLY_DIRECTORY``) and no ``-wal`` file exists
+(every writer has closed, and none can start there), the file alone is the whole store and it is
+opened ``immutable=1``. A damaged or foreign file gives one line naming it; it is never overwritten.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import math
 import os
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,6 +77,26 @@ def _json(obj) -> str:
     return json.dumps(clean(obj))
 
 
+def _store_error(path: Path, err: sqlite3.Error) -> PrealignError | None:
+    """The one-line user error for an SQLite error on the store at ``path``; None for a bug (re-raised)."""
+    name = getattr(err, "sqlite_errorname", "")  # Python >= 3.11; the message tells the same on 3.10
+    text, where = str(err), repr(str(path))
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+        return PrealignError(f"the result store {where} is damaged ({text}); restore it from a backup, or move it "
+                             "aside and re-run to start a new store; prealign will not overwrite it")
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return PrealignError(f"the result store {where} is read-only ({text}); reading it (runs list/show/export, "
+                             "analyze RUN) works, training needs a writable --out")
+    if "no such table" in text or "no such column" in text:
+        return PrealignError(f"{where} is not a prealign result store ({text}); point --out at a folder "
+                             "prealign made, or move the file aside; prealign will not overwrite it")
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_PERM", "SQLITE_AUTH")) or \
+            "unable to open" in text or "disk" in text:
+        return PrealignError(f"cannot use the result store {where} ({text}); check the disk and the permissions, "
+                             "or choose another folder with --out or PREALIGN_RUNS")
+    return None
+
+
 def _unnull(record: dict) -> dict:
     return {k: (float("nan") if v is None and k != "epoch" else v) for k, v in record.items()}
 
@@ -98,24 +126,72 @@ class _EpochLogger:
 class Store:
     """Runs, their per-epoch metrics and checkpoints under one output root."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, *, read_only: bool = False):
         root = Path(root) if root is not None else default_root()
         if root.suffix in (".sqlite", ".db"):
             self.path, self.root = root, root.parent
         else:
             self.root, self.path = root, root / DB_NAME
+        self.read_only = read_only
+        self.checkpoint_dir = self.root / "checkpoints"
+        if read_only:
+            self._conn = self._open_read_only()
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA busy_timeout = 60000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._conn.executescript(_SCHEMA)
+            with self._errors():
+                self._conn.execute("PRAGMA busy_timeout = 60000")
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self._conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as err:
             raise PrealignError(f"cannot open the result store {str(self.path)!r}: {err}; "
                                 f"choose another folder with --out or PREALIGN_RUNS") from None
-        self.checkpoint_dir = self.root / "checkpoints"
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A ``mode=ro`` connection to an existing store (``immutable=1`` in a read-only folder without a WAL)."""
+        if not self.path.is_file():
+            raise PrealignError(f"no result store at {str(self.path)!r}; run `prealign compare` or `prealign train` "
+                                f"first, or point --out / PREALIGN_RUNS at the folder that holds {DB_NAME}")
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=ro"
+        wal = self.path.with_name(self.path.name + "-wal")
+        for immutable in (False, True):
+            conn = sqlite3.connect(uri + ("&immutable=1" if immutable else ""), uri=True, timeout=60,
+                                   isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout = 60000")
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                break
+            except sqlite3.Error as err:
+                conn.close()
+                name = getattr(err, "sqlite_errorname", None)  # None before Python 3.11: the message alone tells
+                no_wal_index = name in (None, "SQLITE_READONLY_DIRECTORY") and "readonly" in str(err)
+                if not immutable and no_wal_index and not wal.exists():
+                    continue
+                raise (_store_error(self.path, err) or err) from None
+        if not {"runs", "epochs"} <= tables:
+            conn.close()
+            raise PrealignError(f"{str(self.path)!r} is not a prealign result store (it has no runs table); point "
+                                "--out at a folder prealign made, or move the file aside; prealign will not overwrite it")
+        return conn
+
+    @contextmanager
+    def _errors(self):
+        """SQLite errors the user can act on (a damaged, foreign or read-only file, a full disk) as one line."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            user = _store_error(self.path, err)
+            if user is None:
+                raise
+            raise user from None
+
+    def _query(self, sql: str, params=()) -> list[tuple]:
+        """All rows of one read."""
+        with self._errors():
+            return self._conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
         self._conn.close()
@@ -129,6 +205,12 @@ class Store:
     @contextmanager
     def _write(self):
         """One write transaction taken up front (BEGIN IMMEDIATE), retried while another writer holds the lock."""
+        with self._errors():
+            with self._transaction() as conn:
+                yield conn
+
+    @contextmanager
+    def _transaction(self):
         for attempt in range(200):
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
@@ -162,17 +244,18 @@ class Store:
 
     def find(self, key: str) -> dict | None:
         """The run with exactly this key, or None."""
-        row = self._conn.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
-        return self._row(row) if row else None
+        rows = self._query("SELECT * FROM runs WHERE key = ?", (key,))
+        return self._row(rows[0]) if rows else None
 
     def resolve(self, run: int | str) -> int:
-        """Run id from an id (``12``) or a unique key prefix (``3fa9c1``)."""
+        """Run id from an id (``12``) or a unique key prefix (``3fa9c1``; compared literally, no wildcards)."""
         text = str(run).strip()
-        if text.isdigit():
-            row = self._conn.execute("SELECT id FROM runs WHERE id = ?", (int(text),)).fetchone()
-            if row:
-                return int(row[0])
-        rows = self._conn.execute("SELECT id FROM runs WHERE key LIKE ?", (text.lower() + "%",)).fetchall() if text else []
+        if text.isascii() and text.isdigit() and len(text) < 19:  # beyond that, not an SQLite integer: only a key prefix
+            rows = self._query("SELECT id FROM runs WHERE id = ?", (int(text),))
+            if rows:
+                return int(rows[0][0])
+        prefix = text.lower()
+        rows = self._query("SELECT id FROM runs WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)) if text else []
         if len(rows) == 1:
             return int(rows[0][0])
         if not rows:
@@ -182,7 +265,7 @@ class Store:
     def get(self, run: int | str) -> dict:
         """One run as a dict: id, key, label, dataset, seed, config (dict), status, summary (dict|None), error, created, updated."""
         run_id = self.resolve(run)
-        return self._row(self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+        return self._row(self._query("SELECT * FROM runs WHERE id = ?", (run_id,))[0])
 
     def runs(self, status: str | None = None, dataset: str | None = None, label: str | None = None) -> list[dict]:
         """All runs (optionally filtered), oldest first."""
@@ -191,7 +274,7 @@ class Store:
             if val is not None:
                 query += f" AND {col} = ?"
                 args.append(val)
-        return [self._row(r) for r in self._conn.execute(query + " ORDER BY id", args).fetchall()]
+        return [self._row(r) for r in self._query(query + " ORDER BY id", args)]
 
     def _row(self, row) -> dict:
         cols = ("id", "key", "label", "dataset", "seed", "config", "status", "summary", "error", "created", "updated")
@@ -214,7 +297,7 @@ class Store:
     def epochs(self, run: int | str) -> list[dict]:
         """Per-epoch records of one run, in epoch order."""
         run_id = self.resolve(run)
-        rows = self._conn.execute("SELECT record FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()
+        rows = self._query("SELECT record FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         return [_unnull(json.loads(r[0])) for r in rows]
 
     def finish(self, run_id: int, result) -> None:
@@ -305,11 +388,14 @@ def write_csv(path, rows: list[dict]) -> None:
             if k not in columns:
                 columns.append(k)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as err:
+        raise PrealignError(f"cannot write the CSV file {str(path)!r} ({err.strerror or err}); choose another path") from None
 
 
 __all__ = ["Store", "default_root", "write_csv", "DB_NAME", "STATUSES"]

@@ -93,6 +93,8 @@ def hidden_features(model: nn.Module, x: torch.Tensor, batch_size: int = 2000) -
 def feature_effective_ranks(model: nn.Module, x: torch.Tensor, center: bool = False) -> dict[str, float]:
     """``{activation module: effective rank of the (N, features) activation matrix on x}``.
     ``center=True`` subtracts each feature's mean first (rank of the covariance structure)."""
+    if len(x) < 1:
+        raise ConfigError("feature_effective_ranks needs at least one probe input, got none")
     out = {}
     for name, f in hidden_features(model, x).items():
         if center:

@@ -433,6 +433,8 @@ def hessian_summary(model: nn.Module, data_x: torch.Tensor, data_y: torch.Tensor
     ``n_params``, ``hvp_method``, ``n_products``, ``seconds`` (per part and ``total``), and
     ``eigenvectors`` (numpy ``(P, k)``, not JSON) if asked.
     """
+    if n_samples is not None and n_samples < 1:
+        raise ConfigError(f"n_samples must be >= 1 (or None for all), got {n_samples}")
     x = data_x if n_samples is None else data_x[:n_samples]
     y = data_y if n_samples is None else data_y[:n_samples]
     op = hessian_operator(model, loss_fn, x, y, batch_size=batch_size)

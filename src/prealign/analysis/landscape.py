@@ -330,6 +330,8 @@ def perturbed_surface(model: nn.Module, loss_fn: LossFn | None, x: torch.Tensor,
     """
     alphas = np.linspace(-1, 1, 21) if alphas is None else np.asarray(alphas, dtype=np.float64)
     betas = alphas.copy() if betas is None else np.asarray(betas, dtype=np.float64)
+    if min(alphas.size, betas.size) < 2 or not (np.isfinite(alphas).all() and np.isfinite(betas).all()):
+        raise ConfigError(f"alphas and betas need at least 2 finite values each, got {alphas.size} and {betas.size}")
     if eigenvectors is None:
         op = hessian_operator(model, loss_fn, x if hessian_x is None else hessian_x,
                               y if hessian_y is None else hessian_y, batch_size=batch_size)

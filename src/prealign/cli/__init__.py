@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module under ``prealign.cli`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
-A :class:`~prealign.errors.PrealignError` becomes one line on stderr and exit status 2.
+A :class:`~prealign.errors.PrealignError` or a bad option (:mod:`prealign.cli.args`) becomes one line
+on stderr and exit status 2; a closed stdout (``| head``) ends the command quietly.
 
 Interruptions: Ctrl-C (SIGINT) and SIGTERM stop the command the same way — the sweep ends its
 worker processes, runs in flight stay resumable (their last epoch checkpoint; the store is SQLite,
@@ -32,7 +33,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .args import OneLineParser
+
+    parser = OneLineParser(
         prog="prealign",
         description="Train without weight transport (FA, IFA, noise pretraining) and measure why it works.",
     )
@@ -74,9 +77,15 @@ def _sigterm_as_interrupt():
 def main(argv: list[str] | None = None) -> int:
     from ..errors import PrealignError
     from ..progress import set_quiet
+    from .args import stdout_closed
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a bad argument already reported in one line
+        return int(done.code or 0)
+    except BrokenPipeError:
+        return stdout_closed()
     if getattr(args, "quiet", False):
         set_quiet(True)
     if not getattr(args, "func", None):
@@ -88,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except PrealignError as err:
         print(f"prealign: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `prealign ... | head`: the reader has what it wanted
+        return stdout_closed()
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(f"prealign: {'terminated (SIGTERM)' if terminated else 'interrupted'}; finished runs are saved, "

@@ -7,6 +7,7 @@ modules; each exposes ``register_analyze(subparsers)``.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 PARTS = ("prealign.cli.analyze_geometry", "prealign.cli.analyze_robustness")
 
@@ -23,3 +24,16 @@ def register(sub) -> None:
             raise
         mod.register_analyze(analyze_sub)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def save_folder(save: str | None, root: Path, command: str) -> Path:
+    """``--save`` (default ``<root>/analysis/<command>``), created; one clear error where it cannot be."""
+    from ..errors import PrealignError
+
+    path = Path(save) if save else Path(root) / "analysis" / command
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PrealignError(f"cannot create the output folder {str(path)!r} ({err.strerror or err}); "
+                            "choose another one with --save") from None
+    return path

@@ -8,49 +8,60 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .args import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, STORE, Int
+
 
 def register_analyze(sub) -> None:
     h = sub.add_parser("hessian", help="Hessian top eigenvalues, trace and spectral density of stored runs (IFA B.7)")
     h.add_argument("runs", nargs="+", metavar="RUN")
-    h.add_argument("--samples", type=int, default=1000, help="training samples the Hessian is taken on (default 1000)")
-    h.add_argument("--k", type=int, default=1, help="top eigenvalues (default 1)")
-    h.add_argument("--probes", type=int, default=50, help="Hutchinson probes (default 50)")
-    h.add_argument("--density-probes", type=int, default=5, help="SLQ probes (default 5)")
-    h.add_argument("--lanczos-steps", type=int, default=30, help="Lanczos steps per SLQ probe (default 30)")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--samples", type=POSITIVE, default=1000, help="training samples the Hessian is taken on (default 1000)")
+    h.add_argument("--k", type=POSITIVE, default=1, help="top eigenvalues (default 1)")
+    h.add_argument("--probes", type=POSITIVE, default=50, help="Hutchinson probes (default 50)")
+    h.add_argument("--density-probes", type=POSITIVE, default=5, help="SLQ probes (default 5)")
+    h.add_argument("--lanczos-steps", type=POSITIVE, default=30, help="Lanczos steps per SLQ probe (default 30)")
+    h.add_argument("--seed", type=SEED, default=0)
     _common(h)
     h.set_defaults(func=_hessian)
     ls = sub.add_parser("landscape", help="perturbed loss landscape (IFA B.8) and, with --trajectory, "
                                           "the training trajectory in its PCA plane (IFA B.6)")
     ls.add_argument("runs", nargs="+", metavar="RUN")
-    ls.add_argument("--radius", type=float, default=1.0, help="grid half-width along the eigenvectors (default 1.0)")
-    ls.add_argument("--grid", type=int, default=21, help="points per axis (default 21)")
-    ls.add_argument("--samples", type=int, default=1000, help="training samples for the Hessian / trajectory loss (default 1000)")
+    ls.add_argument("--radius", type=POSITIVE_FLOAT, default=1.0, help="grid half-width along the eigenvectors (default 1.0)")
+    ls.add_argument("--grid", type=Int(3, odd=True), default=21,
+                    help="points per axis, odd so the trained point is the centre (default 21)")
+    ls.add_argument("--samples", type=POSITIVE, default=1000, help="training samples for the Hessian / trajectory loss (default 1000)")
     ls.add_argument("--trajectory", action="store_true",
                     help="also re-train the run's config (same seed) recording every epoch, then plot its PCA landscape")
-    ls.add_argument("--seed", type=int, default=0)
+    ls.add_argument("--seed", type=SEED, default=0)
     _common(ls)
     ls.set_defaults(func=_landscape)
 
 
 def _common(p) -> None:
-    p.add_argument("--out", default=None, help="output root holding the store (default $PREALIGN_RUNS or ./prealign-runs)")
-    p.add_argument("--save", default=None, help="folder for JSON and PNG (default <out>/analysis/<command>)")
+    p.add_argument("--out", type=STORE, default=None, help="output root holding the store (default $PREALIGN_RUNS or ./prealign-runs)")
+    p.add_argument("--save", type=FOLDER, default=None, help="folder for JSON and PNG (default <out>/analysis/<command>)")
 
 
-def _load(args, run):
-    from ..config import load_data
+def _store(args):
+    """The store at ``--out``, read-only (measuring never writes it), with every RUN resolvable."""
     from ..store import Store
 
-    store = Store(args.out)
+    store = Store(args.out, read_only=True)
+    for run in args.runs:
+        store.resolve(run)  # an unknown RUN fails before any output folder is made
+    return store
+
+
+def _load(store, run):
+    from ..config import load_data
+
     model = store.load_model(run, device="cpu")
-    return store, model, load_data(model.run_config)
+    return model, load_data(model.run_config)
 
 
 def _folder(args, store, command) -> Path:
-    path = Path(args.save) if args.save else store.root / "analysis" / command
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from .analyze import save_folder
+
+    return save_folder(args.save, store.root, command)
 
 
 def _hessian(args) -> int:
@@ -58,8 +69,10 @@ def _hessian(args) -> int:
     from ..plots_geometry import plot_hessian_tracking, plot_spectral_density
 
     densities, tracked, out = {}, {}, {}
+    store = _store(args)
+    folder = _folder(args, store, "hessian")
     for run in args.runs:
-        store, model, data = _load(args, run)
+        model, data = _load(store, run)
         row = store.get(run)
         name = f"{row['id']} {row['label']}"
         s = hessian_summary(model, data.x_train, data.y_train, n_samples=args.samples, k=args.k, probes=args.probes,
@@ -72,7 +85,6 @@ def _hessian(args) -> int:
                              [r["hessian_top_eig"] for r in recs])
         print(f"run {name}: top eigenvalue(s) {', '.join(f'{v:.4g}' for v in s['top_eigenvalues'])}, "
               f"trace {s['trace']:.4g} ± {s['trace_stderr']:.2g}, {s['seconds']['total']:.1f} s")
-    folder = _folder(args, store, "hessian")
     (folder / "hessian.json").write_text(json.dumps(out, indent=1))
     plot_spectral_density(folder / "spectral_density.png", densities)
     if tracked:
@@ -90,10 +102,11 @@ def _landscape(args) -> int:
     from ..plots_geometry import plot_perturbed_surface, plot_trajectory_landscape
 
     out = {}
+    store = _store(args)
+    folder = _folder(args, store, "landscape")
     for run in args.runs:
-        store, model, data = _load(args, run)
+        model, data = _load(store, run)
         row = store.get(run)
-        folder = _folder(args, store, "landscape")
         n = args.samples
         axis = np.linspace(-args.radius, args.radius, args.grid)
         p = perturbed_surface(model, None, data.x_test, data.y_test, hessian_x=data.x_train[:n],

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from ..errors import PrealignError
+from .args import DEVICE, FOLDER, NONNEG, POSITIVE, POSITIVE_FLOAT, SEED, STORE, Float, Floats
+from .args import console as _console
 
 
 # -- model sources ------------------------------------------------------------------------------
@@ -23,22 +25,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("train on the fly instead (stored in --out, reused when already finished)")
     g.add_argument("--method", nargs="+", default=None, metavar="M", help="methods, e.g. bp fa ifa ifa@30 ifa@60")
     g.add_argument("--dataset", default="mnist5k", help="data set for --method (default mnist5k)")
-    g.add_argument("--epochs", type=int, default=20, help="epochs for --method (default 20)")
-    g.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method for --method (default 3)")
-    g.add_argument("--hidden", type=int, nargs="+", default=[100], help="MLP hidden widths (default 100)")
+    g.add_argument("--epochs", type=NONNEG, default=20, help="epochs for --method (default 20)")
+    g.add_argument("--seeds", type=POSITIVE, default=3, help="seeds 0..N-1 per method for --method (default 3)")
+    g.add_argument("--hidden", type=POSITIVE, nargs="+", default=[100], help="MLP hidden widths (default 100)")
     g.add_argument("--model", default="mlp", help="model for --method: mlp, lenet, alexnet")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--out", default=None, help="output root holding the store (default $PREALIGN_RUNS or ./prealign-runs)")
-    p.add_argument("--save", default=None, help="folder for the JSON and PNG (default <out>/analysis/<command>)")
-    p.add_argument("--test-size", type=int, default=None, help="use the first N test images (default: all)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    g.add_argument("--batch-size", type=POSITIVE, default=64)
+    g.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-4)
+    p.add_argument("--out", type=STORE, default=None, help="output root holding the store (default $PREALIGN_RUNS or ./prealign-runs)")
+    p.add_argument("--save", type=FOLDER, default=None, help="folder for the JSON and PNG (default <out>/analysis/<command>)")
+    p.add_argument("--test-size", type=POSITIVE, default=None, help="use the first N test images (default: all)")
+    p.add_argument("--device", type=DEVICE, default="cpu", help="cpu, cuda or auto (default cpu)")
 
 
-def _store(args):
+def _store(args, read_only: bool = False):
     from ..store import Store
 
-    return Store(args.out)
+    return Store(args.out, read_only=read_only)
 
 
 def _config(args, method: str, seed: int):
@@ -64,7 +66,7 @@ def _models(args, command: str):
         raise PrealignError(f"`analyze {command}` needs either stored RUN ids or --method (with --dataset/--epochs/--seeds), "
                             "not both and not neither; e.g. `prealign analyze "
                             f"{command} --method bp fa ifa --epochs 20 --seeds 3`")
-    store = _store(args)
+    store = _store(args, read_only=bool(args.runs))  # stored runs are only read; --method trains into the store
     models: dict[str, list] = {}
     if args.runs:
         datasets = set()
@@ -94,18 +96,16 @@ def _models(args, command: str):
     return models, data, store, f"{data.name}, {what}"
 
 
-def _save_dir(args, store, command: str) -> Path:
-    path = Path(args.save) if args.save else store.root / "analysis" / command
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _save_dir(args, store_root: Path, command: str) -> Path:
+    from .analyze import save_folder
+
+    return save_folder(args.save, store_root, command)
 
 
 def _print_table(columns, rows, title):
-    from rich.console import Console
-
     from ..analysis.stats import rich_table
 
-    Console().print(rich_table(columns, rows, title=title))
+    _console().print(rich_table(columns, rows, title=title))
 
 
 def _pm(values, scale=100.0, digits=1):
@@ -138,7 +138,7 @@ def _robustness(args) -> int:
                                     sources=args.sources, surrogates=surrogates, steps=args.steps,
                                     step_size=args.step_size, seed=args.seed)
     report["data"] = what
-    out = _save_dir(args, store, "robustness")
+    out = _save_dir(args, store.root, "robustness")
     (out / "adversarial.json").write_text(json.dumps(report, indent=1))
     plot_adversarial(report, out / "adversarial.png", title=what)
     eps = report["epsilons"]
@@ -167,7 +167,7 @@ def _corruption(args) -> int:
     report = rob.corruption_report(models, data.x_test, data.y_test, corruptions=args.corruptions,
                                    severities=args.severities, seed=args.seed)
     report["data"] = what
-    out = _save_dir(args, store, "corruption")
+    out = _save_dir(args, store.root, "corruption")
     (out / "corruption.json").write_text(json.dumps(report, indent=1))
     plot_corruption(report, out / "corruption.png", title=what)
     summaries = {m: [rob.summarize_corruption(e, report["categories"]) for e in entries]
@@ -196,7 +196,7 @@ def _ood(args) -> int:
     models, data, store, what = _models(args, "ood")
     report = ood_report(models, data, seed=args.seed, second_source=not args.no_second_source)
     report["data"] = what
-    out = _save_dir(args, store, "ood")
+    out = _save_dir(args, store.root, "ood")
     (out / "ood.json").write_text(json.dumps(report, indent=1))
     plot_ood(report, out / "ood.png", title=f"out-of-distribution accuracy — {what}")
     rows = [[m, *[_pm([e[s] for e in entries]) for s in report["sets"]]] for m, entries in report["results"].items()]
@@ -212,7 +212,7 @@ def _dimensionality(args) -> int:
 
     if args.runs:
         models, data, store, what = _models(args, "dimensionality")
-        out = _save_dir(args, store, "dimensionality")
+        out = _save_dir(args, store.root, "dimensionality")
         probe = data.x_test[:args.probe]
         result = {"data": what, "results": {m: [{"spectra": weight_spectra(model),
                                                  "feature_erank": feature_effective_ranks(model, probe)} for model in seeds]
@@ -243,7 +243,7 @@ def _dimensionality(args) -> int:
     if not args.method:
         raise PrealignError("`analyze dimensionality` needs stored RUN ids or --method (e.g. --method rnp fa)")
     store = _store(args)
-    out = _save_dir(args, store, "dimensionality")
+    out = _save_dir(args, store.root, "dimensionality")
     result = {}
     for method in args.method:
         config = _config(args, method, 0)
@@ -278,9 +278,9 @@ def _meta(args) -> int:
     from .. import mlp
     from ..analysis.meta import default_tasks, meta_loss_curve, task_adaptation
     from ..plots_robustness import plot_meta
+    from ..store import default_root
 
-    store = _store(args)
-    out = _save_dir(args, store, "meta")
+    out = _save_dir(args, Path(args.out) if args.out else default_root(), "meta")  # trains nothing into a store
     tasks = default_tasks(train_size=args.task_size)
     print("tasks: " + ", ".join(t.name for t in tasks), file=sys.stderr)
     result = {"tasks": [t.name for t in tasks], "noise_samples": args.noise_samples, "seeds": args.seeds, "runs": {}}
@@ -315,13 +315,6 @@ def _meta(args) -> int:
 
 
 # -- registration ----------------------------------------------------------------------------------
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
 def register_analyze(sub) -> None:
     from ..analysis.robustness import ATTACKS, DEFAULT_EPSILONS, GRADIENT_SOURCES
 
@@ -332,43 +325,43 @@ def register_analyze(sub) -> None:
     _add_model_args(p)
     p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
     p.add_argument("--sources", nargs="+", choices=GRADIENT_SOURCES, default=list(GRADIENT_SOURCES))
-    p.add_argument("--eps", type=_floats, default=list(DEFAULT_EPSILONS), help="ε values, e.g. '0,0.01,0.05' (inputs in [0, 1])")
-    p.add_argument("--steps", type=int, default=10, help="BIM/PGD steps (default 10)")
-    p.add_argument("--step-size", type=float, default=None, help="BIM/PGD step (default 2.5·ε/steps)")
+    p.add_argument("--eps", type=Floats(Float(0.0)), default=list(DEFAULT_EPSILONS), help="ε values, e.g. '0,0.01,0.05' (inputs in [0, 1])")
+    p.add_argument("--steps", type=POSITIVE, default=10, help="BIM/PGD steps (default 10)")
+    p.add_argument("--step-size", type=POSITIVE_FLOAT, default=None, help="BIM/PGD step (default 2.5·ε/steps)")
     p.add_argument("--surrogate", nargs="+", default=None, metavar="RUN", help="BP runs for the transfer attack")
-    p.add_argument("--seed", type=int, default=0, help="PGD random-start seed")
+    p.add_argument("--seed", type=SEED, default=0, help="PGD random-start seed")
     p.set_defaults(func=_robustness)
 
     p = sub.add_parser("corruption", help="accuracy under the 15 corruptions × 5 severities (IFA paper B.9)")
     _add_model_args(p)
     p.add_argument("--corruptions", nargs="+", default=None, help="subset of corruptions (default all 15)")
-    p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--severities", type=POSITIVE, nargs="+", default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5])
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=_corruption)
 
     p = sub.add_parser("ood", help="translated/scaled/rotated test sets and a second digit source (noise paper C.5)")
     _add_model_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--no-second-source", action="store_true", help="skip USPS / UCI digits")
     p.set_defaults(func=_ood)
 
     p = sub.add_parser("dimensionality", help="singular values and effective rank of weights and features (noise paper C.2)")
     _add_model_args(p)
-    p.add_argument("--probe", type=int, default=1000, help="test images for the feature ranks (default 1000)")
-    p.add_argument("--noise-samples", type=int, default=None, help="with --method rnp: noise samples (default the method's)")
+    p.add_argument("--probe", type=POSITIVE, default=1000, help="test images for the feature ranks (default 1000)")
+    p.add_argument("--noise-samples", type=NONNEG, default=None, help="with --method rnp: noise samples (default the method's)")
     p.set_defaults(func=_dimensionality)
 
     p = sub.add_parser("meta", help="meta-loss during noise pretraining and task adaptation (noise paper D)")
-    p.add_argument("--out", default=None, help="output root (default $PREALIGN_RUNS or ./prealign-runs)")
-    p.add_argument("--save", default=None, help="folder for the JSON and PNG (default <out>/analysis/meta)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="hidden widths (paper: 100 100)")
-    p.add_argument("--noise-samples", type=int, default=500_000)
-    p.add_argument("--every", type=int, default=50_000, help="noise samples between meta-loss checkpoints")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--k", type=int, default=10, help="images per class in support and query batches (paper K = 10)")
-    p.add_argument("--inner-steps", type=int, default=10)
-    p.add_argument("--inner-lr", type=float, default=1e-3)
-    p.add_argument("--task-size", type=int, default=5000, help="training images per task (paper 5,000)")
-    p.add_argument("--adapt-epochs", type=int, default=0, help="also train copies on each task for N epochs (paper 100)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=FOLDER, default=None, help="output root (default $PREALIGN_RUNS or ./prealign-runs)")
+    p.add_argument("--save", type=FOLDER, default=None, help="folder for the JSON and PNG (default <out>/analysis/meta)")
+    p.add_argument("--hidden", type=POSITIVE, nargs="+", default=[100, 100], help="hidden widths (paper: 100 100)")
+    p.add_argument("--noise-samples", type=NONNEG, default=500_000)
+    p.add_argument("--every", type=POSITIVE, default=50_000, help="noise samples between meta-loss checkpoints")
+    p.add_argument("--seeds", type=POSITIVE, default=1, help="seeds 0..N-1 (default 1)")
+    p.add_argument("--k", type=POSITIVE, default=10, help="images per class in support and query batches (paper K = 10)")
+    p.add_argument("--inner-steps", type=POSITIVE, default=10)
+    p.add_argument("--inner-lr", type=POSITIVE_FLOAT, default=1e-3)
+    p.add_argument("--task-size", type=POSITIVE, default=5000, help="training images per task (paper 5,000)")
+    p.add_argument("--adapt-epochs", type=NONNEG, default=0, help="also train copies on each task for N epochs (paper 100)")
+    p.add_argument("--device", type=DEVICE, default="cpu")
     p.set_defaults(func=_meta)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from .args import DEVICE, POSITIVE
+
 
 def register(subparsers) -> None:
     from ..bench import ROWS
@@ -13,8 +15,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument("--quick", action="store_true", help="reduced sizes and repetitions (under a minute; for CI)")
     p.add_argument("--only", nargs="+", choices=ROWS, metavar="ROW", help=f"run only these rows: {', '.join(ROWS)}")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--device", type=DEVICE, default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--threads", type=POSITIVE, default=None,
                    help="torch threads for the run (default: one per core; 1 with --quick); 1 is steadier on a shared machine")
     p.set_defaults(func=cmd_bench)
 

@@ -15,35 +15,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
+from .args import console as _console
+
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
                 noise_samples=500_000, hidden="100")
-
-
-def _ints(text: str, what: str) -> list[int]:
-    from ..errors import ConfigError
-
-    try:
-        values = [int(v) for v in str(text).replace("-", ",").split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be integers separated by commas, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ConfigError(f"{what} must be positive integers, got {text!r}")
-    return values
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"3"`` → seeds 0, 1, 2; ``"0,5,7"`` → exactly those seeds."""
-    from ..errors import ConfigError
-
-    text = str(text).strip()
-    if "," in text:
-        try:
-            return [int(s) for s in text.split(",") if s.strip()]
-        except ValueError:
-            raise ConfigError(f"--seeds takes a count (3) or a list (0,5,7), got {text!r}") from None
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"--seeds takes a count (3) or a list (0,5,7), got {text!r}")
-    return list(range(int(text)))
 
 
 def register(sub) -> None:
@@ -51,30 +27,30 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=DEFAULTS["dataset"], help="data set name (default mnist5k, offline)")
     p.add_argument("--model", default="mlp", help="mlp (default), lenet or alexnet")
-    p.add_argument("--hidden", default=DEFAULTS["hidden"], help="mlp hidden widths, e.g. 100 or 100,100 (default 100)")
+    p.add_argument("--hidden", type=Widths(), default=DEFAULTS["hidden"], help="mlp hidden widths, e.g. 100 or 100,100 (default 100)")
     p.add_argument("--methods", default=DEFAULTS["methods"], help="comma-separated methods (default bp,fa,ifa,rnp)")
-    p.add_argument("--angles", default="", help="IFA angles in degrees: adds ifa@θ for each, e.g. 15,45")
-    p.add_argument("--seeds", default=DEFAULTS["seeds"], help="number of seeds (3 → 0,1,2) or a list 0,5,7 (default 3)")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="maximum epochs (default 30)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="default 64")
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate (default 1e-4)")
+    p.add_argument("--angles", type=ANGLES, default=[], help="IFA angles in degrees: adds ifa@θ for each, e.g. 15,45")
+    p.add_argument("--seeds", type=Seeds(), default=DEFAULTS["seeds"], help="number of seeds (3 → 0,1,2) or a list 0,5,7 (default 3)")
+    p.add_argument("--epochs", type=NONNEG, default=DEFAULTS["epochs"], help="maximum epochs (default 30)")
+    p.add_argument("--batch-size", type=POSITIVE, default=DEFAULTS["batch_size"], help="default 64")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=DEFAULTS["lr"], help="Adam learning rate (default 1e-4)")
     p.add_argument("--optimizer", default="adam", help="adam (default), adamw or sgd")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--noise-samples", type=int, default=DEFAULTS["noise_samples"],
+    p.add_argument("--weight-decay", type=NONNEG_FLOAT, default=0.0)
+    p.add_argument("--noise-samples", type=NONNEG, default=DEFAULTS["noise_samples"],
                    help="noise-pretraining samples for rnp (default 500000, the noise paper's)")
-    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better test accuracy")
+    p.add_argument("--patience", type=POSITIVE, default=None, help="stop after this many epochs without a better test accuracy")
     p.add_argument("--same-init", action=argparse.BooleanOptionalAction, default=True,
                    help="every method of a seed starts from the same network (noise paper B.6; default on)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--device", type=DEVICE, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=POSITIVE, default=None,
                    help="runs trained in parallel processes (default: 2 on a multi-core CPU, 1 on a GPU)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=POSITIVE, default=None,
                    help="torch threads with --workers 1 (default 1 for mlp: small nets train fastest single-threaded); "
                         "parallel workers use one thread each")
     p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
                    help="train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
                         "(default; where it was measured to win), off, or a group size G")
-    p.add_argument("--out", default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
+    p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     p.set_defaults(func=main)
 
@@ -84,17 +60,13 @@ def build_configs(args) -> list:
     from ..errors import ConfigError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.angles:
-        try:
-            methods += [f"ifa@{float(a):g}" for a in args.angles.split(",") if a.strip()]
-        except ValueError:
-            raise ConfigError(f"--angles takes degrees separated by commas, e.g. 15,45; got {args.angles!r}") from None
+    methods += [f"ifa@{a:g}" for a in args.angles]
     if not methods:
         raise ConfigError("--methods is empty; give e.g. bp,fa,ifa,rnp")
-    hidden = tuple(_ints(args.hidden, "--hidden"))
+    hidden = tuple(args.hidden)
     configs = []
     for method in dict.fromkeys(methods):
-        for seed in parse_seeds(args.seeds):
+        for seed in args.seeds:
             configs.append(RunConfig(
                 method=method, dataset=args.dataset, model=args.model, hidden=hidden, epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
@@ -106,7 +78,7 @@ def build_configs(args) -> list:
 def main(args) -> int:
     import torch
 
-    from ..config import load_data
+    from ..config import build, load_data
     from ..device import resolve_device
     from ..errors import PrealignError
     from ..report import budget_line, table, write_compare_report
@@ -121,6 +93,7 @@ def main(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise PrealignError(f"--threads must be at least 1, got {args.threads}")
     data = load_data(configs[0])  # unknown or missing data set fails here
+    build(configs[0], data)  # and a model that does not fit the data (lenet on 8×8 digits)
     device = resolve_device(args.device)
     root = Path(args.out) if args.out else default_root()
     store = Store(root)
@@ -132,7 +105,7 @@ def main(args) -> int:
         n_in *= int(d)
     arch = ("-".join(str(v) for v in (n_in, *configs[0].hidden, data.num_classes)) if args.model == "mlp" else args.model)
     settings = {"dataset": args.dataset, "architecture": arch, "model": args.model, "methods": labels,
-                "seeds": parse_seeds(args.seeds), "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "optimizer": args.optimizer, "weight_decay": args.weight_decay, "patience": args.patience,
                 "noise_samples": args.noise_samples if any(c.noise_samples for c in configs) else 0,
                 "same_init": args.same_init, "device": str(device), "workers": workers, "threads": threads,
@@ -163,12 +136,10 @@ def main(args) -> int:
     if args.json:
         print(json.dumps(json.loads((folder / "summary.json").read_text()), indent=2))
         return 0
-    from rich.console import Console
-
     from ..analysis.stats import rich_table
 
     columns, cells = table(summary["methods"])
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = _console()
     console.print(rich_table(columns, cells, title=f"{args.dataset}, {arch} — best test accuracy over "
                                                     f"{len(settings['seeds'])} seed(s); angles in degrees"))
     console.print(budget_line(settings), style="dim")

@@ -1,20 +1,22 @@
 """``prealign datasets list | info NAME | fetch NAME [--root DIR]``."""
 from __future__ import annotations
 
+from .args import FOLDER
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("datasets", help="list, describe and download data sets")
     sub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
     ls = sub.add_parser("list", help="every data set: classes, shape, available here?, where")
-    ls.add_argument("--root", default=None, help="also look in this folder (first)")
+    ls.add_argument("--root", type=FOLDER, default=None, help="also look in this folder (first)")
     ls.set_defaults(func=cmd_list)
     info = sub.add_parser("info", help="one data set: files, URLs, checksums, where it was found")
     info.add_argument("name")
-    info.add_argument("--root", default=None)
+    info.add_argument("--root", type=FOLDER, default=None)
     info.set_defaults(func=cmd_info)
     fetch = sub.add_parser("fetch", help="download a data set from its publisher (checksum verified)")
     fetch.add_argument("name")
-    fetch.add_argument("--root", default=None, help="download into ROOT/NAME (default: the user cache)")
+    fetch.add_argument("--root", type=FOLDER, default=None, help="download into ROOT/NAME (default: the user cache)")
     fetch.set_defaults(func=cmd_fetch)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .args import FOLDER, POSITIVE, STORE
+
 
 def register(sub) -> None:
     p = sub.add_parser("reproduce", help="regenerate every figure/table of both papers, with a claims checklist",
@@ -29,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--executor", default="local", choices=("local", "ray"), help="where the runs execute (default local)")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. 'auto' or 'ray://host:10001'); "
                                                    "default: start a local Ray instance")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes, one torch thread each "
+    p.add_argument("--workers", type=POSITIVE, default=None, help="local worker processes, one torch thread each "
                                                              "(default: number of CPU cores; 1 = serial in this process)")
     p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
                    help="train compatible runs (MLPs under bp/fa/ifa/rnp with the same data and optimizer settings) "
@@ -39,8 +41,8 @@ def register(sub) -> None:
                    help="restrict a grid axis to some of its values (repeatable), e.g. dataset=fashion-mnist")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: report on the runs already finished in the store (e.g. while a sweep runs)")
-    p.add_argument("--out", default="reproduction", help="folder for reports, figures and tables (default ./reproduction)")
-    p.add_argument("--store", default=None, help="result store folder (default: <out>/store); finished runs in it are reused")
+    p.add_argument("--out", type=FOLDER, default="reproduction", help="folder for reports, figures and tables (default ./reproduction)")
+    p.add_argument("--store", type=STORE, default=None, help="result store folder (default: <out>/store); finished runs in it are reused")
     p.set_defaults(func=run)
 
 

@@ -9,11 +9,14 @@ import json
 import sys
 from datetime import datetime
 
+from .args import OUT_FILE, STORE
+from .args import console as _console
+
 
 def register(sub) -> None:
     p = sub.add_parser("runs", help="list, show and export stored runs", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
+    p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
     ls = rsub.add_parser("list", help="one line per run")
     ls.add_argument("--status", choices=("running", "finished", "diverged", "failed"))
@@ -24,22 +27,17 @@ def register(sub) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable")
     show.set_defaults(func=show_run)
     ex = rsub.add_parser("export", help="per-epoch metrics of every run as CSV")
-    ex.add_argument("--csv", required=True, metavar="FILE")
+    ex.add_argument("--csv", type=OUT_FILE, required=True, metavar="FILE")
     ex.add_argument("runs", nargs="*", metavar="RUN", help="only these runs (default: all)")
     ex.set_defaults(func=export_runs)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
-def _store(args, must_exist=True):
-    from ..errors import PrealignError
-    from ..store import DB_NAME, Store, default_root
-    from pathlib import Path
+def _store(args):
+    """The store at ``--out``, opened read-only: browsing never writes (works on a read-only store)."""
+    from ..store import Store
 
-    root = Path(args.out) if args.out else default_root()
-    if must_exist and not (root / DB_NAME).exists():
-        raise PrealignError(f"no result store at {str(root / DB_NAME)!r}; run `prealign compare` or `prealign train` "
-                            f"first, or point --out / PREALIGN_RUNS at the folder that holds {DB_NAME}")
-    return Store(root)
+    return Store(args.out, read_only=True)
 
 
 def _pct(v):
@@ -47,8 +45,6 @@ def _pct(v):
 
 
 def list_runs(args) -> int:
-    from rich.console import Console
-
     from ..analysis.stats import rich_table
 
     store = _store(args)
@@ -58,7 +54,7 @@ def list_runs(args) -> int:
         rows.append([str(r["id"]), r["key"][:8], r["label"], r["dataset"], str(r["seed"]), r["status"],
                      _pct(s.get("best_test_acc")), str(s.get("best_epoch", "—")), str(s.get("epochs_run", "—")),
                      datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M")])
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = _console()
     if not rows:
         console.print(f"no runs in {store.path}")
         return 0
@@ -68,8 +64,6 @@ def list_runs(args) -> int:
 
 
 def show_run(args) -> int:
-    from rich.console import Console
-
     from ..analysis.stats import rich_table
     from ..report import _json_safe
 
@@ -79,7 +73,7 @@ def show_run(args) -> int:
     if args.json:
         print(json.dumps(_json_safe({**row, "epochs": epochs}), indent=2))
         return 0
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = _console()
     console.print(f"[bold]run {row['id']}[/] key {row['key']}  {row['label']} on {row['dataset']}, seed {row['seed']}: "
                   f"[bold]{row['status']}[/]" + (f" ({row['error']})" if row["error"] else ""))
     console.print("config: " + ", ".join(f"{k}={v}" for k, v in row["config"].items()))

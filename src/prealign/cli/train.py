@@ -18,30 +18,29 @@ import argparse
 import json
 import sys
 
+from .args import IN_FILE, POSITIVE, STORE
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="one run from a TOML config (validated), stored and resumable",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, metavar="FILE", help="TOML file with RunConfig keys")
+    p.add_argument("--config", type=IN_FILE, required=True, metavar="FILE", help="TOML file with RunConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config key, e.g. --set lr=1e-3 --set hidden=100,100 (repeatable)")
-    p.add_argument("--out", default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
+    p.add_argument("--threads", type=POSITIVE, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON on stdout")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from ..config import RunConfig, load_data, run
+    from ..config import RunConfig, build, load_data, run
     from ..report import write_json  # noqa: F401  (json-safe writer shares the NaN handling)
     from ..store import Store
 
     config = RunConfig.from_toml(args.config, args.overrides)
     data = load_data(config)  # unknown / missing data set: one clear error before anything is stored
-    if args.threads is not None and args.threads < 1:
-        from ..errors import PrealignError
-
-        raise PrealignError(f"--threads must be at least 1, got {args.threads}")
+    build(config, data)  # a model that does not fit the data (lenet on 8×8 digits): one line, nothing stored
     if args.threads:
         import torch
 
