@@ -90,8 +90,6 @@ def main(args) -> int:
     configs = build_configs(args)  # unknown methods / bad values fail here, before any work
     resolve_batch(args.batch_models)
     check_options(workers=args.workers)
-    if args.threads is not None and args.threads < 1:
-        raise PrealignError(f"--threads must be at least 1, got {args.threads}")
     data = load_data(configs[0])  # unknown or missing data set fails here
     build(configs[0], data)  # and a model that does not fit the data (lenet on 8×8 digits)
     device = resolve_device(args.device)
