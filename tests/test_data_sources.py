@@ -70,7 +70,15 @@ def test_fashion_mnist_from_debian(monkeypatch):
     assert ds.classes[0] == "T-shirt/top"
 
 
+def tiny(monkeypatch, name, n_train, n_test):
+    """Register a small copy of data set ``name``: the registry's entry with other sample counts
+    (every load checks the counts, so test-made files need a spec that says how many they hold)."""
+    import dataclasses
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], sizes=(n_train, n_test)))
+
+
 def test_search_order_root_env_cache_system(tmp_path, monkeypatch):
+    tiny(monkeypatch, "kmnist", 7, 3)
     for place in ("root/kmnist", "env/kmnist", "cache/prealign/kmnist", "system/kmnist"):
         (tmp_path / place).mkdir(parents=True)
         write_idx_folder(tmp_path / place)
