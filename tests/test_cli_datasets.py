@@ -10,6 +10,7 @@ import prealign.data as data
 from prealign.cli import main
 from prealign.data import sources
 from prealign.data.registry import DATASETS, RemoteFile
+from test_data_sources import FASHION, needs_fashion
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +43,6 @@ def test_fetch_offline_is_one_clear_line(capsys, tmp_path):
     assert err.count("\n") == 1 and "could not download" in err and "Traceback" not in err
     assert main(["datasets", "fetch", "mnist5k"]) == 0
 
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _tiny_published(tmp_path, monkeypatch, n_train=6, n_test=4):
@@ -108,7 +107,7 @@ def test_verify_offline_set(capsys):
     assert "4,000 train / 1,000 test" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+@needs_fashion
 def test_verify_debian_fashion_mnist_against_the_published_content(monkeypatch, capsys):
     monkeypatch.setattr(sources, "SYSTEM_DIR", FASHION.parent)
     assert main(["datasets", "verify", "fashion-mnist", "--json"]) == 0

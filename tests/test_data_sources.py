@@ -17,6 +17,9 @@ from prealign.errors import PrealignError, UnknownNameError
 from test_data_formats import idx_bytes, write_idx_folder
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Debian's dataset-fashion-mnist is optional: a fresh machine (or PREALIGN_NO_SYSTEM_DATA=1) lacks it
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir() or sources.system_data_skipped(),
+                                   reason="Debian dataset-fashion-mnist not installed (or PREALIGN_NO_SYSTEM_DATA=1)")
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +62,7 @@ def test_digits_real_and_resized():
     assert abs(big.x_test.mean() - ds.x_test.mean()) < 0.02
 
 
-@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+@needs_fashion
 def test_fashion_mnist_from_debian(monkeypatch):
     monkeypatch.setattr(sources, "SYSTEM_DIR", FASHION.parent)
     assert data.available("fashion-mnist") == (True, str(FASHION))

@@ -62,7 +62,7 @@ def cmd_info(args) -> int:
     if spec.homepage:
         lines.append(f"  homepage: {spec.homepage}")
     for f in spec.files:
-        lines.append(f"  file {f.filename}  {f.checksum}")
+        lines.append(f"  file {f.filename}  {f.checksum}" + (f"  (uncompressed {f.content})" if f.content else ""))
         lines += [f"    {url}" for url in f.urls]
     if not spec.offline:
         lines.append("  search order: " + " -> ".join(str(d) for _, d in search_dirs(spec.name, args.root)))
