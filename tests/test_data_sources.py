@@ -226,3 +226,12 @@ def test_mnist5k_first_n_subset_holds_every_class():
         counts = torch.bincount(ds.subset(n).y_train, minlength=10)
         assert (counts > 0).all() and counts.max() < 0.2 * n, counts
     assert (torch.bincount(ds.y_test[:100], minlength=10) > 0).all()
+
+
+def test_mnist5k_cache_with_other_content_is_rebuilt(tmp_path):
+    ds = data.load("mnist5k")
+    (cached,) = (tmp_path / "cache" / "prealign" / "mnist5k").glob("*.pt")
+    torch.save({"x_train": (ds.x_train[:10] * 255).to(torch.uint8)}, cached)  # a loadable file, not the split
+    again = data.load("mnist5k")
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_test, ds.y_test)
+    assert torch.load(cached, weights_only=True)["x_test"].shape == (1000, 1, 28, 28)  # rewritten
