@@ -101,6 +101,15 @@ def test_cifar_svhn_usps_counts_checked(tmp_path, monkeypatch):
     small(monkeypatch, "svhn", 3, 2)
     msg = one_line_error(lambda: data.load("svhn", root=tmp_path))
     assert "train_32x32.mat" in msg and "expected 0..9, found 11..11" in msg
+    import bz2
+    (tmp_path / "usps").mkdir()
+    for name, n in (("usps.bz2", 3), ("usps.t.bz2", 2)):
+        rows = "".join(f"{k % 10 + 1} " + " ".join(f"{i + 1}:0.5" for i in range(256)) + "\n" for k in range(n))
+        (tmp_path / "usps" / name).write_bytes(bz2.compress(rows.encode()))
+    msg = one_line_error(lambda: data.load("usps", root=tmp_path))
+    assert str(tmp_path / "usps" / "usps.bz2") in msg and "train images expected 7,291, found 3" in msg
+    small(monkeypatch, "usps", 3, 2)
+    assert data.load("usps", root=tmp_path).input_shape == (1, 16, 16)
 
 
 def test_pickle_payload_in_cifar_found_on_disk_is_one_cli_line(tmp_path, capsys):

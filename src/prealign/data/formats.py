@@ -158,8 +158,7 @@ def load_data_pickle(stream, path, member: str):
         return DataUnpickler(stream, encoding="bytes").load()
     except ForbiddenPickle as exc:
         raise PrealignError(f"data file {path} is not a CIFAR archive: its member {member} holds a pickled {exc} "
-                            f"(it could run code), refused; delete it and fetch it again "
-                            f"(`prealign datasets fetch NAME`)") from None
+                            f"(it could run code), refused; {_FIX}") from None
 
 
 def read_cifar_tarball(path, fine: bool | None = None):

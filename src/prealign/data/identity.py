@@ -54,7 +54,8 @@ def fingerprint(name: str, train_subset: int | None = None) -> str:
     :func:`prealign.data.load` (float32 images N×C×H×W, int64 labels).
 
     Raises UnknownNameError / DataNotFoundError when the data set is unknown or not here, and
-    PrealignError when a file is corrupt or does not hold what the registry says."""
+    PrealignError when a file is corrupt or does not hold what the registry says, or when
+    ``train_subset`` exceeds the training set."""
     state = files_state(name)
     key = (name, train_subset, state)
     if key not in _FINGERPRINTS:

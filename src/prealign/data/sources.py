@@ -71,19 +71,6 @@ def search_dirs(name: str, root=None) -> list[tuple[str, Path]]:
     return dirs
 
 
-def has_files(spec: DatasetSpec, folder: Path) -> bool:
-    """True when ``folder`` holds every file of ``spec`` (CIFAR-C: the tar or the extracted .npy files)."""
-    if not folder.is_dir():
-        return False
-    if spec.format == "cifar-c":
-        folder_name = spec.extra["folder"]
-        return any((d / "labels.npy").is_file() for d in (folder, folder / folder_name)) or \
-            (folder / spec.files[0].filename).is_file()
-    if spec.format == "stl10" and (folder / "stl10_binary" / "train_X.bin").is_file():
-        return True
-    return all(find_file(folder, f.filename) is not None for f in spec.files)
-
-
 def found_files(spec: DatasetSpec, folder: Path) -> list[Path]:
     """The files of ``spec`` that a load from ``folder`` reads (the published archives, or their
     extracted contents: CIFAR-C ``.npy`` files, STL-10's ``stl10_binary/``), sorted."""
@@ -94,6 +81,14 @@ def found_files(spec: DatasetSpec, folder: Path) -> list[Path]:
     if spec.format == "stl10" and (folder / "stl10_binary" / "train_X.bin").is_file():
         return sorted(p for p in (folder / "stl10_binary").iterdir() if p.is_file())
     return sorted(p for p in (find_file(folder, f.filename) for f in spec.files) if p is not None)
+
+
+def has_files(spec: DatasetSpec, folder: Path) -> bool:
+    """True when ``folder`` holds every file of ``spec`` (CIFAR-C, STL-10: the archive or its extracted files)."""
+    if not folder.is_dir():
+        return False
+    found = found_files(spec, folder)
+    return bool(found) if spec.format in ("cifar-c", "stl10") else len(found) == len(spec.files)
 
 
 def locate(name: str, root=None) -> tuple[Path | None, list[Path]]:
