@@ -25,10 +25,12 @@ def one_thread():
 
 @pytest.fixture
 def no_data_dirs(tmp_path, monkeypatch):
-    """A private user cache, no $PREALIGN_DATA and no system data folder: data lookups see only what the test makes."""
+    """A private user cache, no $PREALIGN_DATA and no system data folder: data lookups see only what the test makes
+    (the stand-in system folder tmp_path/system is searched even under PREALIGN_NO_SYSTEM_DATA=1)."""
     from prealign.data import sources
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("PREALIGN_DATA", raising=False)
+    monkeypatch.delenv("PREALIGN_NO_SYSTEM_DATA", raising=False)
     monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
     return sources

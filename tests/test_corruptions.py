@@ -1,5 +1,6 @@
 """The 15 CIFAR-10-C corruptions: change the image, keep shape/dtype/range, grow with severity, seeded."""
 import colorsys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -91,6 +92,7 @@ def test_load_corrupted_generates_and_uses_real_files(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("PREALIGN_DATA", raising=False)
+    monkeypatch.setitem(sources.DATASETS, "cifar10-c", replace(sources.DATASETS["cifar10-c"], sizes=(0, 4)))  # 4 per severity
     clean = Dataset("cifar10", COLOUR, torch.arange(8) % 10, COLOUR, torch.arange(8) % 10, 10, "test")
     gen = load_corrupted(clean, "fog", 2)
     assert gen.name == "cifar10[fog-2]" and "generated" in gen.source

@@ -60,7 +60,7 @@ def write_cifar_tar(path, hundred=False, n=4):
         names = ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
         for name in names:
             x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-            y = list(rng.integers(0, 100 if hundred else 10, n))
+            y = [int(v) for v in rng.integers(0, 100 if hundred else 10, n)]  # the real batches hold Python ints
             batch = {b"data": x, (b"fine_labels" if hundred else b"labels"): y}
             truth[name] = (x, y)
             blob = pickle.dumps(batch)
@@ -175,3 +175,45 @@ def test_mnist5k_csv_corrupt(tmp_path):
     path.write_bytes(gzip.compress(b"1,2,3\n4,5,6\n"))
     with pytest.raises(PrealignError, match="mnist_5k.csv.gz"):
         formats.read_mnist5k_csv(path)
+
+
+class _WritesMarker:
+    """A pickled object whose unpickling creates ``marker``: what a malicious CIFAR file would hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_cifar_pickle_payload_is_refused_without_running(tmp_path):
+    marker = tmp_path / "marker"
+    assert pickle.loads(pickle.dumps(_WritesMarker(tmp_path / "proof"))) and (tmp_path / "proof").exists()  # it would run
+    path = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_tar(path)
+    with tarfile.open(path, "r:gz") as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        for member, blob in members:
+            if member.name.endswith("data_batch_1"):
+                blob = pickle.dumps({b"data": _WritesMarker(marker), b"labels": [0]})
+                member.size = len(blob)
+            tar.addfile(member, io.BytesIO(blob))
+    with pytest.raises(PrealignError) as err:
+        formats.read_cifar_tarball(evil)
+    msg = str(err.value)
+    assert "\n" not in msg and str(evil) in msg and "io.open" in msg and "refused" in msg
+    assert not marker.exists()
+
+
+def test_cifar_unpickler_allows_only_numpy_array_globals():
+    unpickler = formats.DataUnpickler(io.BytesIO(b""))
+    from numpy._core.multiarray import _reconstruct
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x pickles
+        assert unpickler.find_class(module, "_reconstruct") is _reconstruct
+    assert unpickler.find_class("numpy", "ndarray") is np.ndarray and unpickler.find_class("numpy", "dtype") is np.dtype
+    for module, name in (("os", "system"), ("builtins", "eval"), ("numpy", "load"), ("subprocess", "Popen")):
+        with pytest.raises(formats.ForbiddenPickle):
+            unpickler.find_class(module, name)

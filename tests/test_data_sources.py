@@ -17,6 +17,9 @@ from prealign.errors import PrealignError, UnknownNameError
 from test_data_formats import idx_bytes, write_idx_folder
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Debian's dataset-fashion-mnist is optional: a fresh machine (or PREALIGN_NO_SYSTEM_DATA=1) lacks it
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir() or sources.system_data_skipped(),
+                                   reason="Debian dataset-fashion-mnist not installed (or PREALIGN_NO_SYSTEM_DATA=1)")
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +63,7 @@ def test_digits_real_and_resized():
 
 
 @pytest.mark.optional_data
-@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+@needs_fashion
 def test_fashion_mnist_from_debian(monkeypatch):
     monkeypatch.delenv("PREALIGN_NO_SYSTEM_DATA", raising=False)  # this test reads the system folder on purpose
     monkeypatch.setattr(sources, "SYSTEM_DIR", FASHION.parent)
@@ -72,7 +75,15 @@ def test_fashion_mnist_from_debian(monkeypatch):
     assert ds.classes[0] == "T-shirt/top"
 
 
+def tiny(monkeypatch, name, n_train, n_test):
+    """Register a small copy of data set ``name``: the registry's entry with other sample counts
+    (every load checks the counts, so test-made files need a spec that says how many they hold)."""
+    import dataclasses
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], sizes=(n_train, n_test)))
+
+
 def test_search_order_root_env_cache_system(tmp_path, monkeypatch):
+    tiny(monkeypatch, "kmnist", 7, 3)
     for place in ("root/kmnist", "env/kmnist", "cache/prealign/kmnist", "system/kmnist"):
         (tmp_path / place).mkdir(parents=True)
         write_idx_folder(tmp_path / place)
@@ -217,3 +228,12 @@ def test_mnist5k_first_n_subset_holds_every_class():
         counts = torch.bincount(ds.subset(n).y_train, minlength=10)
         assert (counts > 0).all() and counts.max() < 0.2 * n, counts
     assert (torch.bincount(ds.y_test[:100], minlength=10) > 0).all()
+
+
+def test_mnist5k_cache_with_other_content_is_rebuilt(tmp_path):
+    ds = data.load("mnist5k")
+    (cached,) = (tmp_path / "cache" / "prealign" / "mnist5k").glob("*.pt")
+    torch.save({"x_train": (ds.x_train[:10] * 255).to(torch.uint8)}, cached)  # a loadable file, not the split
+    again = data.load("mnist5k")
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_test, ds.y_test)
+    assert torch.load(cached, weights_only=True)["x_test"].shape == (1000, 1, 28, 28)  # rewritten

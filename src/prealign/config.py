@@ -178,8 +178,20 @@ class RunConfig:
         return "\n".join(lines) + "\n"
 
     def key(self) -> str:
-        """Stable 16-hex-digit hash of everything that determines the result (not device/name)."""
+        """Stable 16-hex-digit hash of everything that determines the result (not device/name),
+        the data included: :func:`prealign.data.fingerprint` of ``dataset``/``train_subset``, so a
+        result computed on damaged or other data is never served for this data. Computing a key
+        therefore loads the data set once per process (cached; mnist5k ≈ 0.05 s, Fashion-MNIST ≈ 1 s).
+        A data set that is unknown or not on this machine gets the fingerprint ``"unavailable"``
+        (no run can finish without its data); a corrupt or mismatching file raises PrealignError."""
+        from .data import DataNotFoundError, fingerprint
+        from .errors import UnknownNameError
+
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
+        try:
+            d["data_fingerprint"] = fingerprint(self.dataset, self.train_subset)
+        except (DataNotFoundError, UnknownNameError):
+            d["data_fingerprint"] = "unavailable"
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

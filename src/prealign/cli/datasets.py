@@ -1,4 +1,4 @@
-"""``prealign datasets list | info NAME | fetch NAME [--root DIR]``."""
+"""``prealign datasets list | info NAME | fetch NAME [--root DIR] | verify NAME [--root DIR] [--json]``."""
 from __future__ import annotations
 
 from .args import FOLDER
@@ -18,6 +18,12 @@ def register(subparsers) -> None:
     fetch.add_argument("name")
     fetch.add_argument("--root", type=FOLDER, default=None, help="download into ROOT/NAME (default: the user cache)")
     fetch.set_defaults(func=cmd_fetch)
+    verify = sub.add_parser("verify", help="check the files found against the publisher's checksums and the registry "
+                                           "(counts, shape, labels); exit 2 on any problem")
+    verify.add_argument("name")
+    verify.add_argument("--root", default=None, help="look in this folder first (as load and fetch do)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=cmd_verify)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
 
@@ -58,7 +64,7 @@ def cmd_info(args) -> int:
     if spec.homepage:
         lines.append(f"  homepage: {spec.homepage}")
     for f in spec.files:
-        lines.append(f"  file {f.filename}  {f.checksum}")
+        lines.append(f"  file {f.filename}  {f.checksum}" + (f"  (uncompressed {f.content})" if f.content else ""))
         lines += [f"    {url}" for url in f.urls]
     if not spec.offline:
         lines.append("  search order: " + " -> ".join(str(d) for _, d in search_dirs(spec.name, args.root)))
@@ -76,3 +82,27 @@ def cmd_fetch(args) -> int:
     else:
         print(f"{args.name}: ready in {folder}")
     return 0
+
+
+def cmd_verify(args) -> int:
+    """Per-file OK / MISMATCH lines (stdout), then one line per problem (stderr); 0 when all is good, else 2."""
+    import json
+    import sys
+
+    from ..data import verify
+
+    report = verify(args.name, args.root)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        lines = [f"{report['name']} in {report['folder']}"]
+        for f in report["files"]:
+            lines.append(f"  {f['status'].upper():9s} {f['file']}: {f['detail']}")
+        lines.append(f"  {report['contents']['status'].upper():9s} contents: "
+                     + ("see below" if report["contents"]["status"] != "ok" else report["contents"]["detail"]))
+        if report["fingerprint"]:
+            lines.append(f"  fingerprint (part of every run key): sha256 {report['fingerprint']}")
+        print("\n".join(lines))
+    for problem in report["problems"]:
+        print(f"prealign: error: {problem}", file=sys.stderr)
+    return 0 if report["ok"] else 2

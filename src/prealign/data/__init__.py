@@ -12,46 +12,50 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from ..errors import PrealignError
-from . import formats
+from . import checks, formats
 from .base import Dataset, holdout_validation, stratified_indices, to_float, to_labels
 from .registry import DATASETS, DatasetSpec, RemoteFile
-from .sources import available, cache_dir, fetch, get_spec, locate, not_found, search_dirs
+from .identity import fingerprint
+from .sources import DataNotFoundError, available, cache_dir, fetch, get_spec, locate, not_found, search_dirs
 
 __all__ = ["Dataset", "holdout_validation", "DATASETS", "DatasetSpec", "RemoteFile", "load", "available", "fetch", "locate",
            "search_dirs", "cache_dir", "load_corrupted", "corrupt", "CORRUPTIONS", "ood_sets",
-           "stratified_indices"]
+           "stratified_indices", "fingerprint", "DataNotFoundError", "verify"]
 
 
-def _from_arrays(spec: DatasetSpec, x_train, y_train, x_test, y_test, source, classes=None, scale=255.0) -> Dataset:
+def _from_splits(spec: DatasetSpec, splits, source, classes=None, scale=255.0, name=None) -> Dataset:
+    """``splits``: (train, test), each (images N×C×H×W, labels N, images file, labels file).
+    Both are checked against the registry (counts, shape, labels) before they become tensors."""
+    for split, (x, y, x_file, y_file) in zip(checks.SPLITS, splits):
+        checks.check_split(spec, split, x, y, x_file, y_file)
+    (x_train, y_train, _, _), (x_test, y_test, _, _) = splits
     classes = list(classes) if classes else (list(spec.classes) if spec.classes else None)
-    return Dataset(spec.name, to_float(x_train, scale), to_labels(y_train), to_float(x_test, scale),
-                   to_labels(y_test), spec.num_classes, source, classes)
+    return Dataset(name or spec.name, to_float(x_train, scale), to_labels(y_train), to_float(x_test, scale),
+                   to_labels(y_test), spec.num_classes, str(source), classes)
 
 
 def _read(spec: DatasetSpec, folder: Path, corruption=None, severity=None) -> Dataset:
     fmt = spec.format
     if fmt == "idx":
-        return _from_arrays(spec, *formats.read_idx_folder(folder), str(folder))
+        return _from_splits(spec, [formats.idx_split(folder, p) for p in ("train", "t10k")], folder)
     if fmt in ("cifar10", "cifar100"):
         path = formats.find_file(folder, spec.files[0].filename)
-        *arrays, classes = formats.read_cifar_tarball(path, fine=fmt == "cifar100")
-        return _from_arrays(spec, *arrays, str(path), classes)
+        x_train, y_train, x_test, y_test, classes = formats.read_cifar_tarball(path, fine=fmt == "cifar100")
+        return _from_splits(spec, [(x_train, y_train, path, path), (x_test, y_test, path, path)], path, classes)
     if fmt == "svhn":
-        x_train, y_train = formats.read_svhn_mat(folder / "train_32x32.mat")
-        x_test, y_test = formats.read_svhn_mat(folder / "test_32x32.mat")
-        return _from_arrays(spec, x_train, y_train, x_test, y_test, str(folder))
+        files = [folder / "train_32x32.mat", folder / "test_32x32.mat"]
+        return _from_splits(spec, [(*formats.read_svhn_mat(f), f, f) for f in files], folder)
     if fmt == "stl10":
         extracted = folder / "stl10_binary"
         path = extracted if (extracted / "train_X.bin").is_file() else folder / spec.files[0].filename
-        *arrays, classes = formats.read_stl10(path)
-        return _from_arrays(spec, *arrays, str(path), classes)
+        x_train, y_train, x_test, y_test, classes = formats.read_stl10(path)
+        return _from_splits(spec, [(x_train, y_train, path, path), (x_test, y_test, path, path)], path, classes)
     if fmt == "usps":
-        x_train, y_train = formats.read_usps(formats.find_file(folder, "usps.bz2") or folder / "usps.bz2")
-        x_test, y_test = formats.read_usps(formats.find_file(folder, "usps.t.bz2") or folder / "usps.t.bz2")
-        return _from_arrays(spec, x_train, y_train, x_test, y_test, str(folder), scale=1.0)
+        files = [formats.find_file(folder, n) or folder / n for n in ("usps.bz2", "usps.t.bz2")]
+        return _from_splits(spec, [(*formats.read_usps(f), f, f) for f in files], folder, scale=1.0)
     if fmt == "cifar-c":
         from .corruptions import CORRUPTIONS
 
@@ -60,13 +64,14 @@ def _read(spec: DatasetSpec, folder: Path, corruption=None, severity=None) -> Da
                                 f"corruption=one of {', '.join(CORRUPTIONS)} and severity=1..5 "
                                 f"(got corruption={corruption!r}, severity={severity!r})")
         tar = folder / spec.files[0].filename
-        location = folder if formats.cifar_c_members(folder, spec.extra["folder"]) else tar
+        members = formats.cifar_c_members(folder, spec.extra["folder"])
+        location = folder if members else tar
         x, y = formats.read_cifar_c(location, corruption, severity, spec.extra["folder"])
-        empty = torch.empty((0, *x.shape[1:]))
-        ds = Dataset(f"{spec.name}/{corruption}/{severity}", empty, torch.empty(0, dtype=torch.int64),
-                     to_float(x), to_labels(y), spec.num_classes, str(location),
-                     list(spec.classes) if spec.classes else None)
-        return ds
+        images_file = members.get(f"{corruption}.npy", tar) if members else tar
+        labels_file = members.get("labels.npy", tar) if members else tar
+        train = (np.empty((0, *x.shape[1:]), np.uint8), np.empty(0, np.int64), tar, tar)
+        return _from_splits(spec, [train, (x, y, images_file, labels_file)], location,
+                            name=f"{spec.name}/{corruption}/{severity}")
     raise PrealignError(f"data set {spec.name!r} has unknown format {fmt!r}; fix the registry entry")
 
 
@@ -79,17 +84,20 @@ def load(name: str, root=None, download: bool = False, *, size: int | None = Non
     ``size``: resize every image to size×size (bilinear, antialiased when shrinking), e.g.
     ``load("digits", size=28)`` or ``load("usps", size=28)``.
     ``corruption``/``severity``: which CIFAR-10-C / CIFAR-100-C test set to load (cifar10-c, cifar100-c).
-    Raises UnknownNameError for an unknown name and PrealignError (listing where it looked and how
-    to get the data) when the data set is not here."""
+    Raises UnknownNameError for an unknown name, DataNotFoundError (a PrealignError listing where
+    it looked and how to get the data) when the data set is not here, and PrealignError naming the
+    file when a file is corrupt or does not hold what the registry says (counts, shape, labels)."""
     spec = get_spec(name)
     if spec.format == "mnist5k":
         from .offline import load_mnist5k
 
         ds = load_mnist5k()
+        checks.check_dataset(spec, ds, ds.source)
     elif spec.format == "digits":
         from .offline import load_digits
 
         ds = load_digits()
+        checks.check_dataset(spec, ds, ds.source)
     else:
         folder, looked = locate(name, root)
         if folder is None:
@@ -112,6 +120,10 @@ def __getattr__(attr):  # lazy re-exports, so `import prealign.data` stays light
         from . import corruptions
 
         return getattr(corruptions, attr)
+    if attr == "verify":
+        from .verification import verify
+
+        return verify
     if attr in ("ood_sets", "translate", "scale", "rotate", "resize"):
         from . import transforms
 

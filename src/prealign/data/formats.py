@@ -6,7 +6,8 @@ A corrupt or truncated file raises :class:`~prealign.errors.PrealignError` namin
 Formats:
   IDX            MNIST / Fashion-MNIST / KMNIST (``*-idx3-ubyte[.gz]``), big-endian header.
   CIFAR python   ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``: pickled batches,
-                 read straight from the tarball (nothing extracted to disk).
+                 read straight from the tarball (nothing extracted to disk) with a restricted
+                 unpickler that builds only dicts, lists, bytes, str, numbers and numpy arrays.
   SVHN           ``*_32x32.mat`` (MATLAB v5): X is 32×32×3×N, label 10 means digit 0.
   STL-10         ``stl10_binary.tar.gz`` (or the extracted ``stl10_binary/``): ``*_X.bin`` uint8,
                  each image 3×96×96 stored column-major; ``*_y.bin`` labels 1..10.
@@ -90,16 +91,27 @@ def find_file(folder: Path, filename: str) -> Path | None:
     return None
 
 
+def idx_split(folder: Path, prefix: str):
+    """One split of an MNIST-style folder (``prefix`` ``train`` or ``t10k``) →
+    (images N×1×H×W uint8, labels int64 N, images file, labels file); counts are not compared here."""
+    images_file = _need(folder, f"{prefix}-images-idx3-ubyte.gz")
+    labels_file = _need(folder, f"{prefix}-labels-idx1-ubyte.gz")
+    images, labels = read_idx(images_file), read_idx(labels_file)
+    if images.ndim != 3:
+        raise corrupt_file(images_file, f"images have shape {images.shape}, expected N×H×W")
+    if labels.ndim != 1:
+        raise corrupt_file(labels_file, f"labels have shape {labels.shape}, expected N")
+    return images[:, None], labels.astype(np.int64), images_file, labels_file
+
+
 def read_idx_folder(folder: Path):
     """MNIST-style folder → (x_train, y_train, x_test, y_test), images N×1×28×28 uint8."""
     out = []
     for split in ("train", "t10k"):
-        images = read_idx(_need(folder, f"{split}-images-idx3-ubyte.gz"))
-        labels = read_idx(_need(folder, f"{split}-labels-idx1-ubyte.gz"))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise corrupt_file(folder / f"{split}-images-idx3-ubyte.gz",
-                               f"images {images.shape} do not match labels {labels.shape}")
-        out += [images[:, None], labels.astype(np.int64)]
+        images, labels, images_file, _ = idx_split(folder, split)
+        if len(images) != len(labels):
+            raise corrupt_file(images_file, f"{len(images)} images do not match {len(labels)} labels")
+        out += [images, labels]
     return tuple(out)
 
 
@@ -111,10 +123,49 @@ def _need(folder: Path, filename: str) -> Path:
 
 
 # ---------------------------------------------------------------- CIFAR python tarballs
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The only globals a pickled numpy array needs, under numpy 1.x and 2.x module paths."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return {(module, "_reconstruct"): _reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")} | {
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class ForbiddenPickle(pickle.UnpicklingError):
+    """A pickle asked for a global that a CIFAR batch never holds (it could run code)."""
+
+
+class DataUnpickler(pickle.Unpickler):
+    """Unpickles data only: dicts, lists, tuples, bytes, str, numbers and numpy arrays.
+
+    Any other global (``os.system``, ``builtins.eval``, a class with ``__reduce__``) raises
+    :class:`ForbiddenPickle` before it is looked up, so a crafted file cannot run code."""
+
+    _allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise ForbiddenPickle(f"{module}.{name}") from None
+
+
+def load_data_pickle(stream, path, member: str):
+    """One pickled object from ``stream`` (Python 2 str → bytes), refusing anything but plain data."""
+    try:
+        return DataUnpickler(stream, encoding="bytes").load()
+    except ForbiddenPickle as exc:
+        raise PrealignError(f"data file {path} is not a CIFAR archive: its member {member} holds a pickled {exc} "
+                            f"(it could run code), refused; {_FIX}") from None
+
+
 def read_cifar_tarball(path, fine: bool | None = None):
     """``cifar-10-python.tar.gz`` or ``cifar-100-python.tar.gz`` → (x_train, y_train, x_test, y_test, classes).
 
-    Images N×3×32×32 uint8. CIFAR-100 uses the fine (100-class) labels."""
+    Images N×3×32×32 uint8. CIFAR-100 uses the fine (100-class) labels. Batches are unpickled by
+    :class:`DataUnpickler` (data types only)."""
     path = Path(path)
     with reading(path), tarfile.open(path, "r:*") as tar:
         batches, meta = {}, None
@@ -123,9 +174,9 @@ def read_cifar_tarball(path, fine: bool | None = None):
             if not member.isfile():
                 continue
             if base.startswith(("data_batch_", "test_batch")) or base in ("train", "test"):
-                batches[base] = pickle.load(tar.extractfile(member), encoding="bytes")
+                batches[base] = load_data_pickle(tar.extractfile(member), path, member.name)
             elif base in ("batches.meta", "meta"):
-                meta = pickle.load(tar.extractfile(member), encoding="bytes")
+                meta = load_data_pickle(tar.extractfile(member), path, member.name)
         hundred = "train" in batches if fine is None else fine
         train_names = ["train"] if hundred else [f"data_batch_{i}" for i in range(1, 6)]
         test_name = "test" if hundred else "test_batch"

