@@ -33,17 +33,22 @@ def _fig(kept):
 
 
 def _data_lines(ax):
-    return [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    """``[(label, Line2D)]`` of the labelled series in ``ax`` (plain lines and error-bar plots)."""
+    from matplotlib.container import ErrorbarContainer
+
+    out = [(ln.get_label(), ln) for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    return out + [(c.get_label(), c.lines[0]) for c in ax.containers if isinstance(c, ErrorbarContainer)]
 
 
 def _assert_distinct_styles(fig, min_lines):
     """Within every panel, no two labelled lines share (colour, line style); the same label looks the same everywhere."""
     seen = {}
     for ax in fig.axes:
-        pairs = [(to_rgba(ln.get_color()), ln.get_linestyle()) for ln in _data_lines(ax)]
-        assert len(pairs) == len(set(pairs)), [ln.get_label() for ln in _data_lines(ax)]
-        for ln, pair in zip(_data_lines(ax), pairs):
-            assert seen.setdefault(ln.get_label(), pair) == pair
+        lines = _data_lines(ax)
+        pairs = [(to_rgba(ln.get_color()), ln.get_linestyle()) for _, ln in lines]
+        assert len(pairs) == len(set(pairs)), [label for label, _ in lines]
+        for (label, _), pair in zip(lines, pairs):
+            assert seen.setdefault(label, pair) == pair
     assert len(seen) >= min_lines
 
 
@@ -175,6 +180,101 @@ def test_compare_report_through_the_cli_path(drawn, tmp_path, model):
     for fig in figs:
         _assert_distinct_styles(fig, 3)
         _assert_legends_clear(fig)
-        colors = {t.split(" (n=")[0]: to_rgba(ln.get_color()) for ax in fig.axes for ln, t in
-                  zip(_data_lines(ax), [ln.get_label() for ln in _data_lines(ax)])}
+        colors = {t.split(" (n=")[0]: to_rgba(ln.get_color()) for ax in fig.axes for t, ln in _data_lines(ax)}
         assert colors["ifa@30"] != colors["ifa@60"]
+
+
+# ------------------------------------------------------------------------- experiment outputs
+
+
+def _ctx(model, artifacts=None):
+    """Runs of every method in METHODS × 2 seeds × two depths, shaped like the experiment runner's."""
+    from prealign.experiments.runner import RunInfo
+
+    runs = []
+    for i, m in enumerate(METHODS):
+        for seed in range(2):
+            for depth in (2, 3):
+                theta = 0.0 if m == "ifa" else (float(m.split("@")[1]) if "@" in m else 90.0)
+                row = {"method": m, "seed": seed, "depth": depth, "angle": theta, "lr": 10.0 ** -(seed + 2),
+                       "best_test_acc": 0.5 + 0.01 * i + 0.02 * depth, "fgsm@0.01": 0.4, "fgsm@0.1": 0.2 - 0.01 * i}
+                runs.append(RunInfo(axes={}, config={}, key=f"{m}{seed}{depth}", status="finished",
+                                    curves=_curves(model, seed=seed), row=row))
+
+    class Ctx:
+        def done_runs(self):
+            return runs
+
+    ctx = Ctx()
+    ctx.artifacts = artifacts or {}
+    return ctx
+
+
+def _surface(scale):
+    a = np.linspace(-1, 1, 7)
+    return {"alphas": a, "betas": a, "loss": scale * (1 + np.add.outer(a ** 2, a ** 2)),
+            "coords": np.array([[0.5, 0.5], [0.2, 0.1], [0.0, 0.0]])}
+
+
+@pytest.mark.parametrize("kind,out", [
+    ("curves", {"metrics": ["test_acc", "test_loss"], "facet": "depth"}),
+    ("alignment", {"skip_first": False}),
+    ("line", {"x": "lr", "y": "best_test_acc", "group": "method", "logx": True}),
+    ("series", {"prefix": "fgsm"}),
+    ("density", {}),
+])
+def test_output_lines_follow_the_style(drawn, tmp_path, model, kind, out):
+    from prealign.experiments import outputs
+
+    grid = np.linspace(0, 5, 30)
+    dens = {"density": [({"method": m}, grid, np.exp(-grid * (1 + i))) for i, m in enumerate(METHODS)]}
+    outputs.FIGURES[kind](out, _ctx(model, dens), tmp_path / f"{kind}.png")
+    fig = _fig(drawn)
+    _assert_distinct_styles(fig, len(METHODS))
+    _assert_legends_clear(fig)
+    family = [t for t in dict.fromkeys(_legend_labels(fig)) if t.startswith("ifa")]
+    assert family == ["ifa", "ifa@15", "ifa@30", "ifa@60"]
+    if kind in ("curves", "alignment"):
+        for ax in fig.axes:
+            _assert_integer_ticks(ax)
+    if kind == "alignment":
+        import prealign as pa
+
+        assert [ax.get_title() for ax in fig.axes] == [f"module {n}" for n in pa.alignment_angles(model)]
+
+
+@pytest.mark.parametrize("kind", ["heatmap", "landscape", "trajectory"])
+def test_compared_panels_share_one_colour_scale(drawn, tmp_path, model, kind):
+    from prealign.experiments import outputs
+
+    items = [({"method": m}, _surface(1 + 3 * i)) for i, m in enumerate(GEOMETRY_LABELS)]
+    out = {"x": "lr", "y": "depth", "z": "best_test_acc", "facet": "method"} if kind == "heatmap" else {}
+    outputs.FIGURES[kind](out, _ctx(model, {"landscape": items, "trajectory": items}), tmp_path / f"{kind}.png")
+    fig = _fig(drawn)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    mappables = [m for ax in panels for m in [*ax.images, *ax.collections]
+                 if getattr(m, "norm", None) is not None and m.get_array() is not None]
+    assert len(mappables) == len(panels) >= 4
+    assert len({(m.norm.vmin, m.norm.vmax) for m in mappables}) == 1
+    data = np.concatenate([np.ravel(m.get_array()) for m in mappables] if kind == "heatmap" else
+                          [np.ravel(res["loss"]) for _, res in items])
+    assert mappables[0].norm.vmin <= np.nanmin(data) and mappables[0].norm.vmax >= np.nanmax(data)
+    if kind != "heatmap":  # contour panels: the same levels too
+        assert len({tuple(m.levels) for m in mappables}) == 1
+    colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colorbars) == 1
+
+
+def test_output_layer_panels_use_module_names(drawn, tmp_path, model):
+    import prealign as pa
+    from prealign.experiments import outputs
+
+    names = list(pa.alignment_angles(model))
+    hist = [{"seen": s, "weights": {n: 5.0 - s / 100 for n in names}, "spectra": {n: [3.0, 2.0, 1.0] for n in names}}
+            for s in (0, 100, 200)]
+    ctx = _ctx(model, {"erank_noise": [(0, hist), (1, hist)]})
+    outputs.FIGURES["erank"]({}, ctx, tmp_path / "erank.png")
+    fig = _fig(drawn)
+    assert [ax.get_title() for ax in fig.axes] == [f"module {n}" for n in names]
+    _assert_distinct_styles(fig, 2)
+    _assert_legends_clear(fig)
