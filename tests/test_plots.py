@@ -37,7 +37,8 @@ def _data_lines(ax):
     from matplotlib.container import ErrorbarContainer
 
     out = [(ln.get_label(), ln) for ln in ax.get_lines() if not ln.get_label().startswith("_")]
-    return out + [(c.get_label(), c.lines[0]) for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    return out + [(c.get_label(), c.lines[0]) for c in ax.containers
+                  if isinstance(c, ErrorbarContainer) and c.lines[0] is not None]
 
 
 def _assert_distinct_styles(fig, min_lines):
@@ -277,4 +278,99 @@ def test_output_layer_panels_use_module_names(drawn, tmp_path, model):
     fig = _fig(drawn)
     assert [ax.get_title() for ax in fig.axes] == [f"module {n}" for n in names]
     _assert_distinct_styles(fig, 2)
+    _assert_legends_clear(fig)
+
+
+# ------------------------------------------------------------------------ robustness/generalization
+
+
+def _per_method(fn):
+    return {m: fn(i, m) for i, m in enumerate(METHODS)}
+
+
+@pytest.mark.parametrize("layout", ["grid", "overlay"])
+def test_adversarial_figure(drawn, tmp_path, layout):
+    from prealign.plots_robustness import plot_adversarial
+
+    eps = [0.0, 0.05, 0.1]
+    sources = ["exact", "feedback"]
+    curve = lambda i: [[0.9 - (0.3 + 0.02 * i + 0.01 * s) * e * 10 for e in eps] for s in range(2)]  # noqa: E731
+    report = {"epsilons": eps, "attacks": ["fgsm", "pgd"], "sources": sources,
+              "results": _per_method(lambda i, m: {a: {src: curve(i) for src in sources} for a in ("fgsm", "pgd")})}
+    plot_adversarial(report, tmp_path / "adv.png", layout=layout)
+    fig = _fig(drawn)
+    _assert_distinct_styles(fig, len(METHODS) * (len(sources) if layout == "overlay" else 1))
+    _assert_legends_clear(fig)
+    methods = [t for t in _legend_labels(fig) if t in METHODS]
+    assert methods == ["bp", "fa", "rnp", "ifa", "ifa@15", "ifa@30", "ifa@60"]
+
+
+def test_corruption_and_ood_figures(drawn, tmp_path):
+    from prealign.plots_robustness import plot_corruption, plot_ood
+
+    cats = {"gaussian_noise": "noise", "blur": "blur", "fog": "weather"}
+    entry = lambda i: {"clean": 0.9, "table": {n: {str(s): 0.8 - 0.05 * s - 0.01 * i for s in (1, 2, 3)}  # noqa: E731
+                                                for n in cats}}
+    plot_corruption({"categories": cats, "results": _per_method(lambda i, m: [entry(i), entry(i + 0.5)])},
+                    tmp_path / "c.png")
+    fig = _fig(drawn)
+    _assert_distinct_styles(fig, len(METHODS))
+    _assert_legends_clear(fig)
+    bars = next(ax for ax in fig.axes if ax.get_title().startswith("(c)")).patches
+    assert len({(to_rgba(b.get_facecolor()), b.get_hatch()) for b in bars}) == len(METHODS)
+    drawn.clear()
+    sets = ["clean", "rotated (30°)"]
+    plot_ood({"sets": sets, "results": _per_method(lambda i, m: [{s: 0.5 + 0.01 * i for s in sets}] * 2)},
+             tmp_path / "o.png")
+    fig = _fig(drawn)
+    _assert_legends_clear(fig)
+    assert len({(to_rgba(b.get_facecolor()), b.get_hatch()) for b in fig.axes[0].patches}) == len(METHODS)
+
+
+def test_layer_figures_name_modules_and_tick_integers(drawn, tmp_path, model):
+    import prealign as pa
+    from prealign.plots_robustness import plot_dimensionality, plot_spectra
+
+    names = list(pa.alignment_angles(model))
+    history = [{"phase": "noise", "seen": s, "weights": {n: 5.0 - s / 100 for n in names}} for s in (0, 100)]
+    history += [{"phase": "data", "epoch": e, "seen": 0, "weights": {n: 4.0 - e / 10 for n in names}} for e in range(4)]
+    plot_dimensionality(history, tmp_path / "d.png")
+    fig = _fig(drawn)
+    assert _legend_labels(fig) == names
+    _assert_distinct_styles(fig, len(names))
+    _assert_integer_ticks(fig.axes[1])
+    _assert_legends_clear(fig)
+    drawn.clear()
+    plot_spectra({"untrained": {n: [3.0, 2.0, 1.0] for n in names}, "after noise": {n: [2.5, 2.0, 0.5] for n in names}},
+                 tmp_path / "s.png")
+    fig = _fig(drawn)
+    assert [ax.get_title() for ax in fig.axes] == [f"module {n}" for n in names]
+    for ax in fig.axes:
+        _assert_integer_ticks(ax)
+    _assert_legends_clear(fig)
+
+
+def test_generalization_meta_trajectory_figures(drawn, tmp_path):
+    from prealign.plots_robustness import plot_generalization, plot_meta, plot_trajectory
+
+    rows = [{"method": m, "depth": d, "gap": 0.1 * d + 0.01 * i + 0.001 * s}
+            for i, m in enumerate(METHODS) for d in (2, 3, 4) for s in range(2)]
+    plot_generalization(rows, "depth", tmp_path / "g.png")
+    fig = _fig(drawn)
+    _assert_distinct_styles(fig, len(METHODS))
+    _assert_integer_ticks(fig.axes[0])
+    _assert_legends_clear(fig)
+    drawn.clear()
+    plot_meta(_per_method(lambda i, m: [{"seen": s, "meta_loss": 3.0 - s / 100 - i / 10} for s in (0, 50, 100)]),
+              tmp_path / "m.png")
+    fig = _fig(drawn)
+    _assert_distinct_styles(fig, len(METHODS))
+    _assert_legends_clear(fig)
+    drawn.clear()
+    runs = _per_method(lambda i, m: {"pcs": [[0, i], [1, i], [2, i + 1]], "phases": ["noise", "data", "data"],
+                                     "w_minus_b": [3.0, 2.0 - i / 10, 1.0]})
+    plot_trajectory({"runs": runs, "explained_variance": [0.6, 0.3]}, tmp_path / "t.png")
+    fig = _fig(drawn)
+    _assert_distinct_styles(fig, len(METHODS))
+    _assert_integer_ticks(fig.axes[1])
     _assert_legends_clear(fig)
