@@ -120,6 +120,10 @@ def test_method_styles_are_distinct_and_ifa_ordered_by_angle():
     assert len({styles[m].linestyle for m in family}) == 4
     # an ifa angle keeps its colour across figures with the same θ range
     assert plot_style.method_styles(["ifa@30"])["ifa@30"].color == styles["ifa@30"].color
+    # one method under two labels (ifa is IFA at 0°; runs "3 fa", "4 fa"): same colour, other line style
+    for pair in (["ifa", "ifa@0"], ["3 fa", "4 fa"]):
+        a, b = plot_style.method_styles(pair).values()
+        assert to_rgba(a.color) == to_rgba(b.color) and a.linestyle != b.linestyle
 
 
 # ------------------------------------------------------------------------------- compare's figures
@@ -374,3 +378,46 @@ def test_generalization_meta_trajectory_figures(drawn, tmp_path):
     _assert_distinct_styles(fig, len(METHODS))
     _assert_integer_ticks(fig.axes[1])
     _assert_legends_clear(fig)
+
+
+# ---------------------------------------------------------------------------------- loss geometry
+
+
+def test_geometry_surfaces_share_one_colour_scale(drawn, tmp_path):
+    from prealign.plots_geometry import plot_perturbed_surfaces, plot_trajectory_landscapes
+
+    surfaces = {f"run {i} {m}": _surface(1 + 3 * i) for i, m in enumerate(GEOMETRY_LABELS)}
+    plot_perturbed_surfaces(tmp_path / "p.png", {k: (s["alphas"], s["betas"], s["loss"]) for k, s in surfaces.items()})
+    plot_trajectory_landscapes(tmp_path / "t.png", {k: (s["alphas"], s["betas"], s["loss"], s["coords"], [0.7, 0.2])
+                                                    for k, s in surfaces.items()})
+    figs = [f for f in drawn if isinstance(f, matplotlib.figure.Figure)]
+    assert len(figs) == 2
+    for fig in figs:
+        panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        sets = [c for ax in panels for c in ax.collections if hasattr(c, "levels")]
+        assert len(sets) == len(panels) == len(GEOMETRY_LABELS)
+        assert len({(c.norm.vmin, c.norm.vmax) for c in sets}) == 1 and len({tuple(c.levels) for c in sets}) == 1
+        assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 1
+        _assert_legends_clear(fig)
+    loss = np.concatenate([s["loss"].ravel() for s in surfaces.values()])
+    assert figs[0].axes[0].collections[0].norm.vmin == pytest.approx(loss.min())
+    assert figs[0].axes[0].collections[0].norm.vmax == pytest.approx(loss.max())
+
+
+def test_geometry_lines_styled_by_the_method_in_the_run_label(drawn, tmp_path):
+    from prealign.plots_geometry import plot_hessian_tracking, plot_spectral_density
+
+    labels = [f"{i} {m}" for i, m in enumerate(["fa", "ifa@60", "ifa", "ifa@30", "fa"])]
+    grid = np.linspace(0, 5, 20)
+    plot_spectral_density(tmp_path / "d.png", {lab: (grid, np.exp(-grid * (1 + i))) for i, lab in enumerate(labels)})
+    plot_hessian_tracking(tmp_path / "h.png", {lab: ([0, 1, 2], [3.0 + i, 2.0, 1.0], [1.0 + i, 0.5, 0.2])
+                                               for i, lab in enumerate(labels)})
+    figs = [f for f in drawn if isinstance(f, matplotlib.figure.Figure)]
+    styles = plot_style.method_styles(labels)
+    assert [lab for lab in styles if "ifa" in lab] == ["2 ifa", "3 ifa@30", "1 ifa@60"]  # θ order
+    assert to_rgba(styles["0 fa"].color) == to_rgba(styles["4 fa"].color) == to_rgba(plot_style.BASE_COLORS["fa"])
+    for fig in figs:
+        _assert_distinct_styles(fig, len(labels))
+        _assert_legends_clear(fig)
+    for ax in figs[1].axes:
+        _assert_integer_ticks(ax)

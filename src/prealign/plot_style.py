@@ -57,11 +57,25 @@ def ifa_angle(label: str) -> float | None:
         return None
 
 
+def method_of(label) -> str | None:
+    """The method label a series label names: the label itself (``fa``, ``ifa@30``) or its last word
+    (``"3 ifa@30"``: run 3, under IFA at 30°); ``None`` for anything else (seeds, layers, conditions)."""
+    for part in (str(label), str(label).rsplit(maxsplit=1)[-1] if str(label).strip() else ""):
+        if part in BASE_COLORS or ifa_angle(part) is not None:
+            return part
+    return None
+
+
+def _theta(label) -> float | None:
+    method = method_of(label)
+    return None if method is None else ifa_angle(method)
+
+
 def angle_norm(labels: Iterable[str]):
-    """The θ → colour scale (degrees): 0 … max(90, largest θ among ``labels``)."""
+    """The θ → colour scale (degrees): 0 … max(90, largest IFA θ among ``labels``)."""
     from matplotlib.colors import Normalize
 
-    top = max([90.0] + [a for a in map(ifa_angle, labels) if a is not None])
+    top = max([90.0] + [a for a in map(_theta, labels) if a is not None])
     return Normalize(0.0, top)
 
 
@@ -77,10 +91,10 @@ def ordered(labels: Iterable) -> list[str]:
     """``labels`` (as strings, first occurrence kept) with the IFA family moved together, in θ order,
     to where its first member stood: the order for drawing and for the legend."""
     labels = list(dict.fromkeys(str(v) for v in labels))
-    family = sorted((lab for lab in labels if ifa_angle(lab) is not None), key=ifa_angle)
+    family = sorted((lab for lab in labels if _theta(lab) is not None), key=_theta)  # stable: ties keep their order
     out = []
     for lab in labels:
-        if ifa_angle(lab) is None:
+        if _theta(lab) is None:
             out.append(lab)
         elif family[0] not in out:  # the first family member stands for all of them
             out += family
@@ -89,23 +103,29 @@ def ordered(labels: Iterable) -> list[str]:
 
 def method_styles(labels: Iterable) -> dict[str, Style]:
     """``{label: Style}`` for ``labels`` (keys are ``str(label)``, in :func:`ordered` order); all
-    (colour, line style) pairs differ."""
+    (colour, line style) pairs differ. Several labels of one method (e.g. runs ``"3 fa"``, ``"4 fa"``)
+    share its colour and step through the line styles."""
     labels = ordered(labels)
     norm = angle_norm(labels)
-    family = [lab for lab in labels if ifa_angle(lab) is not None]
-    out, free = {}, 0
+    thetas = sorted({_theta(lab) for lab in labels if _theta(lab) is not None})
+    out, free, repeats = {}, 0, {}
     for lab in labels:
-        if ifa_angle(lab) is not None:
-            k = family.index(lab)
-            out[lab] = Style(angle_color(ifa_angle(lab), norm), LINESTYLES[k % len(LINESTYLES)],
-                             MARKERS[k % len(MARKERS)], HATCHES[k % len(HATCHES)])
-        elif lab in BASE_COLORS:
-            out[lab] = Style(BASE_COLORS[lab], "-", BASE_MARKERS[lab])
-        else:
+        method = method_of(lab)
+        if method is None:
             n = len(FALLBACK_COLORS)
             out[lab] = Style(FALLBACK_COLORS[free % n], LINESTYLES[(free // n) % len(LINESTYLES)],
                              MARKERS[free % len(MARKERS)], HATCHES[(free // n) % len(HATCHES)])
             free += 1
+            continue
+        key = ifa_angle(method) if ifa_angle(method) is not None else method  # ifa and ifa@0 are one method
+        j = repeats[key] = repeats.get(key, -1) + 1  # how many labels of this method came before
+        if ifa_angle(method) is not None:
+            k = thetas.index(ifa_angle(method)) + j
+            out[lab] = Style(angle_color(ifa_angle(method), norm), LINESTYLES[k % len(LINESTYLES)],
+                             MARKERS[k % len(MARKERS)], HATCHES[k % len(HATCHES)])
+        else:
+            out[lab] = Style(BASE_COLORS[method], LINESTYLES[j % len(LINESTYLES)],
+                             BASE_MARKERS[method] if j == 0 else MARKERS[j % len(MARKERS)], HATCHES[j % len(HATCHES)])
     return out
 
 
@@ -174,5 +194,5 @@ def shared_colorbar(fig, axes, norm, cmap: str, label: str):
     return fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(np.ravel(axes)), label=label)
 
 
-__all__ = ["Style", "method_styles", "ordered", "ifa_angle", "angle_norm", "angle_color", "integer_epochs",
+__all__ = ["Style", "method_styles", "ordered", "method_of", "ifa_angle", "angle_norm", "angle_color", "integer_epochs",
            "legend_outside", "shared_norm", "shared_levels", "shared_colorbar"]
