@@ -23,6 +23,7 @@ BASE_MARKERS = {"bp": "o", "fa": "s", "rnp": "^", "dfa": "v", "kp": "D", "usf": 
 FALLBACK_COLORS = ("tab:blue", "tab:green", "tab:purple", "#e7298a", "#66a61e", "#a6761d", "#1b9e77", "#7570b3")
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2, 2, 2)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
+FAMILY_MARKERS = ("d", "p", "h", "<", ">", "H", "8", "X")  # IFA angles: none of the base methods' markers
 HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo", "--")
 ANGLE_CMAP = "viridis"
 ANGLE_CMAP_RANGE = (0.0, 0.85)  # the colormap's bright yellow end is hard to see on white
@@ -122,7 +123,7 @@ def method_styles(labels: Iterable) -> dict[str, Style]:
         if ifa_angle(method) is not None:
             k = thetas.index(ifa_angle(method)) + j
             out[lab] = Style(angle_color(ifa_angle(method), norm), LINESTYLES[k % len(LINESTYLES)],
-                             MARKERS[k % len(MARKERS)], HATCHES[k % len(HATCHES)])
+                             FAMILY_MARKERS[k % len(FAMILY_MARKERS)], HATCHES[k % len(HATCHES)])
         else:
             out[lab] = Style(BASE_COLORS[method], LINESTYLES[j % len(LINESTYLES)],
                              BASE_MARKERS[method] if j == 0 else MARKERS[j % len(MARKERS)], HATCHES[j % len(HATCHES)])

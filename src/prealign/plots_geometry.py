@@ -35,13 +35,25 @@ def _save(fig, path) -> Path:
 def _trajectory_panel(ax, alphas, betas, loss, coords, explained_variance_ratio, norm, levels):
     ax.contourf(alphas, betas, np.log10(np.maximum(loss, 1e-12)), levels=shared_levels(norm, levels), norm=norm,
                 cmap="viridis")
+    from matplotlib.patheffects import withStroke
+
     coords = np.asarray(coords)
-    ax.plot(coords[:, 0], coords[:, 1], "-", color="white", lw=1.2, label="trajectory")
+    ax.plot(coords[:, 0], coords[:, 1], "-", color="white", lw=1.2, label="trajectory",  # outlined: seen on
+            path_effects=[withStroke(linewidth=2.6, foreground="black")])                # the map and in the legend
     ax.plot(coords[0, 0], coords[0, 1], "o", color="tab:orange", ms=6, label="start")
     ax.plot(0, 0, "*", color="tab:red", ms=11, label="final")
     evr = explained_variance_ratio
     ax.set_xlabel(f"PC1 ({100 * evr[0]:.1f} % of variance)" if evr is not None else "PC1")
     ax.set_ylabel(f"PC2 ({100 * evr[1]:.1f} % of variance)" if evr is not None else "PC2")
+    _few_ticks(ax)
+
+
+def _few_ticks(ax):
+    """At most 5 ticks per axis, so side-by-side panels' tick labels do not run into each other."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
 
 
 def _log_loss(loss):
@@ -94,6 +106,7 @@ def plot_perturbed_surfaces(path, surfaces: Mapping[str, tuple], title: str | No
         ax.set_xlabel("α (along v₁, parameter-space distance)")
         ax.set_ylabel("β (along v₂, parameter-space distance)")
         ax.set_title(name)
+        _few_ticks(ax)
     shared_colorbar(fig, axes, norm, "magma", "test loss")
     legend_outside(fig, where="below")
     if title:
