@@ -164,27 +164,21 @@ def legend_outside(target, handles=None, labels=None, where: str = "right", **kw
     return target.legend(handles, labels, **kw)
 
 
-def shared_norm(arrays: Sequence, log: bool = False):
-    """One ``Normalize`` (``LogNorm`` with ``log``) spanning the finite values of all ``arrays``, so
-    panels meant to be compared share one colour scale."""
-    from matplotlib.colors import LogNorm, Normalize
+def shared_norm(arrays: Sequence):
+    """One ``Normalize`` spanning the finite values of all ``arrays``, so panels meant to be compared
+    share one colour scale (all-NaN input: 0 … 1, nothing is drawn anyway)."""
+    from matplotlib.colors import Normalize
 
     values = np.concatenate([np.asarray(a, float).ravel() for a in arrays])
-    values = values[np.isfinite(values) & ((values > 0) if log else True)]
+    values = values[np.isfinite(values)]
     if values.size == 0:
-        return (LogNorm if log else Normalize)()
+        return Normalize(0.0, 1.0)
     lo, hi = float(values.min()), float(values.max())
-    if hi == lo:
-        hi = lo * 1.01 + 1e-12 if log else lo + 1.0
-    return LogNorm(lo, hi) if log else Normalize(lo, hi)
+    return Normalize(lo, hi if hi > lo else lo + 1.0)
 
 
 def shared_levels(norm, n: int = 20) -> np.ndarray:
-    """``n`` contour levels across ``norm``'s range (log-spaced for a ``LogNorm``)."""
-    from matplotlib.colors import LogNorm
-
-    if isinstance(norm, LogNorm):
-        return np.geomspace(norm.vmin, norm.vmax, n)
+    """``n`` evenly spaced contour levels across ``norm``'s range (the same in every panel)."""
     return np.linspace(norm.vmin, norm.vmax, n)
 
 
