@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .plot_style import integer_epochs, legend_outside, method_styles
+
 Curves = list[dict[str, float]]
 
 
@@ -38,92 +40,78 @@ def _band(runs: Sequence[Curves], key: str, scale: float = 1.0):
     return np.array(epochs), mean, std
 
 
-def _colors(labels):
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    fixed = {"bp": 0, "fa": 3, "ifa": 2, "rnp": 1, "dfa": 4, "kp": 5, "usf": 6, "brsf": 7, "frsf": 8}
-    out, free = {}, iter(i for i in range(10) if i not in fixed.values())
-    for label in labels:
-        base = label.split("@")[0]
-        out[label] = cmap(fixed[base] if base in fixed and "@" not in label else next(free, 9))
-    return out
-
-
-def _plot_band(ax, runs, key, label, color, scale=1.0):
+def _plot_band(ax, runs, key, label, style, scale=1.0):
     epochs, mean, std = _band(runs, key, scale)
     if len(epochs) == 0:
         return
     n = len(runs)
-    ax.plot(epochs, mean, color=color, label=f"{label} (n={n})" if n > 1 else label, lw=1.6)
+    ax.plot(epochs, mean, label=f"{label} (n={n})" if n > 1 else label, lw=1.6, **style.kw(len(epochs)))
     if n > 1:
-        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        ax.fill_between(epochs, mean - std, mean + std, color=style.color, alpha=0.15, lw=0)
 
 
 def learning_curves(groups: dict[str, Sequence[Curves]], path, title: str = "Learning curves") -> Path:
     """Test accuracy (%) and test loss (cross-entropy, nats) vs epoch, mean ± std band per method."""
     plt = _plt()
-    colors = _colors(groups)
+    styles = method_styles(groups)
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, runs in groups.items():
-        _plot_band(ax_acc, runs, "test_acc", label, colors[label], scale=100.0)
-        _plot_band(ax_loss, runs, "test_loss", label, colors[label])
+    for label in styles:
+        _plot_band(ax_acc, groups[label], "test_acc", label, styles[label], scale=100.0)
+        _plot_band(ax_loss, groups[label], "test_loss", label, styles[label])
     ax_acc.set(xlabel="epoch (0 = before training)", ylabel="test accuracy (%)", title="Test accuracy")
     ax_loss.set(xlabel="epoch (0 = before training)", ylabel="test loss (cross-entropy, nats)", title="Test loss")
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend(frameon=False)
+    integer_epochs(ax_acc, ax_loss)
+    legend_outside(fig)
     fig.suptitle(f"{title} — mean ± std over seeds")
     return _save(fig, path)
 
 
-def alignment_curves(groups: dict[str, Sequence[Curves]], path, title: str = "Alignment") -> Path:
-    """Top row: weight alignment angle ∠(W, B) per layer (degrees) vs epoch; bottom row: gradient
-    alignment per hidden layer (degrees). Methods under ``bp`` are left out (B is unused)."""
-    plt = _plt()
-    groups = {k: v for k, v in groups.items() if k.split("@")[0] != "bp"}
+def _keys(groups, prefix: str) -> list[str]:
+    """``prefix<module name>`` keys of the first records, in layer order as recorded."""
     keys = []
     for runs in groups.values():
         for curves in runs:
             for r in curves[:1]:
-                keys += [k for k in r if k.startswith("angle/") and k not in keys]
-    grad_keys = []
-    for runs in groups.values():
-        for curves in runs:
-            for r in curves[:1]:
-                grad_keys += [k for k in r if k.startswith("grad_angle/") and k not in grad_keys]
+                keys += [k for k in r if k.startswith(prefix) and k not in keys]
+    return keys
+
+
+def alignment_curves(groups: dict[str, Sequence[Curves]], path, title: str = "Alignment") -> Path:
+    """Top row: weight alignment angle ∠(W, B) per layer (degrees) vs epoch; bottom row: gradient
+    alignment per hidden layer (degrees). Panels are titled with the layer's module name in the model
+    (``angle/3`` → ``3``). Methods under ``bp`` are left out (B is unused)."""
+    plt = _plt()
+    groups = {k: v for k, v in groups.items() if k.split("@")[0] != "bp"}
+    keys, grad_keys = _keys(groups, "angle/"), _keys(groups, "grad_angle/")
     ncol = max(len(keys), len(grad_keys), 1)
     nrow = 2 if grad_keys else 1
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.8 * nrow), squeeze=False)
-    colors = _colors(groups)
-    layer_names = [k.split("/", 1)[1] for k in keys]
-    for j, key in enumerate(keys):
-        ax = axes[0][j]
-        for label, runs in groups.items():
-            _plot_band(ax, runs, key, label, colors[label])
-        name = key.split("/", 1)[1]
-        note = " (first layer: its B carries no signal)" if j == 0 and len(keys) > 1 else ""
-        ax.set(xlabel="epoch (0 = before training)", ylabel="angle ∠(W, B) (degrees)",
-               title=f"weight alignment, layer {layer_names.index(name) + 1} ({name}){note}")
-        ax.title.set_fontsize(9)
-    for j, key in enumerate(grad_keys):
-        ax = axes[1][j]
-        for label, runs in groups.items():
-            _plot_band(ax, runs, key, label, colors[label])
-        name = key.split("/", 1)[1]
-        idx = layer_names.index(name) + 1 if name in layer_names else "?"
-        ax.set(xlabel="epoch (0 = before training)", ylabel="∠(delivered, true error) (degrees)",
-               title=f"gradient alignment at the output of layer {idx} ({name})")
-        ax.title.set_fontsize(9)
+    styles = method_styles(groups)
+    rows = [(keys, "weight alignment ∠(W, B)", "angle ∠(W, B) (degrees)")]
+    if grad_keys:
+        rows.append((grad_keys, "gradient alignment at the output of", "∠(delivered, true error) (degrees)"))
+    for i, (row_keys, what, ylabel) in enumerate(rows):
+        for j, key in enumerate(row_keys):
+            ax = axes[i][j]
+            for label in styles:
+                _plot_band(ax, groups[label], key, label, styles[label])
+            name = key.split("/", 1)[1]
+            note = "\n(first layer: its B carries no signal)" if i == 0 and j == 0 and len(keys) > 1 else ""
+            ax.set(xlabel="epoch (0 = before training)", ylabel=ylabel, title=f"{what} module {name}{note}")
+            ax.title.set_fontsize(9)
     for row in axes:
         for ax in row:
             if ax.lines:
                 ax.set_ylim(0, 100)
                 ax.axhline(90, color="grey", lw=0.8, ls=":")
                 ax.grid(alpha=0.3)
-                ax.legend(frameon=False, fontsize=8)
+                integer_epochs(ax)
             else:
                 ax.axis("off")
+    legend_outside(fig)
     fig.suptitle(f"{title} — mean ± std over seeds; 90° = unaligned")
     return _save(fig, path)
 
@@ -133,7 +121,7 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .plot_style import integer_epochs, legend_outside, method_styles
+
 SOURCE_STYLES = {"exact": "-", "feedback": ":", "transfer": "--"}
 SOURCE_LABELS = {"exact": "exact gradient", "feedback": "own feedback pathway", "transfer": "transfer from BP surrogate"}
 
@@ -23,12 +25,6 @@ def _plt():
     return plt
 
 
-def _colors(labels: Sequence[str]) -> dict[str, object]:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(labels)}
-
-
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,17 +34,18 @@ def _save(fig, path) -> Path:
 
 
 def plot_adversarial(report: Mapping, path, title: str | None = None, layout: str = "grid") -> Path:
-    """Accuracy (%) vs ε under attack; colour = method, ±1 std bands over seeds.
+    """Accuracy (%) vs ε under attack, ±1 std bands over seeds.
 
-    ``layout="grid"``: rows = attacks, columns = gradient sources (exact, feedback, transfer);
-    ``"overlay"``: one panel per attack, line style = gradient source.
+    ``layout="grid"``: rows = attacks, columns = gradient sources (exact, feedback, transfer); each
+    method its own colour, line style and marker. ``"overlay"``: one panel per attack, colour and
+    marker = method, line style = gradient source.
     """
     plt = _plt()
     from matplotlib.lines import Line2D
 
     eps = np.asarray(report["epsilons"])
     attacks, sources, results = report["attacks"], report["sources"], report["results"]
-    colors = _colors(list(results))
+    styles = method_styles(results)
     if layout not in ("grid", "overlay"):
         raise ValueError(f"unknown layout {layout!r}; valid: grid, overlay")
     cols = sources if layout == "grid" else [None]
@@ -57,12 +54,13 @@ def plot_adversarial(report: Mapping, path, title: str | None = None, layout: st
     for r, attack in enumerate(attacks):
         for c, col in enumerate(cols):
             ax = axes[r][c]
-            for method, per_attack in results.items():
+            for method, style in styles.items():
                 for source in ([col] if col else sources):
-                    acc = np.asarray(per_attack[attack][source]) * 100
+                    acc = np.asarray(results[method][attack][source]) * 100
                     mean, std = acc.mean(0), acc.std(0)
-                    ax.plot(eps, mean, SOURCE_STYLES[source], color=colors[method], lw=1.6, marker="o", ms=2.5)
-                    ax.fill_between(eps, mean - std, mean + std, color=colors[method], alpha=0.15, lw=0)
+                    kw = style.kw(len(eps)) | ({} if col else {"linestyle": SOURCE_STYLES[source]})
+                    ax.plot(eps, mean, lw=1.6, label=method if col or len(sources) == 1 else f"{method}, {source}", **kw)
+                    ax.fill_between(eps, mean - std, mean + std, color=style.color, alpha=0.15, lw=0)
             steps = "" if attack == "fgsm" else f", {report.get('steps', 10)} steps"
             ax.set_title(f"{attack.upper()}{steps}" + (f" — {SOURCE_LABELS[col]}" if col else ""), fontsize=10)
             ax.grid(alpha=0.3)
@@ -70,10 +68,12 @@ def plot_adversarial(report: Mapping, path, title: str | None = None, layout: st
                 ax.set_xlabel("perturbation ε (L∞, inputs in [0, 1])")
             if c == 0:
                 ax.set_ylabel("accuracy under attack (%)")
-    handles = [Line2D([], [], color=colors[m], lw=2, label=m) for m in results]
     if layout == "overlay":
+        handles = [Line2D([], [], color=st.color, marker=st.marker, lw=2, label=m) for m, st in styles.items()]
         handles += [Line2D([], [], color="k", ls=SOURCE_STYLES[s], label=SOURCE_LABELS[s]) for s in sources]
-    axes[0][-1].legend(handles=handles, fontsize=8, loc="lower left")
+        legend_outside(fig, handles, [h.get_label() for h in handles])
+    else:
+        legend_outside(fig)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -87,9 +87,9 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     from .analysis.robustness import summarize_corruption
 
     results, cats = report["results"], report["categories"]
-    colors = _colors(list(results))
+    styles = method_styles(results)
     names = list(cats)
-    summaries = {m: [summarize_corruption(e, cats) for e in entries] for m, entries in results.items()}
+    summaries = {m: [summarize_corruption(e, cats) for e in results[m]] for m in styles}
     fig = plt.figure(figsize=(16, 4.6))
     grid = fig.add_gridspec(1, 3, width_ratios=[1, 2.4, 1])
     ax = fig.add_subplot(grid[0])
@@ -100,13 +100,12 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
         x = [0, *sev]
         mean = [clean.mean(), *vals.mean(0)]
         std = [clean.std(), *vals.std(0)]
-        ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, color=colors[m], label=m)
+        ax.errorbar(x, mean, yerr=std, capsize=3, label=m, **styles[m].kw())
     ax.set_xticks(x, ["clean", *map(str, sev)])
     ax.set_xlabel("corruption severity")
     ax.set_ylabel("mean corruption accuracy (%)")
     ax.set_title("(a) mean over the 15 corruptions")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     ax = fig.add_subplot(grid[1])
     mat = np.array([[np.mean([s["per_type"][n] for s in ss]) * 100 for n in names] for ss in summaries.values()])
     im = ax.imshow(mat, aspect="auto", cmap="viridis")
@@ -126,12 +125,13 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
         vals = np.array([[s["per_category"][c] for c in categories] for s in ss]) * 100
         lo = min(lo, float(vals.min()))
         ax.bar(np.arange(len(categories)) + i * width, vals.mean(0), width, yerr=vals.std(0), capsize=2,
-               color=colors[m], label=m)
+               color=styles[m].color, hatch=styles[m].hatch, edgecolor="white", label=m)
     ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
     ax.set_ylabel("accuracy (%), mean over types and severities")
     ax.set_title("(c) per category")
     ax.set_ylim(max(0.0, lo - 10), 100)
     ax.grid(alpha=0.3, axis="y")
+    legend_outside(ax)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -141,17 +141,18 @@ def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
     """Grouped bars: accuracy (%) on the clean and each out-of-distribution test set, per method."""
     plt = _plt()
     sets, results = report["sets"], report["results"]
-    colors = _colors(list(results))
+    styles = method_styles(results)
     fig, ax = plt.subplots(figsize=(1.6 * len(sets) + 3, 4.2))
     width = 0.8 / len(results)
-    for i, (m, entries) in enumerate(results.items()):
-        vals = np.array([[e[s] for s in sets] for e in entries]) * 100
-        ax.bar(np.arange(len(sets)) + i * width, vals.mean(0), width, yerr=vals.std(0), capsize=2, color=colors[m], label=m)
+    for i, (m, style) in enumerate(styles.items()):
+        vals = np.array([[e[s] for s in sets] for e in results[m]]) * 100
+        ax.bar(np.arange(len(sets)) + i * width, vals.mean(0), width, yerr=vals.std(0), capsize=2, color=style.color,
+               hatch=style.hatch, edgecolor="white", label=m)
     ax.set_xticks(np.arange(len(sets)) + 0.4 - width / 2, [s.replace(" (", "\n(") for s in sets], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.set_title(title or "out-of-distribution accuracy")
     return _save(fig, path)
 
@@ -168,13 +169,15 @@ def plot_dimensionality(history: Sequence[Mapping], path, title: str | None = No
             ax = axes[r][c]
             rows = [h for h in history if h["phase"] == phase and kind in h]
             xs = [h["seen"] if phase == "noise" else h["epoch"] for h in rows]
-            for name in rows[0][kind]:
-                ax.plot(xs, [h[kind][name] for h in rows], marker="o", ms=3, label=name)
+            for name, style in method_styles(rows[0][kind]).items():  # name: the layer's module name
+                ax.plot(xs, [h[kind][name] for h in rows], label=name, **style.kw(len(xs)))
+            if phase == "data":
+                integer_epochs(ax)
             ax.set_xlabel("noise samples seen" if phase == "noise" else "data epoch")
             ax.set_ylabel(f"effective rank of {'W' if kind == 'weights' else 'features'}")
             ax.set_title(f"{kind} during {'noise pretraining' if phase == 'noise' else 'data training'}")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+    legend_outside(fig)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -186,15 +189,17 @@ def plot_spectra(spectra: Mapping[str, Mapping[str, Sequence[float]]], path, tit
     plt = _plt()
     layers = list(next(iter(spectra.values())))
     fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
+    styles = method_styles(spectra)
     for ax, layer in zip(axes[0], layers):
-        for cond, per_layer in spectra.items():
-            s = np.asarray(per_layer[layer])
-            ax.semilogy(np.arange(1, len(s) + 1), s, label=cond)
+        for cond, style in styles.items():
+            s = np.asarray(spectra[cond][layer])
+            ax.semilogy(np.arange(1, len(s) + 1), s, label=cond, **style.kw(len(s)))
         ax.set_xlabel("index (descending)")
         ax.set_ylabel("singular value")
-        ax.set_title(layer)
+        ax.set_title(f"module {layer}")  # the layer's name in the model
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        integer_epochs(ax)
+    legend_outside(fig)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -204,12 +209,13 @@ def plot_meta(histories: Mapping[str, Sequence[Mapping]], path, title: str | Non
     """Meta-loss (sum over tasks, nats) vs noise samples seen, one line per run label."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 4))
-    for label, hist in histories.items():
-        ax.plot([h["seen"] for h in hist], [h["meta_loss"] for h in hist], marker="o", ms=3, label=label)
+    for label, style in method_styles(histories).items():
+        hist = histories[label]
+        ax.plot([h["seen"] for h in hist], [h["meta_loss"] for h in hist], label=label, **style.kw(len(hist)))
     ax.set_xlabel("noise samples seen")
     ax.set_ylabel("meta-loss (sum of adapted losses, nats)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.set_title(title or "meta-loss during noise pretraining")
     return _save(fig, path)
 
@@ -217,20 +223,20 @@ def plot_meta(histories: Mapping[str, Sequence[Mapping]], path, title: str | Non
 def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | None = None) -> Path:
     """Generalization error (test − train loss, nats) vs ``key`` (``"size"`` or ``"depth"``), per method."""
     plt = _plt()
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    colors = _colors(methods)
+    styles = method_styles(r["method"] for r in rows)
     fig, ax = plt.subplots(figsize=(5.6, 4))
-    for m in methods:
+    for m, style in styles.items():
         xs = sorted({r[key] for r in rows if r["method"] == m})
         vals = [[r["gap"] for r in rows if r["method"] == m and r[key] == x] for x in xs]
-        ax.errorbar(xs, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], marker="o", capsize=3,
-                    color=colors[m], label=m)
+        ax.errorbar(xs, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], capsize=3, label=m, **style.kw())
     if key == "size":
         ax.set_xscale("log")
+    else:
+        integer_epochs(ax)  # depth counts layers
     ax.set_xlabel("training-set size (images)" if key == "size" else "depth (weight layers)")
     ax.set_ylabel("generalization error: test − train loss (nats)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.set_title(title or "generalization error")
     return _save(fig, path)
 
@@ -239,26 +245,27 @@ def plot_trajectory(result: Mapping, path, title: str | None = None) -> Path:
     """First-layer weight trajectory in its top-2 PCs, one line per run, and ‖W − B‖ along it."""
     plt = _plt()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, run in result["runs"].items():
+    for label, style in method_styles(result["runs"]).items():
+        run = result["runs"][label]
         pts = np.asarray(run["pcs"])
-        ax.plot(pts[:, 0], pts[:, 1], "-", lw=1, label=label)
+        ax.plot(pts[:, 0], pts[:, 1], color=style.color, linestyle=style.linestyle, lw=1, label=label)
         phases = run["phases"]
         for phase, marker in (("noise", "o"), ("data", "s")):
             idx = [i for i, p in enumerate(phases) if p == phase]
             if idx:
-                ax.scatter(pts[idx, 0], pts[idx, 1], s=10, marker=marker)
+                ax.scatter(pts[idx, 0], pts[idx, 1], s=10, marker=marker, color=style.color)
         ax.scatter(*pts[0, :2], c="k", marker="x", s=40)
-        bx.plot(np.arange(len(run["w_minus_b"])), run["w_minus_b"], label=label)
+        bx.plot(np.arange(len(run["w_minus_b"])), run["w_minus_b"], label=label, **style.kw(len(run["w_minus_b"])))
     ev = result.get("explained_variance", [np.nan, np.nan])
     ax.set_xlabel(f"PC 1 ({100 * ev[0]:.0f} % of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ev[1]:.0f} % of variance)")
     ax.set_title("first-layer W (x: start; o noise, s data)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     bx.set_xlabel("snapshot (noise checkpoints, then data epochs)")
     bx.set_ylabel("‖W₁ − B₁‖ (Frobenius)")
     bx.grid(alpha=0.3)
-    bx.legend(fontsize=8)
+    integer_epochs(bx)
+    legend_outside(fig)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

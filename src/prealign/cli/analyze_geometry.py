@@ -99,9 +99,10 @@ def _landscape(args) -> int:
 
     from ..analysis import TrajectoryRecorder, flat_parameters, perturbed_surface, trajectory_surface
     from ..errors import PrealignError
-    from ..plots_geometry import plot_perturbed_surface, plot_trajectory_landscape
+    from ..plots_geometry import (plot_perturbed_surface, plot_perturbed_surfaces, plot_trajectory_landscape,
+                                  plot_trajectory_landscapes)
 
-    out = {}
+    out, surfaces, paths = {}, {}, {}
     store = _store(args)
     folder = _folder(args, store, "landscape")
     for run in args.runs:
@@ -113,6 +114,7 @@ def _landscape(args) -> int:
                               hessian_y=data.y_train[:n], alphas=axis, betas=axis, seed=args.seed)
         plot_perturbed_surface(folder / f"perturbed_{row['id']}.png", p["alphas"], p["betas"], p["loss"],
                                title=f"run {row['id']} {row['label']}: test loss")
+        surfaces[f"run {row['id']} {row['label']}"] = (p["alphas"], p["betas"], p["loss"])
         entry = {"label": row["label"], "eigenvalues": p["eigenvalues"].tolist(), "alphas": axis.tolist(),
                  "perturbed_test_loss": p["loss"].tolist()}
         if args.trajectory:
@@ -130,11 +132,17 @@ def _landscape(args) -> int:
             rec.close()
             plot_trajectory_landscape(folder / f"trajectory_{row['id']}.png", s["alphas"], s["betas"], s["loss"],
                                       s["coords"], s["explained_variance_ratio"], title=f"run {row['id']} {row['label']}")
+            paths[f"run {row['id']} {row['label']}"] = (s["alphas"], s["betas"], s["loss"], s["coords"],
+                                                        s["explained_variance_ratio"])
             entry["trajectory"] = {k: np.asarray(s[k]).tolist() for k in
                                    ("alphas", "betas", "loss", "coords", "explained_variance_ratio")}
         out[str(row["id"])] = entry
         print(f"run {row['id']} {row['label']}: top-2 eigenvalues {p['eigenvalues'][0]:.4g}, {p['eigenvalues'][1]:.4g}; "
               f"test loss at the trained point {p['loss'][args.grid // 2, args.grid // 2]:.4g}")
         (folder / "landscape.json").write_text(json.dumps(out, indent=1))
+    if len(surfaces) > 1:  # the runs side by side on one colour scale, to be compared
+        plot_perturbed_surfaces(folder / "perturbed_all.png", surfaces, title="test loss along top-2 Hessian eigenvectors")
+    if len(paths) > 1:
+        plot_trajectory_landscapes(folder / "trajectory_all.png", paths, title="training trajectories")
     print(f"wrote {folder}")
     return 0

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plot_style import (integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels,
+                          shared_norm)
 from . import stats
 from .analyses import Unavailable
 
@@ -47,6 +49,11 @@ def _groups(runs, field):
     return dict(sorted(out.items(), key=lambda kv: _key(kv[0])))
 
 
+def _find(groups: dict, label: str):
+    """The key of ``groups`` whose ``str`` is ``label`` (styles are keyed by the shown label)."""
+    return next(k for k in groups if str(k) == label)
+
+
 def _plt():
     import matplotlib
 
@@ -59,8 +66,9 @@ def _plt():
 def _save(fig, path: Path, out: dict | None = None) -> str:
     if out and (out.get("panel") or out.get("title")):
         fig.suptitle(" — ".join(str(out[k]) for k in ("panel", "title") if out.get(k)), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    if fig.get_layout_engine() is None:  # figures with a shared colorbar use the constrained layout
+        fig.tight_layout()
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps legends placed outside the axes
     _plt().close(fig)
     return path.name
 
@@ -78,15 +86,20 @@ def _stack(runs, metric):
     return epochs, arr
 
 
-def _band(ax, x, arr, label, scale=1.0):
+def _band(ax, x, arr, label, style, scale=1.0):
     with np.errstate(all="ignore"):
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             m, s = np.nanmean(arr, 0) * scale, np.nanstd(arr, 0) * scale
-    line, = ax.plot(x, m, label=str(label))
-    ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
+    ax.plot(x, m, label=str(label), **style.kw(len(x)))
+    ax.fill_between(x, m - s, m + s, alpha=0.15, color=style.color, lw=0)
+
+
+def _group_styles(runs, field):
+    """One style per value of ``field`` over all ``runs`` (the same in every facet/panel)."""
+    return method_styles(_groups(runs, field))
 
 
 def curves(out, ctx, path: Path) -> str:
@@ -95,21 +108,24 @@ def curves(out, ctx, path: Path) -> str:
     plt = _plt()
     fig, axes = plt.subplots(len(facets), len(metrics), figsize=(3.6 * len(metrics), 2.9 * len(facets)), squeeze=False)
     drawn = False
+    styles = _group_styles(ctx.done_runs(), out.get("group", "method"))
     for i, (fval, fruns) in enumerate(facets.items()):
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
-            for gval, gruns in _groups(fruns, out.get("group", "method")).items():
-                x, arr = _stack(gruns, metric)
+            groups = _groups(fruns, out.get("group", "method"))
+            for gval in [g for g in styles if g in map(str, groups)]:
+                x, arr = _stack(groups[_find(groups, gval)], metric)
                 if arr is not None:
-                    _band(ax, x, arr, gval, 100.0 if _is_pct(metric) else 1.0)
+                    _band(ax, x, arr, gval, styles[gval], 100.0 if _is_pct(metric) else 1.0)
                     drawn = True
             ax.set_xlabel("epoch")
+            integer_epochs(ax)
             ax.set_ylabel(_label(metric))
             if out.get("facet"):
                 ax.set_title(f"{out['facet']} = {fval}", fontsize=9)
             if metric.endswith("loss") and out.get("log_loss"):
                 ax.set_yscale("log")
-        axes[i, 0].legend(fontsize=7)
+    legend_outside(fig)
     if not drawn:
         plt.close(fig)
         raise Unavailable(f"no values of {metrics} in the runs' curves")
@@ -128,16 +144,19 @@ def alignment(out, ctx, path: Path) -> str:
         raise Unavailable("no alignment angles in the curves (bp runs have none; fa/ifa/rnp runs needed)")
     plt = _plt()
     fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 2.9), squeeze=False)
+    groups = _groups(runs, out.get("group", "method"))
+    styles = method_styles(groups)
     for ax, layer in zip(axes[0], layers):
-        for gval, gruns in _groups(runs, out.get("group", "method")).items():
-            x, arr = _stack(gruns, layer)
+        for gval, style in styles.items():
+            x, arr = _stack(groups[_find(groups, gval)], layer)
             if arr is not None:
-                _band(ax, x, arr, gval)
+                _band(ax, x, arr, gval, style)
         ax.set_xlabel("epoch")
         ax.set_ylabel("alignment angle (degrees)")
-        ax.set_title(layer.replace("angle/", "layer "), fontsize=9)
+        ax.set_title(f"module {layer.split('/', 1)[1]}", fontsize=9)  # the layer's name in the model
         ax.set_ylim(0, 100)
-    axes[0, 0].legend(fontsize=7)
+        integer_epochs(ax)
+    legend_outside(fig)
     return _save(fig, path, out)
 
 
@@ -157,12 +176,13 @@ def line(out, ctx, path: Path) -> str:
     x, y = out["x"], out["y"]
     scale = 100.0 if _is_pct(y) else 1.0
     drawn = False
-    for gval, gruns in _groups(ctx.done_runs(), out.get("group")).items():
-        xs, m, s = _points(gruns, x, y)
+    groups = _groups(ctx.done_runs(), out.get("group"))
+    for gval, style in method_styles(groups).items():
+        xs, m, s = _points(groups[_find(groups, gval)], x, y)
         if xs:
             numeric = all(isinstance(v, (int, float)) for v in xs)
             pos = xs if numeric else list(range(len(xs)))
-            ax.errorbar(pos, np.array(m) * scale, yerr=np.array(s) * scale, marker="o", capsize=3, label=str(gval))
+            ax.errorbar(pos, np.array(m) * scale, yerr=np.array(s) * scale, capsize=3, label=str(gval), **style.kw())
             if not numeric:
                 ax.set_xticks(pos, [str(v) for v in xs])
             drawn = True
@@ -174,7 +194,7 @@ def line(out, ctx, path: Path) -> str:
     ax.set_xlabel(out.get("xlabel", x))
     ax.set_ylabel(_label(y))
     if out.get("group"):
-        ax.legend(fontsize=7)
+        legend_outside(ax)
     return _save(fig, path, out)
 
 
@@ -184,9 +204,10 @@ def heatmap(out, ctx, path: Path) -> str:
     xs = sorted({r.row.get(x) for r in ctx.done_runs()}, key=_key)
     ys = sorted({r.row.get(y) for r in ctx.done_runs()}, key=_key)
     plt = _plt()
-    fig, axes = plt.subplots(1, len(facets), figsize=(3.8 * len(facets), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(facets), figsize=(3.8 * len(facets), 3.3), squeeze=False, layout="constrained")
     scale = 100.0 if _is_pct(z) else 1.0
-    for ax, (fval, fruns) in zip(axes[0], facets.items()):
+    grids = []
+    for fval, fruns in facets.items():
         grid = np.full((len(ys), len(xs)), np.nan)
         for i, yv in enumerate(ys):
             for j, xv in enumerate(xs):
@@ -194,13 +215,18 @@ def heatmap(out, ctx, path: Path) -> str:
                         and r.row.get(z) is not None]
                 if vals:
                     grid[i, j] = np.nanmean(vals) * scale
-        im = ax.imshow(grid, origin="lower", aspect="auto", vmin=out.get("vmin"), vmax=out.get("vmax"), cmap="viridis")
+        grids.append(grid)
+    norm = shared_norm(grids)  # one colour scale for all panels; the output's vmin/vmax override it
+    norm.vmin = out.get("vmin", norm.vmin)
+    norm.vmax = out.get("vmax", norm.vmax)
+    for ax, fval, grid in zip(axes[0], facets, grids):
+        ax.imshow(grid, origin="lower", aspect="auto", norm=norm, cmap="viridis")
         ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs], fontsize=7)
         ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, float) else str(v) for v in ys], fontsize=7)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.set_title(str(fval), fontsize=9)
-        fig.colorbar(im, ax=ax, label=_label(z))
+    shared_colorbar(fig, axes, norm, "viridis", _label(z))
     return _save(fig, path, out)
 
 
@@ -216,15 +242,17 @@ def series(out, ctx, path: Path) -> str:
     xv = [_num(c.split("@", 1)[1]) for c in cols]
     numeric = all(isinstance(v, (int, float)) for v in xv)
     pos = xv if numeric else list(range(len(xv)))
-    for gval, gruns in _groups(runs, out.get("group", "method")).items():
+    groups = _groups(runs, out.get("group", "method"))
+    for gval, style in method_styles(groups).items():
+        gruns = groups[_find(groups, gval)]
         m = [stats.mean_std([r.row.get(c) for r in gruns])[0] * 100 for c in cols]
         s = [stats.mean_std([r.row.get(c) for r in gruns])[1] * 100 for c in cols]
-        ax.errorbar(pos, m, yerr=s, marker="o", capsize=3, label=str(gval))
+        ax.errorbar(pos, m, yerr=s, capsize=3, label=str(gval), **style.kw())
     if not numeric:
         ax.set_xticks(pos, [str(v) for v in xv], rotation=45, fontsize=7)
     ax.set_xlabel(out.get("xlabel", prefix))
     ax.set_ylabel(out.get("ylabel", "accuracy (%)"))
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return _save(fig, path, out)
 
 
@@ -241,16 +269,15 @@ def density(out, ctx, path: Path) -> str:
         raise Unavailable("no Hessian spectral densities (the hessian analysis was not produced)")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    seen = set()
-    for row, grid, dens in items:
-        g = row.get(out.get("group", "method"))
-        if g in seen:  # one seed per group keeps the panel readable
-            continue
-        seen.add(g)
-        ax.semilogy(grid, np.maximum(np.asarray(dens), 1e-12), label=str(g))
+    first = {}
+    for row, grid, dens in items:  # one seed per group keeps the panel readable
+        first.setdefault(str(row.get(out.get("group", "method"))), (grid, dens))
+    for g, style in method_styles(first).items():
+        grid, dens = first[g]
+        ax.semilogy(grid, np.maximum(np.asarray(dens), 1e-12), label=g, **style.kw(len(grid)))
     ax.set_xlabel("Hessian eigenvalue")
     ax.set_ylabel("density (log)")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return _save(fig, path, out)
 
 
@@ -259,15 +286,16 @@ def landscape(out, ctx, path: Path) -> str:
     if not items:
         raise Unavailable("no perturbed landscapes (the landscape analysis was not produced)")
     plt = _plt()
-    fig, axes = plt.subplots(1, len(items), figsize=(3.4 * len(items), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(items), figsize=(3.4 * len(items), 3.0), squeeze=False, layout="constrained")
+    norm = shared_norm([res["loss"] for _, res in items])  # panels compared on one colour scale
     for ax, (row, res) in zip(axes[0], items):
         loss = np.asarray(res["loss"], float)
         a, b = np.asarray(res.get("alphas", np.arange(loss.shape[1]))), np.asarray(res.get("betas", np.arange(loss.shape[0])))
-        cs = ax.contourf(a, b, loss, levels=20, cmap="viridis")
-        fig.colorbar(cs, ax=ax, label="test loss")
+        ax.contourf(a, b, loss, levels=shared_levels(norm), norm=norm, cmap="viridis")
         ax.set_xlabel("α (along v₁)")
         ax.set_ylabel("β (along v₂)")
         ax.set_title(str(row.get(out.get("group", "method"))), fontsize=9)
+    shared_colorbar(fig, axes, norm, "viridis", "test loss")
     return _save(fig, path, out)
 
 
@@ -276,16 +304,18 @@ def trajectory(out, ctx, path: Path) -> str:
     if not items:
         raise Unavailable("no trajectories (the trajectory analysis was not produced)")
     plt = _plt()
-    fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items), 3.1), squeeze=False)
+    fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items), 3.1), squeeze=False, layout="constrained")
+    norm = shared_norm([res["loss"] for _, res in items])  # panels compared on one colour scale
     for ax, (row, res) in zip(axes[0], items):
-        cs = ax.contourf(res["alphas"], res["betas"], np.asarray(res["loss"]), levels=20, cmap="viridis")
-        fig.colorbar(cs, ax=ax, label="training loss")
+        ax.contourf(res["alphas"], res["betas"], np.asarray(res["loss"]), levels=shared_levels(norm), norm=norm,
+                    cmap="viridis")
         c = np.asarray(res["coords"])
         ax.plot(c[:, 0], c[:, 1], "w.-", lw=1, ms=3)
         ax.plot(c[-1, 0], c[-1, 1], "r*", ms=9)
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
         ax.set_title(str(row.get(out.get("group", "method"))), fontsize=9)
+    shared_colorbar(fig, axes, norm, "viridis", "training loss")
     return _save(fig, path, out)
 
 
@@ -295,15 +325,17 @@ def order(out, ctx, path: Path) -> str:
         raise Unavailable("no order-dependence result (the order analysis was not produced)")
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
-    for label, r in res["pca"]["runs"].items():
-        pcs = np.asarray(r["pcs"])
-        ax1.plot(pcs[:, 0], pcs[:, 1], ".-", ms=3, label=label)
-        ax2.plot(range(len(r["w_minus_b"])), r["w_minus_b"], ".-", ms=3, label=label)
+    runs = res["pca"]["runs"]
+    for label, style in method_styles(runs).items():
+        pcs, r = np.asarray(runs[label]["pcs"]), runs[label]
+        ax1.plot(pcs[:, 0], pcs[:, 1], label=label, **style.kw(len(pcs)))
+        ax2.plot(range(len(r["w_minus_b"])), r["w_minus_b"], label=label, **style.kw(len(r["w_minus_b"])))
+    integer_epochs(ax2)
     ax1.set_xlabel("PC 1 of W₁")
     ax1.set_ylabel("PC 2 of W₁")
     ax2.set_xlabel("snapshot (noise checkpoints, then data epochs, in training order)")
     ax2.set_ylabel("‖W₁ − B₁‖ (Frobenius)")
-    ax1.legend(fontsize=7)
+    legend_outside(fig)
     return _save(fig, path, out)
 
 
@@ -314,13 +346,15 @@ def erank(out, ctx, path: Path) -> str:
     layers = list(items[0][1][0]["weights"])
     plt = _plt()
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 2.9), squeeze=False)
+    styles = method_styles(f"seed {seed}" for seed, _ in items)
     for ax, layer in zip(axes[0], layers):
         for seed, hist in items:
-            ax.plot([h["seen"] for h in hist], [h["weights"][layer] for h in hist], ".-", ms=3, label=f"seed {seed}")
+            ax.plot([h["seen"] for h in hist], [h["weights"][layer] for h in hist], label=f"seed {seed}",
+                    **styles[f"seed {seed}"].kw(len(hist)))
         ax.set_xlabel("noise samples seen")
         ax.set_ylabel("effective rank")
-        ax.set_title(f"layer {layer}", fontsize=9)
-    axes[0, 0].legend(fontsize=7)
+        ax.set_title(f"module {layer}", fontsize=9)  # the layer's name in the model
+    legend_outside(fig)
     return _save(fig, path, out)
 
 
@@ -332,14 +366,16 @@ def spectra(out, ctx, path: Path) -> str:
     layers = list(hist[0]["spectra"])
     plt = _plt()
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 2.9), squeeze=False)
+    styles = method_styles(["untrained", "after noise"])
     for ax, layer in zip(axes[0], layers):
         for entry, label in ((hist[0], "untrained"), (hist[-1], "after noise")):
             sv = np.asarray(entry["spectra"][layer])
-            ax.semilogy(np.arange(1, len(sv) + 1), sv, label=label)
+            ax.semilogy(np.arange(1, len(sv) + 1), sv, label=label, **styles[label].kw(len(sv)))
         ax.set_xlabel("singular value index")
         ax.set_ylabel("singular value")
-        ax.set_title(f"layer {layer}", fontsize=9)
-    axes[0, 0].legend(fontsize=7)
+        ax.set_title(f"module {layer}", fontsize=9)  # the layer's name in the model
+        integer_epochs(ax)
+    legend_outside(fig)
     return _save(fig, path, out)
 
 
@@ -349,19 +385,20 @@ def meta(out, ctx, path: Path) -> str:
         raise Unavailable("no meta-loss history (the meta analysis was not produced)")
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.1))
+    seeds = method_styles(f"seed {seed}" for seed, _ in items)
     for seed, hist in items:
         seen = [h["seen"] for h in hist]
-        ax1.plot(seen, [h["meta_loss"] for h in hist], ".-", label=f"seed {seed}")
-    tasks = [k for k in items[0][1][0] if k not in ("step", "seen", "meta_loss")]
-    for task in tasks:
+        ax1.plot(seen, [h["meta_loss"] for h in hist], label=f"seed {seed}", **seeds[f"seed {seed}"].kw(len(hist)))
+    tasks = method_styles(k for k in items[0][1][0] if k not in ("step", "seen", "meta_loss"))
+    for task, style in tasks.items():
         hist = items[0][1]
-        ax2.plot([h["seen"] for h in hist], [h[task] for h in hist], ".-", label=task)
+        ax2.plot([h["seen"] for h in hist], [h[task] for h in hist], label=task, **style.kw(len(hist)))
     for ax in (ax1, ax2):
         ax.set_xlabel("noise samples seen")
     ax1.set_ylabel("meta-loss (sum of adapted losses)")
     ax2.set_ylabel("adapted loss per task (seed 0)")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=6)
+    legend_outside(ax1, where="below")
+    legend_outside(ax2, where="below", fontsize=6)
     return _save(fig, path, out)
 
 
