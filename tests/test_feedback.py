@@ -181,16 +181,24 @@ def test_kp_feedback_follows_weights(gen):
 
 
 def test_kp_update_rule_exact(gen):
+    """One optimizer step: B ← B + ΔW − d (B − W_before); W changed outside a step (loading, init, a
+    hand edit) is not an update B follows, and extra forwards do not apply anything."""
     layer = FeedbackLinear(4, 3, rule="kp", generator=gen)
     layer.kp_decay = 0.1
     x = torch.randn(5, 4, generator=gen)
-    layer(x)  # first training forward records W
+    layer(x)  # a training forward registers the layer with the optimizer-step hooks
     w0, b0 = layer.weight.detach().clone(), layer.feedback.clone()
-    with torch.no_grad():
-        layer.weight.add_(0.5)
-    layer(x)
+    opt = torch.optim.SGD([layer.weight], lr=0.5)
+    layer.weight.grad = torch.full_like(layer.weight, -1.0)  # the step adds 0.5 to W
+    opt.step()
     expected = b0 + (layer.weight.detach() - w0) - 0.1 * (b0 - w0)
-    assert torch.allclose(layer.feedback, expected)
+    torch.testing.assert_close(layer.feedback, expected)
+    b1 = layer.feedback.clone()
+    layer(x), layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    layer(x)
+    assert torch.equal(layer.feedback, b1)
 
 
 def test_dfa_sends_output_error_to_every_layer(gen):
