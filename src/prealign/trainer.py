@@ -13,8 +13,8 @@ Per-epoch record (``TrainResult.curves[i]``, epoch 0 = before any data training)
                        while it is measured, as in most training logs; cheaper than a second pass);
                        epoch 0: one no-grad pass over the whole training set
 ``test_loss/_acc``     no-grad pass over the whole test set at the end of the epoch
-``angle/<layer>``      alignment angle between W and B per feedback layer, degrees (IFA paper B.4,
-                       mean over output neurons; :func:`prealign.alignment_angles`)
+``angle/<layer>``      alignment angle between W and B per feedback layer whose rule reads B (fa, kp),
+                       degrees (IFA paper B.4, mean over output neurons; :func:`prealign.alignment_angles`)
 ``grad_angle/<layer>`` gradient alignment per hidden layer, degrees: the angle between the error the
                        rule delivers to the layer's output and the true backprop error, on one fixed
                        training batch (whole batch flattened; SPEC §5, beyond the papers)
