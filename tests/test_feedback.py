@@ -420,3 +420,16 @@ def test_kp_closes_the_angle_under_adam_without_weight_decay(gen):
         gaps[rule, decay] = [torch.dist(l.weight - l.feedback, g).item() for (_, l), g in zip(pa.feedback_layers(model), gap0)]
     assert angles["fa", None] > 80 and angles["kp", None] < 60
     assert max(gaps["kp", 0.0]) < 1e-5  # W - B exactly as drawn: no decay, no alignment
+
+
+def test_compare_summary_keeps_angle_columns_when_bp_comes_first():
+    """bp runs have no angle/ keys now; the compare table must still show the other methods' angles."""
+    from prealign.report import summarize, table
+    from prealign.trainer import TrainResult
+
+    bp = TrainResult(curves=[{"epoch": 0, "test_acc": 0.5}], best_test_acc=0.5)
+    fa = TrainResult(curves=[{"epoch": 0, "test_acc": 0.4, "angle/1": 90.0, "angle/3": 80.0}], best_test_acc=0.4)
+    rows = summarize({"bp": [bp], "fa": [fa]})
+    assert rows[1]["final_angle"] == {"1": 90.0, "3": 80.0}
+    columns, cells = table(rows)
+    assert "∠W,B L2 (°)" in columns and cells[1][4] == "80.0" and cells[0][4] == "—"
