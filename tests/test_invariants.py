@@ -1,4 +1,4 @@
-"""The invariants matrix: every rule × every optimizer path × an MLP and a small CNN.
+"""The invariants matrix: every rule × every optimizer path × an MLP and a small CNN (plus 1-D/3-D convolutions).
 
 Each training step is checked against the rule's defining property, computed independently of
 prealign's backward (plain ``F.linear``/``F.conv2d`` autograd on the tensors the layer saw):
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prealign as pa
-from prealign.feedback import RULES, FeedbackConv2d, FeedbackLinear
+from prealign.feedback import RULES, FeedbackLayer
 from prealign.trainer import TensorData, _make_optimizer
 
 KP_DECAY = 0.1
@@ -44,7 +44,17 @@ def _cnn() -> nn.Module:
                          nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16, 4))
 
 
-MODELS = {"mlp": (_mlp, (12,)), "cnn": (_cnn, (1, 8, 8))}
+def _cnn1d() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(2, 3, 3, padding="same"), nn.ReLU(), nn.Conv1d(3, 2, 3, stride=2), nn.Flatten(),
+                         nn.Linear(12, 4))
+
+
+def _cnn3d() -> nn.Module:
+    return nn.Sequential(nn.Conv3d(1, 2, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                         nn.Conv3d(2, 2, 2, stride=2, dilation=1), nn.Flatten(), nn.Linear(16, 4))
+
+
+MODELS = {"mlp": (_mlp, (12,)), "cnn": (_cnn, (1, 8, 8)), "cnn1d": (_cnn1d, (2, 13)), "cnn3d": (_cnn3d, (1, 4, 4, 4))}
 
 # (name, optimizer name for prealign.train, weight_decay, momentum)
 TRAINER_PATHS = {"train-adam": ("adam", 0.0, 0.0), "train-adamw": ("adamw", 1e-2, 0.0),
@@ -70,9 +80,12 @@ def _build(model_name: str, rule: str, seed: int = 0) -> tuple[nn.Module, tuple[
 
 def _op(layer, x, weight):
     """The layer's forward with ``weight`` in place of ``W`` (no bias), plain PyTorch autograd."""
-    if isinstance(layer, FeedbackConv2d):
-        return F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-    return F.linear(x, weight)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight)
+    if layer.padding_mode != "zeros":
+        return layer._conv_forward(x, weight, None)
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
+    return conv(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
 
 
 def _vjp(layer, x, weight, delta, wrt: str) -> torch.Tensor:
@@ -182,15 +195,12 @@ def _batches(shape, seed=1):
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
-    """An independent plain-PyTorch twin: every feedback layer turned back into nn.Linear/nn.Conv2d."""
+    """An independent plain-PyTorch twin: every feedback layer turned back into its nn class."""
     twin = copy.deepcopy(model)
-    twin._forward_hooks.clear()
     for m in twin.modules():
         m._forward_hooks.clear()
-        if isinstance(m, FeedbackLinear):
-            m.__class__ = nn.Linear
-        elif isinstance(m, FeedbackConv2d):
-            m.__class__ = nn.Conv2d
+        if isinstance(m, FeedbackLayer):
+            m.__class__ = next(c for c in type(m).__mro__ if c.__module__.startswith("torch.nn"))
     return twin
 
 
@@ -205,8 +215,11 @@ def _user_loop(model, make_opt, x, y, after_step=None):
             after_step()
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
-@pytest.mark.parametrize("path", list(TRAINER_PATHS) + list(USER_OPTIMIZERS))
+CASES = ([(m, p) for m in ("mlp", "cnn") for p in [*TRAINER_PATHS, *USER_OPTIMIZERS]]
+         + [(m, p) for m in ("cnn1d", "cnn3d") for p in ("train-adam", "user-sgd-nesterov-decay")])
+
+
+@pytest.mark.parametrize("model_name,path", CASES)
 @pytest.mark.parametrize("rule", list(RULES))
 def test_rule_invariants(rule, path, model_name, one_thread):
     model, shape = _build(model_name, rule)

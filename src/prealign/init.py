@@ -10,19 +10,19 @@ import torch
 from torch import nn
 
 from .errors import PrealignError
-from .feedback import RULES, FeedbackLayer, feedback_layers
+from .feedback import CONVERTIBLE, RULES, FeedbackLayer, feedback_layers
 
 
 def _weight_layers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [m for m in model.modules() if isinstance(m, CONVERTIBLE)]
 
 
 @torch.no_grad()
 def init_weights(model: nn.Module, alpha_w: float = 2.0, alpha_b: float = 2.0,
                  generator: torch.Generator | None = None) -> nn.Module:
-    """``W ~ N(0, α_W / n_in)``, ``B ~ N(0, α_B / n_in)``, biases 0, for every Linear/Conv2d.
+    """``W ~ N(0, α_W / n_in)``, ``B ~ N(0, α_B / n_in)``, biases 0, for every Linear/Conv1d/2d/3d.
 
-    ``n_in`` is the fan-in (``in_features``, or ``in_channels/groups · kH · kW``). ``α = 1`` is
+    ``n_in`` is the fan-in (``in_features``, or ``in_channels/groups`` times the kernel size). ``α = 1`` is
     LeCun, ``α = 2`` He (the default, as both papers use). Draws on the CPU from ``generator``
     so the result does not depend on the device. The DFA matrices ``D`` are re-seeded from
     ``generator`` too, after all weights (so ``W`` and ``B`` do not depend on whether a model has

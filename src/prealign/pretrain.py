@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .feedback import CONVERTIBLE
 from .progress import progress_bar
 
 DISTRIBUTIONS = ("gaussian", "uniform")
@@ -35,7 +36,7 @@ def infer_io(model: nn.Module, input_shape: tuple[int, ...] | None = None,
     ``input_shape``/``num_classes`` attributes (models built here), else a plain MLP's first/last Linear."""
     input_shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
     num_classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    layers = [m for m in model.modules() if isinstance(m, CONVERTIBLE)]
     if input_shape is None and layers and isinstance(layers[0], nn.Linear):
         input_shape = (layers[0].in_features,)
     if num_classes is None and layers and isinstance(layers[-1], nn.Linear):

@@ -10,10 +10,12 @@ from torch import nn
 
 from ..errors import PrealignError
 from . import dfa
-from .layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
+from .layers import FeedbackConv1d, FeedbackConv2d, FeedbackConv3d, FeedbackLayer, FeedbackLinear
 from .rules import get_rule
 
-_FEEDBACK_CLASS = {nn.Linear: FeedbackLinear, nn.Conv2d: FeedbackConv2d}
+_FEEDBACK_CLASS = {nn.Linear: FeedbackLinear, nn.Conv1d: FeedbackConv1d, nn.Conv2d: FeedbackConv2d,
+                   nn.Conv3d: FeedbackConv3d}
+CONVERTIBLE = tuple(_FEEDBACK_CLASS)  # the layer types convert() turns into feedback layers
 
 # Modules whose parameters legitimately keep their ordinary gradient under every rule. Their
 # parameters act elementwise (a norm's scale and shift, PReLU's slopes) or are looked up
@@ -33,8 +35,8 @@ def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:
 
 def unconverted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``[(qualified name, module)]`` of modules that own parameters but are neither feedback layers,
-    nor convertible (``nn.Linear``/``nn.Conv2d``), nor in :data:`LOCAL_GRADIENT_MODULES`: their
-    weights would learn by exact backprop under any rule (e.g. ``Conv1d``, ``ConvTranspose2d``,
+    nor convertible (``nn.Linear``/``nn.Conv1d``/``2d``/``3d``), nor in :data:`LOCAL_GRADIENT_MODULES`: their
+    weights would learn by exact backprop under any rule (e.g. ``ConvTranspose2d``,
     ``MultiheadAttention``'s projections, a not yet materialized ``LazyLinear``, custom parameters)."""
     out = []
     for name, m in model.named_modules():
@@ -51,16 +53,16 @@ def _describe(layers: list[tuple[str, nn.Module]]) -> str:
 
 def convert(model: nn.Module, rule: str = "fa", *, generator: torch.Generator | None = None,
             alpha_b: float = 2.0, strict: bool = True) -> nn.Module:
-    """Switch every ``nn.Linear``/``nn.Conv2d`` of ``model`` to ``rule``, in place; return ``model``.
+    """Switch every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` of ``model`` to ``rule``, in
+    place; return ``model``.
 
-    Plain layers become :class:`FeedbackLinear`/:class:`FeedbackConv2d` (same object, same
+    Plain layers become :class:`FeedbackLinear`/:class:`FeedbackConv2d`/… (same object, same
     weights, hooks and parameters) and get a feedback matrix ``B ~ N(0, alpha_b / fan_in)`` and a
     DFA seed, both from ``generator``. Layers already converted keep ``W``, ``B`` and ``D`` and only
     change rule, so a second call changes the rule without losing state. ``dfa`` also installs
     the model-level output-error hook.
 
-    Any other module with parameters of its own (:func:`unconverted_layers`: ``Conv1d``,
-    ``ConvTranspose*``, ``MultiheadAttention``, ``LazyLinear`` before its first forward, subclasses of
+    Any other module with parameters of its own (:func:`unconverted_layers`: ``ConvTranspose*``, ``MultiheadAttention``, ``LazyLinear`` before its first forward, subclasses of
     ``nn.Linear``, custom parameters) cannot follow ``rule`` and would silently stay on exact
     backprop: ``strict=True`` (default) raises :class:`~prealign.errors.PrealignError` naming them
     before anything is changed; ``strict=False`` warns (``UserWarning`` naming them) and leaves them
@@ -71,7 +73,7 @@ def convert(model: nn.Module, rule: str = "fa", *, generator: torch.Generator | 
     left = unconverted_layers(model) if rule != "bp" else []
     if left:
         msg = (f"convert(model, {rule!r}) cannot convert {_describe(left)}: their weights would learn by exact "
-               f"backprop; replace them with Linear/Conv2d, or pass strict=False to leave them on backprop")
+               f"backprop; replace them with Linear/Conv1d/Conv2d/Conv3d, or pass strict=False to leave them on backprop")
         if strict:
             raise PrealignError(msg)
         warnings.warn(msg, UserWarning, stacklevel=2)

@@ -1,4 +1,4 @@
-"""``FeedbackLinear`` and ``FeedbackConv2d``: ``nn.Linear`` / ``nn.Conv2d`` with a pluggable learning rule.
+"""``FeedbackLinear`` and ``FeedbackConv1d/2d/3d``: ``nn.Linear`` / ``nn.Conv*d`` with a pluggable learning rule.
 
 Each layer holds its forward weight ``W`` (``weight``), a ``feedback`` buffer ``B`` of the same
 shape (never a parameter: the optimizer never sees it; saved in ``state_dict``; moved by
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import FeedbackConv2dFunction, FeedbackLinearFunction
+from .functional import FeedbackConvFunction, FeedbackLinearFunction
 from .kp import _LEARNING
 from .rules import RULES, get_rule
 
@@ -115,11 +115,9 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         return FeedbackLinearFunction.apply(x, self.weight, self.bias, feedback, self._route(), pool)
 
 
-class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
-    """``nn.Conv2d`` whose backward sends the error through ``conv_transpose`` with ``B``.
-
-    Shapes: input ``(N, C_in, H, W)``, ``weight``/``feedback`` ``(C_out, C_in/groups, kH, kW)``.
-    """
+class _FeedbackConv(FeedbackLayer):
+    """Shared by the feedback convolutions: the parent's op, or :class:`FeedbackConvFunction`
+    (``conv_transpose`` with ``B`` in the backward) when the rule needs it."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", rule: str = "fa", *,
@@ -136,6 +134,27 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         if self.padding_mode != "zeros" or isinstance(padding, str):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-            padding = (0, 0)
-        return FeedbackConv2dFunction.apply(x, self.weight, self.bias, feedback, self.stride, padding,
-                                            self.dilation, self.groups, self._route(), pool)
+            padding = (0,) * len(self.kernel_size)
+        return FeedbackConvFunction.apply(x, self.weight, self.bias, feedback, self.stride, padding,
+                                          self.dilation, self.groups, self._route(), pool)
+
+
+class FeedbackConv1d(_FeedbackConv, nn.Conv1d):
+    """``nn.Conv1d`` whose backward sends the error through ``conv_transpose1d`` with ``B``.
+
+    Shapes: input ``(N, C_in, L)``, ``weight``/``feedback`` ``(C_out, C_in/groups, k)``.
+    """
+
+
+class FeedbackConv2d(_FeedbackConv, nn.Conv2d):
+    """``nn.Conv2d`` whose backward sends the error through ``conv_transpose2d`` with ``B``.
+
+    Shapes: input ``(N, C_in, H, W)``, ``weight``/``feedback`` ``(C_out, C_in/groups, kH, kW)``.
+    """
+
+
+class FeedbackConv3d(_FeedbackConv, nn.Conv3d):
+    """``nn.Conv3d`` whose backward sends the error through ``conv_transpose3d`` with ``B``.
+
+    Shapes: input ``(N, C_in, D, H, W)``, ``weight``/``feedback`` ``(C_out, C_in/groups, kD, kH, kW)``.
+    """
