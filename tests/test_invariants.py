@@ -284,3 +284,27 @@ def test_kp_deepcopy_and_other_optimizers_are_independent(one_thread):
     _user_loop(clone, USER_OPTIMIZERS["user-adam-fused"], x, y)
     assert all(torch.equal(a, layer.feedback) for a, (_, layer) in zip(frozen, pa.feedback_layers(model)))
     assert all(not torch.equal(a, layer.feedback) for a, (_, layer) in zip(b0, pa.feedback_layers(clone)))
+
+
+def test_kp_with_a_closure_optimizer(one_thread):
+    """LBFGS re-evaluates the model inside step(): B stays intact during the step, then receives the
+    step's whole ΔW once."""
+    model, shape = _build("mlp", "kp")
+    layers = [layer for _, layer in pa.feedback_layers(model)]
+    x, y = _batches(shape)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    before = [(layer.weight.detach().clone(), layer.feedback.clone()) for layer in layers]
+    seen = []
+
+    def closure():
+        seen.append([layer.feedback.clone() for layer in layers])
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert len(seen) > 1 and all(torch.equal(b, s) for fb in seen for b, s in zip((b for _, b in before), fb))
+    for layer, (w, b) in zip(layers, before):
+        assert not torch.equal(layer.weight, w)
+        torch.testing.assert_close(layer.feedback - b, (layer.weight - w) - KP_DECAY * (b - w), rtol=1e-9, atol=1e-12)

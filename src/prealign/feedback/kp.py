@@ -12,15 +12,17 @@ closes the angle (SPEC §1). Akrout's SGD form with L2 decay ``λ`` on both ``W`
 ``d = lr · λ`` with ``weight_decay = λ``.
 
 Mechanism: two global hooks on ``torch.optim.Optimizer.step``
-(``register_optimizer_step_pre_hook``/``post_hook``). The pre-hook snapshots ``W`` of each KP
-layer whose weight the stepping optimizer holds and which has a gradient (an optimizer skips a
-parameter without one); the post-hook applies the update above to those layers. So ``B`` moves
+(``register_optimizer_step_pre_hook``/``post_hook``). The pre-hook stores the gap
+``G = B − W_before`` of each KP layer whose weight the stepping optimizer holds and which has a
+gradient (an optimizer skips a parameter without one; with a closure, as LBFGS takes, the
+gradient is checked after the step instead); the post-hook sets ``B = W_after + (1 − d) G``. So ``B`` moves
 exactly once per optimizer step — several forwards per step (gradient accumulation,
 measurements) change nothing, and changes of ``W`` outside an optimizer step (loading a
 checkpoint, :func:`prealign.init_weights`, :func:`prealign.align`) are not updates ``B`` follows.
-A layer joins the hooks' registry on its first training forward under KP (so copies made with
-``copy.deepcopy`` join too). Nothing relies on ``Tensor._version``, which fused optimizers do not
-bump. Cost per step: one copy of ``W`` and two elementwise passes over ``B``.
+A layer joins the hooks' registry when its rule is set to one that learns its feedback, and so
+do its copies (``copy.deepcopy``, pickling). Nothing relies on ``Tensor._version``, which fused optimizers do not
+bump. Cost per step: two elementwise passes over ``W``-sized tensors (``B`` is untouched while
+the optimizer runs, so closures that re-evaluate the model inside ``step()``, as LBFGS does, see it).
 """
 from __future__ import annotations
 
@@ -32,33 +34,39 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from ..errors import ConfigError
 from .rules import RULES
 
-# feedback layers that have run a training forward under a rule that learns its feedback
+# feedback layers whose rule was set to one that learns its feedback (weakly held)
 _LEARNING: weakref.WeakSet = weakref.WeakSet()
 # optimizer -> the layers its running step() snapshotted in the pre-hook
 _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _stepped_layers(optimizer: torch.optim.Optimizer) -> list:
-    """KP layers whose ``W`` this optimizer holds and will update (it has a gradient)."""
-    layers = [layer for layer in list(_LEARNING)
-              if (r := RULES.get(layer.rule)) is not None and r.learns_feedback and layer.weight.grad is not None]
+def _held_layers(optimizer: torch.optim.Optimizer) -> list:
+    """KP layers whose ``W`` this optimizer holds."""
+    layers = [layer for layer in list(_LEARNING) if (r := RULES.get(layer.rule)) is not None and r.learns_feedback]
     if not layers:
         return []
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     return [layer for layer in layers if id(layer.weight) in held]
 
 
+def _has_closure(args, kwargs) -> bool:
+    """Whether ``step()`` got a closure (``args`` starts with the optimizer itself)."""
+    return kwargs.get("closure") is not None or (len(args) > 1 and args[1] is not None)
+
+
 @torch.no_grad()
 def _before_step(optimizer, args, kwargs) -> None:
     if not _LEARNING:
         return
-    layers = _stepped_layers(optimizer)
-    for layer in layers:
-        w, before = layer.weight, layer._kp_before
-        if before is None or before.shape != w.shape or before.dtype != w.dtype or before.device != w.device:
-            layer._kp_before = w.detach().clone()
+    layers = _held_layers(optimizer)
+    if not _has_closure(args, kwargs):  # an optimizer skips a parameter without a gradient
+        layers = [layer for layer in layers if layer.weight.grad is not None]
+    for layer in layers:  # the gap G = B - W_before, into a scratch buffer (B itself stays intact during the step)
+        w, gap = layer.weight, getattr(layer, "_kp_gap", None)
+        if gap is None or gap.shape != w.shape or gap.dtype != w.dtype or gap.device != w.device:
+            layer._kp_gap = torch.sub(layer.feedback, w)
         else:
-            before.copy_(w)
+            torch.sub(layer.feedback, w, out=gap)
     if layers:
         _PENDING[optimizer] = layers
 
@@ -66,9 +74,9 @@ def _before_step(optimizer, args, kwargs) -> None:
 @torch.no_grad()
 def _after_step(optimizer, args, kwargs) -> None:
     layers = _PENDING.pop(optimizer, None) if _PENDING else None
-    for layer in layers or ():
-        fb = layer.feedback.sub_(layer._kp_before)  # B - W_before
-        torch.add(layer.weight, fb, alpha=1.0 - float(layer.kp_decay), out=fb)  # W_after + (1 - d)(B - W_before)
+    for layer in layers or ():  # B = W_after + (1 - d) G; with a closure, only where it produced a gradient
+        if layer.weight.grad is not None:
+            torch.add(layer.weight, layer._kp_gap, alpha=1.0 - float(layer.kp_decay), out=layer.feedback)
 
 
 register_optimizer_step_pre_hook(_before_step)

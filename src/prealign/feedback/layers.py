@@ -42,7 +42,23 @@ class FeedbackLayer:
         self._exact = False
         self._dfa_sink = None
         self.reseed_direct_feedback(generator)
-        self._kp_before = None
+        self._kp_gap = None  # scratch for prealign.feedback.kp: B - W before an optimizer step
+
+    @property
+    def rule(self) -> str:
+        """The rule's name (:data:`~prealign.feedback.rules.RULES`)."""
+        return self._rule
+
+    @rule.setter
+    def rule(self, name: str) -> None:
+        self._rule = name
+        if (r := RULES.get(name)) is not None and r.learns_feedback:
+            _LEARNING.add(self)  # from now on the optimizer-step hooks (prealign.feedback.kp) carry W's updates to B
+
+    def __setstate__(self, state):  # copy.deepcopy / pickle: a copy under kp follows its own optimizer too
+        super().__setstate__(state)
+        if (r := RULES.get(self._rule)) is not None and r.learns_feedback:
+            _LEARNING.add(self)
 
     def reseed_direct_feedback(self, generator: torch.Generator | None) -> None:
         """Draw the seed of this layer's DFA matrix ``D`` from ``generator`` (``None``: the global RNG);
@@ -61,8 +77,6 @@ class FeedbackLayer:
         rule = RULES.get(self.rule) or get_rule(self.rule)
         if rule.feedback is None:
             return None, None
-        if rule.learns_feedback:
-            _LEARNING.add(self)  # the optimizer-step hooks below then carry W's updates to B
         if not rule.per_step:
             return rule.feedback(self), None
         pool = self.__dict__.setdefault("_feedback_pool", [])
