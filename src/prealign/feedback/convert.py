@@ -1,8 +1,8 @@
 """``convert(model, rule)`` and ``exact_gradients(model)``: rules for any ``nn.Module``, in place."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -62,11 +62,12 @@ def convert(model: nn.Module, rule: str = "fa", *, generator: torch.Generator | 
     change rule, so a second call changes the rule without losing state. ``dfa`` also installs
     the model-level output-error hook.
 
-    Any other module with parameters of its own (:func:`unconverted_layers`: ``ConvTranspose*``, ``MultiheadAttention``, ``LazyLinear`` before its first forward, subclasses of
-    ``nn.Linear``, custom parameters) cannot follow ``rule`` and would silently stay on exact
-    backprop: ``strict=True`` (default) raises :class:`~prealign.errors.PrealignError` naming them
-    before anything is changed; ``strict=False`` warns (``UserWarning`` naming them) and leaves them
-    on backprop, and :func:`rule_of` then reports ``"mixed"``. Norm layers, embeddings, PReLU
+    Any other module with parameters of its own (:func:`unconverted_layers`: ``ConvTranspose*``,
+    ``MultiheadAttention``, ``LazyLinear`` before its first forward, subclasses of ``nn.Linear``,
+    custom parameters) cannot follow ``rule`` and would silently stay on exact backprop:
+    ``strict=True`` (default) raises :class:`~prealign.errors.PrealignError` naming them before
+    anything is changed; ``strict=False`` warns (``UserWarning`` naming them) and leaves them on
+    backprop, and :func:`rule_of` then reports ``"mixed"``. Norm layers, embeddings, PReLU
     (:data:`LOCAL_GRADIENT_MODULES`) and biases keep their ordinary gradient: it is local already.
     """
     r = get_rule(rule)

@@ -15,14 +15,15 @@ Mechanism: two global hooks on ``torch.optim.Optimizer.step``
 (``register_optimizer_step_pre_hook``/``post_hook``). The pre-hook stores the gap
 ``G = B − W_before`` of each KP layer whose weight the stepping optimizer holds and which has a
 gradient (an optimizer skips a parameter without one; with a closure, as LBFGS takes, the
-gradient is checked after the step instead); the post-hook sets ``B = W_after + (1 − d) G``. So ``B`` moves
-exactly once per optimizer step — several forwards per step (gradient accumulation,
-measurements) change nothing, and changes of ``W`` outside an optimizer step (loading a
-checkpoint, :func:`prealign.init_weights`, :func:`prealign.align`) are not updates ``B`` follows.
-A layer joins the hooks' registry when its rule is set to one that learns its feedback, and so
-do its copies (``copy.deepcopy``, pickling). Nothing relies on ``Tensor._version``, which fused optimizers do not
-bump. Cost per step: two elementwise passes over ``W``-sized tensors (``B`` is untouched while
-the optimizer runs, so closures that re-evaluate the model inside ``step()``, as LBFGS does, see it).
+gradient is checked after the step instead); the post-hook sets ``B = W_after + (1 − d) G``.
+So ``B`` moves exactly once per optimizer step — several forwards per step (gradient
+accumulation, measurements) change nothing, and changes of ``W`` outside an optimizer step
+(loading a checkpoint, :func:`prealign.init_weights`, :func:`prealign.align`) are not updates
+``B`` follows. A layer joins the hooks' registry when its rule is set to one that learns its
+feedback, and so do its copies (``copy.deepcopy``, pickling). Nothing relies on
+``Tensor._version``, which fused optimizers do not bump. Cost per step: two elementwise passes
+over ``W``-sized tensors (``B`` is untouched while the optimizer runs, so closures that
+re-evaluate the model inside ``step()``, as LBFGS does, see it).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from .rules import RULES
 
 # feedback layers whose rule was set to one that learns its feedback (weakly held)
 _LEARNING: weakref.WeakSet = weakref.WeakSet()
-# optimizer -> the layers its running step() snapshotted in the pre-hook
+# optimizer -> the layers whose gap its running step() stored in the pre-hook
 _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -95,7 +96,8 @@ def set_kp_decay(model: torch.nn.Module, decay: float) -> torch.nn.Module:
     layers = [layer for _, layer in feedback_layers(model) if RULES[layer.rule].learns_feedback]
     if not layers:
         rules = sorted({layer.rule for _, layer in feedback_layers(model)}) or ["no feedback layers"]
-        raise ConfigError(f"kp_decay applies only to layers under kp; this model has {', '.join(rules)}: drop kp_decay or use method kp")
+        raise ConfigError(f"kp_decay applies only to layers under kp; this model has {', '.join(rules)}: "
+                          "drop kp_decay or use method kp")
     for layer in layers:
         layer.kp_decay = decay
     return model
