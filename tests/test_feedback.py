@@ -159,7 +159,7 @@ def test_feedback_fixed_under_training(gen, rule):
         assert torch.equal(b, l.feedback)
 
 
-def test_kp_feedback_follows_weights(gen):
+def test_kp_feedback_follows_weights(gen, one_thread):
     model = pa.mlp([20, 30, 10], rule="kp", generator=gen)
     w_true = torch.randn(10, 20, generator=gen)
     before = pa.alignment_angles(model)
@@ -173,7 +173,6 @@ def test_kp_feedback_follows_weights(gen):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
-    model(torch.randn(1, 20))  # the last step's update reaches B at the next training forward
     after = pa.alignment_angles(model)
     assert not torch.equal(b0, model[1].feedback)
     for name in before:
@@ -181,16 +180,24 @@ def test_kp_feedback_follows_weights(gen):
 
 
 def test_kp_update_rule_exact(gen):
+    """One optimizer step: B ← B + ΔW − d (B − W_before); W changed outside a step (loading, init, a
+    hand edit) is not an update B follows, and extra forwards do not apply anything."""
     layer = FeedbackLinear(4, 3, rule="kp", generator=gen)
     layer.kp_decay = 0.1
     x = torch.randn(5, 4, generator=gen)
-    layer(x)  # first training forward records W
+    layer(x)  # a training forward registers the layer with the optimizer-step hooks
     w0, b0 = layer.weight.detach().clone(), layer.feedback.clone()
-    with torch.no_grad():
-        layer.weight.add_(0.5)
-    layer(x)
+    opt = torch.optim.SGD([layer.weight], lr=0.5)
+    layer.weight.grad = torch.full_like(layer.weight, -1.0)  # the step adds 0.5 to W
+    opt.step()
     expected = b0 + (layer.weight.detach() - w0) - 0.1 * (b0 - w0)
-    assert torch.allclose(layer.feedback, expected)
+    torch.testing.assert_close(layer.feedback, expected)
+    b1 = layer.feedback.clone()
+    layer(x), layer(x)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    layer(x)
+    assert torch.equal(layer.feedback, b1)
 
 
 def test_dfa_sends_output_error_to_every_layer(gen):
@@ -290,3 +297,139 @@ def test_unknown_names_list_valid():
     with pytest.raises(ValueError, match="valid methods: .*ifa.*rnp"):
         pa.get_method("ifaa")
     assert pa.get_method("ifa@30").angle == 30.0
+
+
+class _Odd(nn.Module):
+    """A model with weight layers convert cannot turn into feedback layers, beside ones it can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1d = nn.Conv1d(2, 3, 3)  # converts
+        self.up = nn.ConvTranspose2d(3, 2, 2)
+        self.attn = nn.MultiheadAttention(4, 2)
+        self.lazy = nn.LazyLinear(5)
+        self.norm = nn.LayerNorm(4)
+        self.emb = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 2)
+        self.scale = nn.Parameter(torch.ones(4))
+
+
+def test_convert_strict_names_every_unconvertible_layer():
+    net = _Odd()
+    with pytest.raises(pa.PrealignError) as err:
+        pa.convert(net, "fa")
+    msg = str(err.value)
+    for part in ("up (ConvTranspose2d)", "attn (MultiheadAttention)",
+                 "attn.out_proj (NonDynamicallyQuantizableLinear)", "lazy (LazyLinear)", "<root> (_Odd)", "strict=False"):
+        assert part in msg
+    assert "conv1d" not in msg and "norm" not in msg and "emb" not in msg and "\n" not in msg  # norms, embeddings: local
+    assert type(net.head) is nn.Linear and pa.rule_of(net) is None  # nothing was changed
+
+
+def test_convert_non_strict_warns_and_rule_of_says_mixed():
+    net = _Odd()
+    with pytest.warns(UserWarning, match=r"up \(ConvTranspose2d\).*strict=False"):
+        pa.convert(net, "fa", strict=False)
+    assert isinstance(net.head, FeedbackLinear) and isinstance(net.conv1d, pa.feedback.FeedbackConv1d)
+    assert type(net.up) is nn.ConvTranspose2d
+    assert pa.rule_of(net) == "mixed"  # ConvTranspose2d & co. still learn by backprop: not an "fa" model
+    pa.convert(net, "bp")  # every weight on backprop now: that is exactly bp
+    assert pa.rule_of(net) == "bp"
+    plain = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.PReLU(), nn.Linear(4, 2))
+    pa.convert(plain, "fa")
+    assert pa.rule_of(plain) == "fa"
+
+
+def test_lazy_linear_converts_once_materialized(gen):
+    net = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    net(torch.randn(1, 6))  # LazyLinear becomes nn.Linear on its first forward
+    pa.convert(net, "fa", generator=gen)
+    assert pa.rule_of(net) == "fa" and net[0].feedback.shape == (4, 6)
+
+
+def test_angles_only_for_rules_that_read_feedback(gen, one_thread):
+    """∠(W, B) is reported only where the error travels through B (fa, kp), also per epoch in train()."""
+    from prealign.callbacks import MatrixAngles
+    from prealign.trainer import TensorData, train
+
+    assert {name for name, r in pa.RULES.items() if r.reads_feedback} == {"fa", "kp"}
+    model = pa.mlp([6, 5, 4, 3], generator=gen)
+    model[3].rule = "usf"  # one hidden layer under a sign rule
+    assert set(pa.alignment_angles(model)) == {"1", "5"}
+    assert set(pa.alignment_angles(model, reduce="matrix")) == {"1", "5"}
+    for rule in ("bp", "dfa", "usf", "brsf", "frsf"):
+        assert pa.alignment_angles(pa.convert(pa.mlp([6, 5, 3], generator=gen), rule)) == {}
+    x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    res = train(pa.mlp([6, 5, 3], rule="dfa", generator=gen), TensorData(x, y, x, y, 3), epochs=1, batch_size=8,
+                device="cpu", callbacks=[MatrixAngles()], grad_alignment=False)
+    assert not [k for r in res.curves for k in r if k.startswith(("angle/", "angle_matrix/"))]
+
+
+def test_dfa_matrices_follow_the_generator():
+    """Two models built from the same generator state get the same D (not the global RNG's)."""
+    def d_of(model):
+        x = torch.randn(4, 6)
+        F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+        return [layer.dfa_feedback.clone() for _, layer in pa.feedback_layers(model)[1:]]
+
+    torch.manual_seed(1)
+    a = d_of(pa.mlp([6, 5, 4, 3], rule="dfa", generator=torch.Generator().manual_seed(7)))
+    torch.manual_seed(2)
+    b = d_of(pa.mlp([6, 5, 4, 3], rule="dfa", generator=torch.Generator().manual_seed(7)))
+    c = d_of(pa.mlp([6, 5, 4, 3], rule="dfa", generator=torch.Generator().manual_seed(8)))
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not any(torch.equal(p, q) for p, q in zip(a, c))
+    torch.manual_seed(3)
+    one = FeedbackLinear(5, 3, rule="dfa", generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(4)
+    two = FeedbackLinear(5, 3, rule="dfa", generator=torch.Generator().manual_seed(7))
+    assert one._dfa_seed == two._dfa_seed
+
+
+def test_kp_decay_setting_and_its_errors(gen):
+    model = pa.mlp([6, 5, 3], rule="kp", generator=gen)
+    assert all(layer.kp_decay == pa.feedback.KP_DECAY for _, layer in pa.feedback_layers(model))
+    pa.set_kp_decay(model, 0.2)
+    assert all(layer.kp_decay == 0.2 for _, layer in pa.feedback_layers(model))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(pa.ConfigError, match="kp_decay"):
+            pa.set_kp_decay(model, bad)
+    with pytest.raises(pa.ConfigError, match="only to layers under kp; this model has fa"):
+        pa.set_kp_decay(pa.mlp([6, 5, 3], generator=gen), 0.1)
+    from prealign.config import RunConfig
+    assert RunConfig(method="kp", kp_decay=0.05).kp_decay == 0.05
+    with pytest.raises(pa.ConfigError, match="'kp_decay' applies only to method kp"):
+        RunConfig(method="fa", kp_decay=0.05)
+
+
+def test_kp_closes_the_angle_under_adam_without_weight_decay(gen, one_thread):
+    """The default decay closes ∠(W, B) under plain Adam (no weight decay) through prealign.train, where
+    FA keeps it near 90°; with kp_decay=0 B − W never shrinks (B only copies W's updates)."""
+    from prealign.trainer import TensorData, train
+
+    x = torch.randn(256, 20, generator=gen)
+    y = (x @ torch.randn(20, 4, generator=gen)).argmax(1)
+    data = TensorData(x, y, x[:64], y[:64], 4)
+    angles, gaps = {}, {}
+    for rule, decay in (("fa", None), ("kp", None), ("kp", 0.0)):
+        model = pa.mlp([20, 16, 4], rule=rule, generator=torch.Generator().manual_seed(0))
+        gap0 = [(l.weight - l.feedback).detach().clone() for _, l in pa.feedback_layers(model)]
+        res = train(model, data, epochs=5, batch_size=16, lr=1e-3, seed=0, device="cpu", grad_alignment=False,
+                    kp_decay=decay)
+        angles[rule, decay] = res.final["angle/3"]
+        gaps[rule, decay] = [torch.dist(l.weight - l.feedback, g).item() for (_, l), g in zip(pa.feedback_layers(model), gap0)]
+    assert angles["fa", None] > 80 and angles["kp", None] < 60
+    assert max(gaps["kp", 0.0]) < 1e-5  # W - B exactly as drawn: no decay, no alignment
+
+
+def test_compare_summary_keeps_angle_columns_when_bp_comes_first():
+    """bp runs have no angle/ keys now; the compare table must still show the other methods' angles."""
+    from prealign.report import summarize, table
+    from prealign.trainer import TrainResult
+
+    bp = TrainResult(curves=[{"epoch": 0, "test_acc": 0.5}], best_test_acc=0.5)
+    fa = TrainResult(curves=[{"epoch": 0, "test_acc": 0.4, "angle/1": 90.0, "angle/3": 80.0}], best_test_acc=0.4)
+    rows = summarize({"bp": [bp], "fa": [fa]})
+    assert rows[1]["final_angle"] == {"1": 90.0, "3": 80.0}
+    columns, cells = table(rows)
+    assert "∠W,B L2 (°)" in columns and cells[1][4] == "80.0" and cells[0][4] == "—"

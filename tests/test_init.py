@@ -110,3 +110,26 @@ def test_models_shapes(gen):
     assert pa.build_model("mlp", (3, 32, 32), 10, hidden=(64, 64))(x).shape == (2, 10)
     with pytest.raises(ValueError, match="valid models"):
         pa.build_model("resnet", (3, 32, 32), 10)
+
+
+def test_align_without_feedback_layers_raises():
+    with pytest.raises(pa.PrealignError, match="no feedback layers"):
+        pa.align(torch.nn.Sequential(torch.nn.Linear(4, 3)), 0)
+
+
+def test_pretrain_noise_takes_shape_and_classes_for_models_that_cannot_tell():
+    """A user CNN (no input_shape/num_classes attributes, starts with a conv): the arguments are used."""
+    net = pa.convert(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3)),
+                     "fa", generator=torch.Generator().manual_seed(0))
+    with pytest.raises(pa.ConfigError, match="input_shape= and num_classes="):
+        pa.pretrain_noise(net, 64)
+    w = net[2].weight.detach().clone()
+    seen = []
+    net.register_forward_hook(lambda m, i, o: seen.append((tuple(i[0].shape), o.shape[1])))
+    res = pa.pretrain_noise(net, 128, batch_size=32, input_shape=(1, 6, 6), num_classes=3,
+                            generator=torch.Generator().manual_seed(1))
+    assert res.samples == 128 and res.steps == 4 and seen[0] == ((32, 1, 6, 6), 3)
+    assert not torch.equal(net[2].weight, w)
+    # given values also override what a model says about itself
+    mlp = pa.mlp([12, 5, 4], generator=torch.Generator().manual_seed(0))
+    assert pa.pretrain.infer_io(mlp, (3, 2, 2), 4) == ((3, 2, 2), 4)

@@ -185,10 +185,15 @@ def test_resume_after_interrupt_gives_identical_result(tmp_path):
     assert resumed.best_test_acc == full.best_test_acc and resumed.best_epoch == full.best_epoch
 
 
-def test_kp_decay_set_from_lr_and_weight_decay():
+def test_kp_decay_is_its_own_setting():
+    """kp_decay is explicit (not lr·weight_decay); given for a model without kp layers it is an error."""
     model = _model("kp")
     train(model, _data(n_train=32), epochs=1, batch_size=32, lr=0.01, weight_decay=0.5, seed=0, device="cpu")
-    assert all(layer.kp_decay == pytest.approx(0.005) for _, layer in pa.feedback_layers(model))
+    assert all(layer.kp_decay == pa.feedback.KP_DECAY for _, layer in pa.feedback_layers(model))
+    train(model, _data(n_train=32), epochs=1, batch_size=32, lr=0.01, seed=0, device="cpu", kp_decay=0.25)
+    assert all(layer.kp_decay == 0.25 for _, layer in pa.feedback_layers(model))
+    with pytest.raises(pa.ConfigError, match="kp_decay"):
+        train(_model("fa"), _data(n_train=32), epochs=1, batch_size=32, seed=0, device="cpu", kp_decay=0.1)
 
 
 def test_evaluate_batches_agree_with_one_pass():

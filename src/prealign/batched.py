@@ -39,7 +39,7 @@ from torch import nn
 
 from .device import resolve_device
 from .errors import ConfigError, PrealignError
-from .feedback import FeedbackLayer
+from .feedback import RULES, FeedbackLayer
 from .init import _row_angles
 from .models import ACTIVATIONS
 from .progress import progress_bar
@@ -230,14 +230,15 @@ class BatchedMLP(nn.Module):
     @torch.no_grad()
     def alignment_angles(self) -> list[dict[str, float]]:
         """Per model ``{layer name: mean row angle between W and B in degrees}`` (as :func:`prealign.alignment_angles`),
-        for the layers that are feedback layers in the original models."""
+        for the layers that are feedback layers in the original models under a rule that reads ``B`` (not bp)."""
         out = [{} for _ in range(self.num_models)]
         for i, name in enumerate(self.layer_names):
             w, b = self.weights[i], self.feedback(i)
             s, rows = w.shape[0], w.shape[1]
             angles = _row_angles(w.reshape(s * rows, -1), b.reshape(s * rows, -1)).view(s, rows).mean(1)
             for k in range(s):
-                if self.templates and isinstance(dict(self.templates[k].named_children())[name], FeedbackLayer):
+                layer = dict(self.templates[k].named_children())[name] if self.templates else None
+                if isinstance(layer, FeedbackLayer) and RULES[layer.rule].reads_feedback:  # as prealign.alignment_angles
                     out[k][name] = float(angles[k])
         return out
 

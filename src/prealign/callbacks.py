@@ -17,7 +17,7 @@ from .init import alignment_angles
 
 class MatrixAngles:
     """Adds ``angle_matrix/<layer>``: the angle (degrees) between the flattened ``W`` and ``B``
-    of each feedback layer (IFA paper B.4's whole-matrix measure)."""
+    of each feedback layer whose rule reads ``B`` (fa, kp; IFA paper B.4's whole-matrix measure)."""
 
     def on_epoch_end(self, epoch, model, data, record):
         for name, deg in alignment_angles(model, reduce="matrix").items():

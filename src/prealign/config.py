@@ -27,6 +27,7 @@ import tomllib
 import torch
 
 from .errors import ConfigError, PrealignError
+from .feedback import get_rule
 from .methods import get_method
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -96,6 +97,8 @@ class RunConfig:
                 raise ConfigError(f"key 'noise_samples' must be >= 0, got {self.noise_samples}")
         else:
             self.noise_samples = 0
+        if self.kp_decay is not None and not get_rule(method.rule).learns_feedback:
+            raise ConfigError(f"key 'kp_decay' applies only to method kp (its feedback learns W's updates); method is {base!r}")
         checks = [
             ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
@@ -354,7 +357,7 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
             model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
             weight_decay=config.weight_decay, momentum=config.momentum, patience=config.patience, seed=config.seed,
             device=device, callbacks=cbs, progress=progress, checkpoint=ckpt, grad_alignment=config.grad_alignment,
-            description=f"{config.label} seed {config.seed}")
+            description=f"{config.label} seed {config.seed}", kp_decay=config.kp_decay)
         result.noise_seconds = noise_seconds
         result.config = config.to_dict()
         result.run_id = run_id

@@ -9,23 +9,27 @@ import math
 import torch
 from torch import nn
 
-from .feedback import FeedbackLayer, feedback_layers
+from .errors import PrealignError
+from .feedback import CONVERTIBLE, RULES, FeedbackLayer, feedback_layers
 
 
 def _weight_layers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return [m for m in model.modules() if isinstance(m, CONVERTIBLE)]
 
 
 @torch.no_grad()
 def init_weights(model: nn.Module, alpha_w: float = 2.0, alpha_b: float = 2.0,
                  generator: torch.Generator | None = None) -> nn.Module:
-    """``W ~ N(0, α_W / n_in)``, ``B ~ N(0, α_B / n_in)``, biases 0, for every Linear/Conv2d.
+    """``W ~ N(0, α_W / n_in)``, ``B ~ N(0, α_B / n_in)``, biases 0, for every Linear/Conv1d/2d/3d.
 
-    ``n_in`` is the fan-in (``in_features``, or ``in_channels/groups · kH · kW``). ``α = 1`` is
+    ``n_in`` is the fan-in (``in_features``, or ``in_channels/groups`` times the kernel size). ``α = 1`` is
     LeCun, ``α = 2`` He (the default, as both papers use). Draws on the CPU from ``generator``
-    so the result does not depend on the device. Returns ``model``.
+    so the result does not depend on the device. The DFA matrices ``D`` are re-seeded from
+    ``generator`` too, after all weights (so ``W`` and ``B`` do not depend on whether a model has
+    feedback layers): the same generator state gives the same network, ``D`` included. Returns ``model``.
     """
-    for m in _weight_layers(model):
+    layers = _weight_layers(model)
+    for m in layers:
         w = m.weight
         fan_in = w[0].numel()
         w.copy_(torch.randn(w.shape, generator=generator) * math.sqrt(alpha_w / fan_in))
@@ -33,7 +37,9 @@ def init_weights(model: nn.Module, alpha_w: float = 2.0, alpha_b: float = 2.0,
             m.bias.zero_()
         if isinstance(m, FeedbackLayer):
             m.feedback.copy_(torch.randn(w.shape, generator=generator) * math.sqrt(alpha_b / fan_in))
-            m._kp_last = None
+    for m in layers:
+        if isinstance(m, FeedbackLayer):
+            m.reseed_direct_feedback(generator)
     return model
 
 
@@ -57,7 +63,10 @@ def align(model: nn.Module, angle: float, generator: torch.Generator | None = No
     its feedback row and keeps the norm of W's own distribution. Rows where ``r_i ∥ b_i`` get a
     fresh direction from ``generator``. ``copy=True`` (only with ``angle=0``) sets ``W = B``
     exactly, as in the noise paper B.7. Applied once; training never re-aligns. Returns ``model``.
+    Raises :class:`~prealign.errors.PrealignError` if ``model`` has no feedback layers (nothing to align).
     """
+    if not feedback_layers(model):
+        raise PrealignError("align() found no feedback layers in this model: convert it first, e.g. prealign.convert(model, 'fa')")
     if copy and angle != 0:
         raise ValueError("align(copy=True) makes W an exact copy of B, which is angle 0; got angle=%r" % angle)
     if not 0 <= angle <= 180:
@@ -66,7 +75,6 @@ def align(model: nn.Module, angle: float, generator: torch.Generator | None = No
     for _, layer in feedback_layers(model):
         if copy:
             layer.weight.copy_(layer.feedback)
-            layer._kp_last = None
             continue
         r = layer.weight.flatten(1).double()
         b = layer.feedback.flatten(1).double()
@@ -79,7 +87,6 @@ def align(model: nn.Module, angle: float, generator: torch.Generator | None = No
             perp[bad] = fresh
         w = r.norm(dim=1, keepdim=True) * (math.cos(theta) * b_hat + math.sin(theta) * perp / perp.norm(dim=1, keepdim=True))
         layer.weight.copy_(w.view_as(layer.weight).to(layer.weight.dtype))
-        layer._kp_last = None
     return model
 
 
@@ -88,14 +95,17 @@ def alignment_angles(model: nn.Module, reduce: str = "row") -> dict[str, float]:
     """``{layer name: angle in degrees}`` between each layer's ``W`` and ``B`` (IFA paper B.4).
 
     ``reduce="row"``: mean over output neurons of the angle between ``w_i`` and ``b_i`` (the
-    papers' measure); ``reduce="matrix"``: the angle between the flattened matrices. All
-    feedback layers are listed, the first included (the papers plot the others: the first
-    layer's ``B`` carries no learning signal).
+    papers' measure); ``reduce="matrix"``: the angle between the flattened matrices. Only layers
+    whose rule sends the error back through ``B`` itself (``Rule.reads_feedback``: fa, kp) are
+    listed — for bp, dfa and the sign rules ∠(W, B) describes nothing the rule uses — the first
+    layer included (the papers plot the others: the first layer's ``B`` carries no learning signal).
     """
     if reduce not in ("row", "matrix"):
         raise ValueError(f"unknown reduce {reduce!r}; valid: row, matrix")
     out = {}
     for name, layer in feedback_layers(model):
+        if not RULES[layer.rule].reads_feedback:
+            continue
         w, b = layer.weight.flatten(1), layer.feedback.flatten(1)
         if reduce == "matrix":
             w, b = w.reshape(1, -1), b.reshape(1, -1)

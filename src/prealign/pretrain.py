@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .feedback import CONVERTIBLE
 from .progress import progress_bar
 
 DISTRIBUTIONS = ("gaussian", "uniform")
@@ -29,17 +30,20 @@ class NoisePretrainResult:
     final_loss: float
 
 
-def infer_io(model: nn.Module) -> tuple[tuple[int, ...], int]:
-    """``(input shape without batch, number of classes)`` of a model built here or a plain MLP."""
-    input_shape = getattr(model, "input_shape", None)
-    num_classes = getattr(model, "num_classes", None)
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+def infer_io(model: nn.Module, input_shape: tuple[int, ...] | None = None,
+             num_classes: int | None = None) -> tuple[tuple[int, ...], int]:
+    """``(input shape without batch, number of classes)``: those given, else the model's
+    ``input_shape``/``num_classes`` attributes (models built here), else a plain MLP's first/last Linear."""
+    input_shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    num_classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+    layers = [m for m in model.modules() if isinstance(m, CONVERTIBLE)]
     if input_shape is None and layers and isinstance(layers[0], nn.Linear):
         input_shape = (layers[0].in_features,)
     if num_classes is None and layers and isinstance(layers[-1], nn.Linear):
         num_classes = layers[-1].out_features
     if input_shape is None or num_classes is None:
-        raise ConfigError("cannot tell this model's input shape / class count; set model.input_shape and model.num_classes")
+        raise ConfigError("cannot tell this model's input shape / class count; pass input_shape= and num_classes= "
+                          "(or set model.input_shape and model.num_classes)")
     return tuple(input_shape), int(num_classes)
 
 
@@ -77,11 +81,12 @@ def pretrain_noise(model: nn.Module, samples: int = 500_000, batch_size: int = 6
     ``distribution="gaussian"``: ``x ~ N(0, std²)``; ``"uniform"``: ``x ~ U(-std·√3, std·√3)``
     (same variance). Labels are uniform over the classes. ``callback(step, samples_seen, model)``
     runs every ``callback_every`` steps and after the last (e.g. to track alignment angles).
-    Deterministic for a given ``generator`` on a given device.
+    ``input_shape`` (one sample, without the batch) and ``num_classes`` are needed only where the
+    model cannot tell them (:func:`infer_io`), e.g. a user CNN. Deterministic for a given
+    ``generator`` on a given device.
     """
     check_noise_options(distribution, samples, batch_size)
-    shape, classes = infer_io(model)
-    shape, classes = tuple(input_shape or shape), int(num_classes or classes)
+    shape, classes = infer_io(model, input_shape, num_classes)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     gen = noise_stream(generator, device)

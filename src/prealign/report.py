@@ -24,12 +24,14 @@ def _last_finite(curves, key):
 
 
 def layer_keys(groups) -> list[str]:
-    """``angle/<layer>`` keys in layer order, as found in the first run's epoch-0 record."""
+    """``angle/<layer>`` keys in layer order, from the runs' epoch-0 records (all runs: a bp or dfa
+    run has none, as its rule never reads ``B``)."""
+    keys: list[str] = []
     for results in groups.values():
         for res in results:
             if res.curves:
-                return [k for k in res.curves[0] if k.startswith("angle/")]
-    return []
+                keys += [k for k in res.curves[0] if k.startswith("angle/") and k not in keys]
+    return keys
 
 
 def _p(best: dict, label: str, ref: str) -> float:

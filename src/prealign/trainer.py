@@ -13,8 +13,8 @@ Per-epoch record (``TrainResult.curves[i]``, epoch 0 = before any data training)
                        while it is measured, as in most training logs; cheaper than a second pass);
                        epoch 0: one no-grad pass over the whole training set
 ``test_loss/_acc``     no-grad pass over the whole test set at the end of the epoch
-``angle/<layer>``      alignment angle between W and B per feedback layer, degrees (IFA paper B.4,
-                       mean over output neurons; :func:`prealign.alignment_angles`)
+``angle/<layer>``      alignment angle between W and B per feedback layer whose rule reads B (fa, kp),
+                       degrees (IFA paper B.4, mean over output neurons; :func:`prealign.alignment_angles`)
 ``grad_angle/<layer>`` gradient alignment per hidden layer, degrees: the angle between the error the
                        rule delivers to the layer's output and the true backprop error, on one fixed
                        training batch (whole batch flattened; SPEC §5, beyond the papers)
@@ -42,7 +42,7 @@ from torch import nn
 
 from .device import resolve_device
 from .errors import ConfigError
-from .feedback import RULES, exact_gradients, feedback_layers
+from .feedback import exact_gradients, feedback_layers, set_kp_decay
 from .init import alignment_angles
 from .progress import progress_bar
 
@@ -248,14 +248,6 @@ def _move_data(data, device):
                       int(getattr(data, "num_classes", 10)), str(getattr(data, "name", "tensors")))
 
 
-def _sync_feedback(model: nn.Module) -> None:
-    """Bring learned feedback (KP) up to date with W's last update, so angles and checkpoints
-    see the current B. Idempotent: the next training forward finds nothing new to apply."""
-    for _, layer in feedback_layers(model):
-        if RULES.get(layer.rule) is not None and RULES[layer.rule].learns_feedback:
-            layer.sync_feedback()
-
-
 def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
@@ -264,7 +256,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
           weight_decay: float = 0.0, momentum: float = 0.0, patience: int | None = None, seed: int = 0,
           device: str | torch.device = "auto", callbacks: Sequence[Any] = (), progress: bool | None = None,
           eval_batch_size: int = 4096, checkpoint=None, grad_alignment: bool = True, description: str = "train",
-          ) -> TrainResult:
+          kp_decay: float | None = None) -> TrainResult:
     """Train ``model`` on ``data`` (``x_train, y_train, x_test, y_test`` tensors) with cross-entropy.
 
     ``epochs``: maximum epochs; ``patience``: stop once test accuracy has not improved for that
@@ -275,7 +267,9 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     and ``save(dict)``; the full state (model, optimizer, RNGs, curves, counters) is saved after
     every epoch (epoch 0 included, which also preserves any noise pretraining done before) and an
     existing checkpoint is resumed, giving the same final result as an uninterrupted run.
-    Layers under ``kp`` get ``kp_decay = lr * weight_decay``. Never raises on divergence.
+    ``kp_decay``: the per-step Kolen–Pollack decay of ``B − W`` for ``kp`` layers (None: each layer's
+    own, default :data:`prealign.feedback.KP_DECAY`; a model without ``kp`` layers raises). Never
+    raises on divergence.
     """
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise ConfigError(f"train() needs epochs >= 0, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
@@ -289,9 +283,8 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     n = len(xtr)
     if n == 0:
         raise ConfigError("train() got an empty training set")
-    for _, layer in feedback_layers(model):
-        if layer.rule == "kp":
-            layer.kp_decay = lr * weight_decay
+    if kp_decay is not None:
+        set_kp_decay(model, kp_decay)
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
     gen = torch.Generator().manual_seed(int(seed))
     # one fixed batch for gradient alignment, drawn from its own stream (does not move `gen`)
@@ -326,7 +319,6 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
         if epoch == 0:
             record["train_loss"], record["train_acc"] = evaluate(model, xtr, ytr, eval_batch_size)
         record["test_loss"], record["test_acc"] = evaluate(model, xte, yte, eval_batch_size)
-        _sync_feedback(model)
         for name, deg in alignment_angles(model).items():
             record[f"angle/{name}"] = deg
         if grad_alignment:

@@ -5,8 +5,8 @@ stores the output error ``e = ∂L/∂output`` (shape ``(N, n_out)``) in a share
 :class:`ErrorSink`. Backward runs from the output down, so by the time any layer's backward
 runs, ``e`` is known; a layer under ``dfa`` then sends ``e D`` to its input instead of
 ``δ B`` (``D``: ``(n_out, numel of one input sample)``, fixed random, drawn on first use from
-the layer's own seed at the scale of its ``B``). Works for any stack of Linear/Conv2d layers:
-the error reaches a convolution's input as a full ``(C, H, W)`` map.
+the layer's own seed at the scale of its ``B``). Works for any stack of Linear/Conv layers:
+the error reaches a convolution's input as a full ``(C, *spatial)`` map.
 """
 from __future__ import annotations
 

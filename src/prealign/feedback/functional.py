@@ -46,10 +46,13 @@ class FeedbackLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-class FeedbackConv2dFunction(torch.autograd.Function):
-    """2-D convolution; ``x: (N, C_in, H, W)``, ``W, B: (C_out, C_in/groups, kH, kW)``.
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
-    ``padding`` must be a pair of ints here (the layer pads explicitly for other modes).
+
+class FeedbackConvFunction(torch.autograd.Function):
+    """1-, 2- or 3-D convolution; ``x: (N, C_in, *spatial)``, ``W, B: (C_out, C_in/groups, *kernel)``.
+
+    ``padding`` must be a tuple of ints here (the layer pads explicitly for other modes).
     """
 
     @staticmethod
@@ -58,7 +61,7 @@ class FeedbackConv2dFunction(torch.autograd.Function):
         ctx.conf = (stride, padding, dilation, groups)
         ctx.route, ctx.pool = route, pool
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return _CONV[weight.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -72,7 +75,7 @@ class FeedbackConv2dFunction(torch.autograd.Function):
             # grad_weight from the input alone: exactly the FA split, in one fused call.
             grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad_out, x, feedback, [feedback.shape[0]] if mask[2] else None,
-                list(stride), list(padding), list(dilation), False, [0, 0], groups, mask)
+                list(stride), list(padding), list(dilation), False, [0] * (feedback.dim() - 2), groups, mask)
         if ctx.needs_input_grad[0] and ctx.route is not None:
             grad_x = ctx.route.direct_error(x)
         if ctx.pool is not None:

@@ -1,4 +1,4 @@
-"""``FeedbackLinear`` and ``FeedbackConv2d``: ``nn.Linear`` / ``nn.Conv2d`` with a pluggable learning rule.
+"""``FeedbackLinear`` and ``FeedbackConv1d/2d/3d``: ``nn.Linear`` / ``nn.Conv*d`` with a pluggable learning rule.
 
 Each layer holds its forward weight ``W`` (``weight``), a ``feedback`` buffer ``B`` of the same
 shape (never a parameter: the optimizer never sees it; saved in ``state_dict``; moved by
@@ -14,14 +14,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import FeedbackConv2dFunction, FeedbackLinearFunction
+from .functional import FeedbackConvFunction, FeedbackLinearFunction
+from .kp import _LEARNING
 from .rules import RULES, get_rule
+
+
+KP_DECAY = 0.01
+"""Default per-step Kolen–Pollack decay ``d`` (a fraction of ``B − W`` removed per optimizer step).
+
+With ``d = 0.01``, ``B − W`` shrinks by ``(1 − d)`` per step: to 49 % after 71 steps (one epoch of
+mnist5k at batch 64) and to ~10⁻⁶ after the 1,400 steps of ``prealign compare``'s 20 epochs."""
 
 
 class FeedbackLayer:
     """Mixin with the state and rule dispatch shared by the feedback layers."""
 
-    kp_decay: float = 0.0  # per-step decay of (B - W) under kp; the trainer sets lr * weight_decay
+    kp_decay: float = KP_DECAY  # kp: per-step decay d of (B - W); see prealign.feedback.rules and set_kp_decay
 
     def _setup_feedback(self, rule: str = "fa", generator: torch.Generator | None = None, alpha_b: float = 2.0) -> None:
         get_rule(rule)
@@ -33,9 +41,30 @@ class FeedbackLayer:
         self.rule = rule
         self._exact = False
         self._dfa_sink = None
+        self.reseed_direct_feedback(generator)
+        self._kp_gap = None  # scratch for prealign.feedback.kp: B - W before an optimizer step
+
+    @property
+    def rule(self) -> str:
+        """The rule's name (:data:`~prealign.feedback.rules.RULES`)."""
+        return self._rule
+
+    @rule.setter
+    def rule(self, name: str) -> None:
+        self._rule = name
+        if (r := RULES.get(name)) is not None and r.learns_feedback:
+            _LEARNING.add(self)  # from now on the optimizer-step hooks (prealign.feedback.kp) carry W's updates to B
+
+    def __setstate__(self, state):  # copy.deepcopy / pickle: a copy under kp follows its own optimizer too
+        super().__setstate__(state)
+        if (r := RULES.get(self._rule)) is not None and r.learns_feedback:
+            _LEARNING.add(self)
+
+    def reseed_direct_feedback(self, generator: torch.Generator | None) -> None:
+        """Draw the seed of this layer's DFA matrix ``D`` from ``generator`` (``None``: the global RNG);
+        ``D`` itself is drawn from that seed on first use (its shape needs the output size)."""
         self._dfa_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        self._kp_last = None
-        self._kp_version = -1
+        self.dfa_feedback = torch.empty(0, device=self.weight.device, dtype=self.weight.dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule}"
@@ -48,8 +77,6 @@ class FeedbackLayer:
         rule = RULES.get(self.rule) or get_rule(self.rule)
         if rule.feedback is None:
             return None, None
-        if rule.learns_feedback:
-            self.sync_feedback()
         if not rule.per_step:
             return rule.feedback(self), None
         pool = self.__dict__.setdefault("_feedback_pool", [])
@@ -62,25 +89,6 @@ class FeedbackLayer:
     def _route(self):
         rule = RULES[self.rule]
         return self if rule.direct else None
-
-    # -- Kolen-Pollack: B receives W's update ---------------------------------------------
-    @torch.no_grad()
-    def sync_feedback(self) -> None:
-        """Apply to ``B`` the change ``W`` made since the last training forward.
-
-        SGD form of KP with L2 decay λ and step η: ``ΔB = ΔW − ηλ (B − W)``; ``kp_decay = ηλ``.
-        """
-        w, last = self.weight, self._kp_last
-        if last is None or last.device != w.device or last.dtype != w.dtype or last.shape != w.shape:
-            self._kp_last, self._kp_version = w.detach().clone(), w._version
-            return
-        if w._version == self._kp_version:
-            return
-        if self.kp_decay:  # B - d (B - W_old), in place
-            self.feedback.mul_(1 - self.kp_decay).add_(last, alpha=self.kp_decay)
-        self.feedback.add_(w).sub_(last)
-        last.copy_(w)
-        self._kp_version = w._version
 
     # -- DFA: the output error projected straight to this layer's input ----------------
     def direct_error(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +109,6 @@ class FeedbackLayer:
         if key in state_dict and state_dict[key].shape != self.dfa_feedback.shape:
             self.dfa_feedback = torch.empty_like(state_dict[key], device=self.weight.device, dtype=self.weight.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._kp_last = None  # W was replaced wholesale: not an update B should follow
 
 
 class FeedbackLinear(FeedbackLayer, nn.Linear):
@@ -122,11 +129,9 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         return FeedbackLinearFunction.apply(x, self.weight, self.bias, feedback, self._route(), pool)
 
 
-class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
-    """``nn.Conv2d`` whose backward sends the error through ``conv_transpose`` with ``B``.
-
-    Shapes: input ``(N, C_in, H, W)``, ``weight``/``feedback`` ``(C_out, C_in/groups, kH, kW)``.
-    """
+class _FeedbackConv(FeedbackLayer):
+    """Shared by the feedback convolutions: the parent's op, or :class:`FeedbackConvFunction`
+    (``conv_transpose`` with ``B`` in the backward) when the rule needs it."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", rule: str = "fa", *,
@@ -143,6 +148,27 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         if self.padding_mode != "zeros" or isinstance(padding, str):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
-            padding = (0, 0)
-        return FeedbackConv2dFunction.apply(x, self.weight, self.bias, feedback, self.stride, padding,
-                                            self.dilation, self.groups, self._route(), pool)
+            padding = (0,) * len(self.kernel_size)
+        return FeedbackConvFunction.apply(x, self.weight, self.bias, feedback, self.stride, padding,
+                                          self.dilation, self.groups, self._route(), pool)
+
+
+class FeedbackConv1d(_FeedbackConv, nn.Conv1d):
+    """``nn.Conv1d`` whose backward sends the error through ``conv_transpose1d`` with ``B``.
+
+    Shapes: input ``(N, C_in, L)``, ``weight``/``feedback`` ``(C_out, C_in/groups, k)``.
+    """
+
+
+class FeedbackConv2d(_FeedbackConv, nn.Conv2d):
+    """``nn.Conv2d`` whose backward sends the error through ``conv_transpose2d`` with ``B``.
+
+    Shapes: input ``(N, C_in, H, W)``, ``weight``/``feedback`` ``(C_out, C_in/groups, kH, kW)``.
+    """
+
+
+class FeedbackConv3d(_FeedbackConv, nn.Conv3d):
+    """``nn.Conv3d`` whose backward sends the error through ``conv_transpose3d`` with ``B``.
+
+    Shapes: input ``(N, C_in, D, H, W)``, ``weight``/``feedback`` ``(C_out, C_in/groups, kD, kH, kW)``.
+    """

@@ -15,6 +15,13 @@ error travels back through:
 ``kp``     ``δ B`` where ``B`` receives the same update as ``W`` (Kolen & Pollack 1994, Akrout 2019)
 =========  ====================================================================
 
+Kolen–Pollack decay. Per optimizer step ``B ← B + ΔW − d·(B − W)`` (``W`` before the step), so
+``B − W`` shrinks by ``(1 − d)`` every step even under Adam without weight decay; ``d`` is the
+layer attribute ``kp_decay`` (default :data:`~prealign.feedback.layers.KP_DECAY` = 0.01), set for a
+model with :func:`~prealign.feedback.kp.set_kp_decay`, ``prealign.train(..., kp_decay=d)`` or
+``RunConfig.kp_decay``; giving it for a model without ``kp`` layers is an error. ``d = lr·λ`` with
+SGD and ``weight_decay = λ`` is Akrout et al.'s form. Mechanism: :mod:`prealign.feedback.kp`.
+
 A rule is one registry entry; adding one is ``register_rule(Rule(...))`` and its tests.
 """
 from __future__ import annotations
@@ -39,6 +46,9 @@ class Rule:
     send the network's output error straight to every layer (DFA). ``learns_feedback`` marks
     rules whose ``B`` follows ``W``'s updates (KP). ``transports`` says what of ``W`` the backward
     pass reads (``"weights"``, ``"signs"`` or ``"nothing"``), used by the memory-traffic analysis.
+    ``reads_feedback`` says whether the error travels back through ``B`` itself (fa, kp): only then
+    does the angle ∠(W, B) (:func:`prealign.alignment_angles`) describe the rule; bp never reads
+    ``B``, dfa reads its own ``D``, the sign rules read ``sign(W)`` (with ``|B|`` magnitudes at most).
     """
 
     name: str
@@ -48,6 +58,7 @@ class Rule:
     direct: bool = False
     learns_feedback: bool = False
     transports: str = "nothing"
+    reads_feedback: bool = True
 
 
 RULES: dict[str, Rule] = {}
@@ -94,10 +105,16 @@ def _batchwise_random_sign(layer, out=None):
     return out.normal_().abs_().mul_(_abs_feedback(layer)[3]).copysign_(layer.weight.detach())
 
 
-register_rule(Rule("bp", "backpropagation: the error travels back through W (weight transport)", None, transports="weights"))
+register_rule(Rule("bp", "backpropagation: the error travels back through W (weight transport)", None, transports="weights",
+                   reads_feedback=False))
 register_rule(Rule("fa", "feedback alignment: the error travels back through a fixed random B", _fixed))
-register_rule(Rule("dfa", "direct feedback alignment: the output error reaches every layer through its own fixed matrix", _fixed, direct=True))
-register_rule(Rule("usf", "uniform sign-concordant feedback: sign(W) scaled by mean |B|", _uniform_sign, per_step=True, transports="signs"))
-register_rule(Rule("brsf", "batchwise random-magnitude sign-concordant feedback: |R|·sign(W), R re-drawn each batch", _batchwise_random_sign, per_step=True, transports="signs"))
-register_rule(Rule("frsf", "fixed random-magnitude sign-concordant feedback: |B|·sign(W)", _fixed_random_sign, per_step=True, transports="signs"))
-register_rule(Rule("kp", "Kolen-Pollack: B receives the same update (and decay) as W, so B -> W", _fixed, learns_feedback=True))
+register_rule(Rule("dfa", "direct feedback alignment: the output error reaches every layer through its own fixed matrix", _fixed,
+                   direct=True, reads_feedback=False))
+register_rule(Rule("usf", "uniform sign-concordant feedback: sign(W) scaled by mean |B|", _uniform_sign, per_step=True,
+                   transports="signs", reads_feedback=False))
+register_rule(Rule("brsf", "batchwise random-magnitude sign-concordant feedback: |R|·sign(W), R re-drawn each batch",
+                   _batchwise_random_sign, per_step=True, transports="signs", reads_feedback=False))
+register_rule(Rule("frsf", "fixed random-magnitude sign-concordant feedback: |B|·sign(W)", _fixed_random_sign, per_step=True,
+                   transports="signs", reads_feedback=False))
+register_rule(Rule("kp", "Kolen-Pollack: B receives W's update minus a decay d·(B - W) per optimizer step, so B -> W", _fixed,
+                   learns_feedback=True))
