@@ -12,6 +12,7 @@ Per-epoch record (``TrainResult.curves[i]``, epoch 0 = before any data training)
 ``train_loss/_acc``    epochs >= 1: running mean over that epoch's mini-batches (the model changes
                        while it is measured, as in most training logs; cheaper than a second pass);
                        epoch 0: one no-grad pass over the whole training set
+``val_loss/_acc``      with a validation set (``val_fraction > 0``): no-grad pass over it
 ``test_loss/_acc``     no-grad pass over the whole test set at the end of the epoch
 ``angle/<layer>``      alignment angle between W and B per feedback layer, degrees (IFA paper B.4,
                        mean over output neurons; :func:`prealign.alignment_angles`)
@@ -21,7 +22,8 @@ Per-epoch record (``TrainResult.curves[i]``, epoch 0 = before any data training)
 ``seconds``            wall time of the epoch's training steps; ``eval_seconds`` the measurements
 =====================  ===========================================================================
 
-Accuracies are fractions in [0, 1]. A NaN/inf loss stops training: the run is marked diverged,
+Measurements never change what they measure (:func:`measurement_guard`). Accuracies are
+fractions in [0, 1]. A NaN/inf loss stops training: the run is marked diverged,
 that epoch is recorded, the curves are kept, nothing is raised (IFA paper A.2.2).
 """
 from __future__ import annotations
