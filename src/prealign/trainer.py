@@ -109,8 +109,8 @@ class TrainResult:
 
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in (
-            "best_test_acc", "best_epoch", "best_val_acc", "selection", "diverged", "diverged_epoch", "stopped_early", "epochs_run",
-            "seconds", "train_seconds", "noise_seconds", "config", "run_id")}
+            "best_test_acc", "best_epoch", "best_val_acc", "selection", "diverged", "diverged_epoch", "stopped_early",
+            "epochs_run", "seconds", "train_seconds", "noise_seconds", "config", "run_id")}
         out["status"] = self.status
         out["final"] = self.final
         if curves:
@@ -128,7 +128,8 @@ CHECKPOINT_FORMAT = 2  # version of the checkpoint dict below; older files are r
 
 
 def _corrupt(path: Path) -> PrealignError:
-    return PrealignError(f"{path}: a corrupt checkpoint of an unfinished run: discard it (delete {path}) and restart that run")
+    return PrealignError(f"{path}: a corrupt checkpoint of an unfinished run: "
+                         f"discard it (delete {path}) and restart that run")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -502,7 +503,8 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
         if dev.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], dev)
         res.curves = state["curves"]
-        res.best_test_acc, res.best_val_acc, res.best_epoch = state["best_test_acc"], state["best_val_acc"], state["best_epoch"]
+        res.best_test_acc, res.best_val_acc = state["best_test_acc"], state["best_val_acc"]
+        res.best_epoch = state["best_epoch"]
         bad_epochs, step = state["bad_epochs"], state["step"]
         res.train_seconds = state["train_seconds"]
         first_epoch = state["epoch"] + 1
