@@ -1,4 +1,6 @@
 """RunConfig: validation messages, normalisation, TOML round trip, stable keys, same initial network."""
+import math
+
 import pytest
 import torch
 
@@ -114,3 +116,38 @@ def test_unknown_dataset_is_one_clear_error():
     with pytest.raises(UnknownNameError) as err:
         run(RunConfig(dataset="imagenet-9000", epochs=1))
     assert "mnist5k" in str(err.value)
+
+
+def test_bad_device_raises_before_any_run_is_stored(tmp_path):
+    from prealign.store import Store
+
+    store = Store(tmp_path)
+    cfg = RunConfig(method="fa", hidden=(8,), epochs=1, batch_size=16, seed=0, device="cpu")
+    for bad in ("nonsense", "cuda:7"):  # unknown; absent here (no CUDA, or fewer GPUs)
+        with pytest.raises(PrealignError, match=bad):
+            run(cfg.replace(device=bad), store, data=_tiny_data())
+    assert store.runs() == []
+    good = run(cfg, store, data=_tiny_data())  # same key: a clean, finished run
+    assert [r["status"] for r in store.runs()] == ["finished"] and store.get(good.run_id)["error"] is None
+
+
+def test_run_selects_on_validation_by_default_and_stores_the_selection(tmp_path):
+    from prealign.store import Store
+
+    store = Store(tmp_path)
+    cfg = RunConfig(method="fa", hidden=(8,), epochs=2, batch_size=16, lr=1e-2, seed=0, device="cpu")
+    assert cfg.val_fraction == 0.1
+    res = run(cfg, store, data=_tiny_data())
+    assert res.selection == "val" and math.isfinite(res.best_val_acc) and "val_acc" in res.curves[-1]
+    assert store.get(res.run_id)["summary"]["selection"] == "val"
+    assert store.result(res.run_id).best_val_acc == res.best_val_acc
+    papers = run(cfg.replace(val_fraction=0.0), store, data=_tiny_data())
+    assert papers.selection == "test" and store.get(papers.run_id)["summary"]["selection"] == "test"
+
+
+def test_reproduce_experiments_keep_the_papers_protocol():
+    from prealign import experiments
+
+    for exp in experiments.load_all():
+        for point in exp.points("smoke"):
+            assert RunConfig.from_dict(point["config"]).val_fraction == 0.0, exp.name

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import prealign as pa
-from prealign.trainer import TensorData, TrainResult, evaluate, gradient_alignment, train
+from prealign.trainer import TensorData, TrainResult, evaluate, gradient_alignment, read_checkpoint, train
 
 
 def _data(n_train=256, n_test=128, seed=0, classes=4, dim=20):
@@ -177,7 +177,7 @@ def test_resume_after_interrupt_gives_identical_result(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(_model("kp"), data, epochs=6, batch_size=32, lr=1e-2, weight_decay=1e-3, seed=4, device="cpu",
               checkpoint=ckpt, callbacks=[Boom()])
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+    assert read_checkpoint(ckpt)["epoch"] == 2
     other = _model("kp", seed=99)  # weights come from the checkpoint, not from this init
     resumed = train(other, data, epochs=6, batch_size=32, lr=1e-2, weight_decay=1e-3, seed=4, device="cpu",
                     checkpoint=ckpt)
@@ -219,3 +219,54 @@ def test_ready_made_callbacks_add_their_keys():
     assert last["w_minus_b/3"] == pytest.approx(float((layer.weight - layer.feedback).detach().norm()), rel=1e-6)
     assert last["angle_matrix/3"] == pytest.approx(pa.alignment_angles(model, reduce="matrix")["3"])
     assert last["n_test"] == 128
+
+
+# -- validation split (#12) --------------------------------------------------------------------
+def test_val_fraction_holds_out_the_fixed_split_and_records_it():
+    from prealign.data import holdout_validation
+
+    data = _data()
+    held = holdout_validation(data, 0.25)
+    kw = dict(epochs=2, batch_size=32, lr=1e-2, seed=0, device="cpu", progress=False)
+    a = train(_model(), data, val_fraction=0.25, **kw)
+    b = train(_model(), held, **kw)  # data that already carries x_val: the same run
+    assert _metrics(a.curves) == _metrics(b.curves) and a.selection == b.selection == "val"
+    assert len(held.x_train) == 192 and len(held.x_val) == 64
+    assert (a.curves[0]["val_loss"], a.curves[0]["val_acc"]) == evaluate(_model(), held.x_val, held.y_val)
+    assert (a.curves[0]["train_loss"], a.curves[0]["train_acc"]) == evaluate(_model(), held.x_train, held.y_train)
+    plain = train(_model(), data, **kw)
+    assert plain.selection == "test" and math.isnan(plain.best_val_acc) and "val_acc" not in plain.curves[-1]
+
+
+def test_validation_selects_and_stops_on_validation_not_test():
+    class Freeze:  # from epoch 3 on, validation gets worse while the test accuracy looks perfect
+        def on_epoch_end(self, epoch, model, data, record):
+            if epoch >= 3:
+                record["val_acc"], record["test_acc"] = 0.0, 1.0
+
+    res = train(_model(), _data(), epochs=50, batch_size=32, lr=1e-2, seed=0, device="cpu", patience=2,
+                callbacks=[Freeze()], grad_alignment=False, val_fraction=0.25, progress=False)
+    vals = [r["val_acc"] for r in res.curves]
+    assert res.selection == "val" and res.stopped_early and res.epochs_run == 4
+    assert res.best_epoch == vals.index(max(vals)) and res.best_val_acc == max(vals)
+    assert res.best_test_acc == res.curves[res.best_epoch]["test_acc"] < 1.0
+    assert TrainResult.from_dict(res.to_dict()).selection == "val"
+    assert TrainResult.from_dict(res.to_dict()).best_val_acc == res.best_val_acc
+
+
+def test_resume_with_validation_keeps_selection(tmp_path):
+    data = _data()
+    kw = dict(epochs=5, batch_size=32, lr=1e-2, seed=4, device="cpu", val_fraction=0.25, patience=3, progress=False)
+    full = train(_model(), data, **kw)
+
+    class Boom:
+        def on_epoch_end(self, epoch, model, data, record):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), data, checkpoint=tmp_path / "ck.pt", callbacks=[Boom()], **kw)
+    resumed = train(_model(), data, checkpoint=tmp_path / "ck.pt", **kw)
+    assert _metrics(resumed.curves) == _metrics(full.curves)
+    assert (resumed.best_epoch, resumed.best_val_acc, resumed.best_test_acc, resumed.selection) == \
+        (full.best_epoch, full.best_val_acc, full.best_test_acc, "val")

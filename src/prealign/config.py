@@ -329,8 +329,12 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
     With a :class:`~prealign.store.Store`: a finished (or diverged) run with the same key is
     returned from the store without training; an interrupted one resumes from its last
     checkpoint (noise pretraining included, which is checkpointed as epoch 0); every epoch is
-    logged. Returns a :class:`~prealign.trainer.TrainResult` (``result.run_id`` set with a store).
+    logged. ``config.val_fraction`` of the training set is held out for model selection (see
+    :func:`prealign.train`). The data set, the device and the validation split are checked before
+    the run is registered, so a bad one raises without storing a failed run. Returns a
+    :class:`~prealign.trainer.TrainResult` (``result.run_id`` set with a store).
     """
+    from .data.base import holdout_validation
     from .device import resolve_device
     from .trainer import TrainResult, train
 
@@ -339,11 +343,20 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         found = store.find(config.key())
         if found is not None and found["status"] in ("finished", "diverged"):
             return store.result(found["id"])
+    # everything checkable before the run is registered: a bad device or data set is the
+    # caller's error, not a failed run stored under the config's key
+    data = data if data is not None else load_data(config)
+    device = resolve_device(config.device)
+    try:
+        torch.empty(1, device=device)  # e.g. cuda:7 on a one-GPU machine
+    except (RuntimeError, AssertionError) as err:
+        raise PrealignError(f"device {config.device!r} cannot be used here ({str(err).splitlines()[0]}); "
+                            f"use --device auto, cpu or an existing cuda:N") from None
+    holdout_validation(data, config.val_fraction)
+    if store is not None:
         run_id = store.start(config)
         ckpt = store.checkpointer(run_id)
     try:
-        data = data if data is not None else load_data(config)
-        device = resolve_device(config.device)
         state = ckpt.load() if ckpt is not None else None
         if state is None:
             model, noise_seconds, _ = prepare(config, data, device, progress=progress)
@@ -357,7 +370,7 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
             model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
             weight_decay=config.weight_decay, momentum=config.momentum, patience=config.patience, seed=config.seed,
             device=device, callbacks=cbs, progress=progress, checkpoint=ckpt, grad_alignment=config.grad_alignment,
-            description=f"{config.label} seed {config.seed}", kp_decay=config.kp_decay)
+            val_fraction=config.val_fraction, description=f"{config.label} seed {config.seed}", kp_decay=config.kp_decay)
         result.noise_seconds = noise_seconds
         result.config = config.to_dict()
         result.run_id = run_id

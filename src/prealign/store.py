@@ -5,7 +5,8 @@ Layout of the output root (default ``prealign-runs/`` in the current directory, 
 
     prealign-runs/
       runs.sqlite            runs (config, status, summary) and per-epoch metrics
-      checkpoints/<id>.pt    latest full training state of each run (model, optimizer, RNGs, curves)
+      checkpoints/<key>.pt   latest full training state of each run (model, optimizer, RNGs, curves),
+                             bound to the run's key (a file of another run is refused, never reused)
 
 SQLite runs in WAL mode with a busy timeout and every write in its own ``BEGIN IMMEDIATE``
 transaction, so several processes can write at once without losing or duplicating rows. A
@@ -102,16 +103,21 @@ def _unnull(record: dict) -> dict:
 
 
 class _StoreCheckpoint:
-    """Checkpoint object handed to :func:`prealign.train` for one stored run."""
+    """Checkpoint object handed to :func:`prealign.train` for one stored run: the file
+    ``checkpoints/<key>.pt``, bound to the run's key (see :class:`prealign.trainer.FileCheckpoint`)."""
 
     def __init__(self, store: Store, run_id: int):
+        from .trainer import FileCheckpoint
+
         self.store, self.run_id, self.extra = store, run_id, {}
+        self.file = FileCheckpoint(store.checkpoint_path(run_id), key=store.get(run_id)["key"])
+        self.path = self.file.path
 
     def load(self) -> dict | None:
-        return self.store.load_checkpoint(self.run_id)
+        return self.file.load()
 
     def save(self, state: dict) -> None:
-        self.store.save_checkpoint(self.run_id, {**state, **self.extra})
+        self.file.save({**state, **self.extra})
 
 
 class _EpochLogger:
@@ -330,17 +336,16 @@ class Store:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint_path(self, run_id: int) -> Path:
-        return self.checkpoint_dir / f"{int(run_id)}.pt"
+        """``checkpoints/<key>.pt`` of the run: named by its key, so a checkpoint copied in from
+        another store (where the same row id is another run) is never taken for this run's."""
+        return self.checkpoint_dir / f"{self.get(int(run_id))['key']}.pt"
 
     def save_checkpoint(self, run_id: int, state: dict) -> None:
-        from .trainer import FileCheckpoint
-
-        FileCheckpoint(self.checkpoint_path(run_id)).save(state)
+        self.checkpointer(run_id).save(state)
 
     def load_checkpoint(self, run_id: int) -> dict | None:
-        from .trainer import FileCheckpoint
-
-        return FileCheckpoint(self.checkpoint_path(run_id)).load()
+        """The run's checkpoint dict (integrity-checked, data only, its key verified), or None."""
+        return self.checkpointer(run_id).load()
 
     def checkpointer(self, run_id: int) -> _StoreCheckpoint:
         """The checkpoint object :func:`prealign.train` uses for ``run_id``."""
@@ -351,13 +356,23 @@ class Store:
 
         ``run``: run id or unique key prefix. Returns an ``nn.Module`` in eval mode under the
         run's rule, with ``.input_shape``/``.num_classes``; ``model.run_config`` holds its RunConfig.
+        A run whose weights are not finite (it diverged) raises a one-line PrealignError: no
+        analysis means anything on NaN weights.
         """
+        import torch
+
         from .config import RunConfig, build, load_data
 
         row = self.get(run)
         state = self.load_checkpoint(row["id"])
         if state is None:
             raise PrealignError(f"run {row['id']} has no saved weights (status {row['status']}); re-run it to create them")
+        bad = [name for name, t in state["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            epoch = state.get("diverged_epoch")
+            when = f"diverged at epoch {epoch}" if epoch is not None else "has diverged"
+            raise PrealignError(f"run {row['id']} {when}: its weights are not finite ({bad[0]}), and analyses need "
+                                f"finite weights; analyze a finished run (`prealign runs list` shows each status)")
         config = RunConfig.from_dict(row["config"])
         model = build(config, load_data(config))
         model.load_state_dict(state["model"])

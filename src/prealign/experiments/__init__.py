@@ -97,7 +97,7 @@ class Experiment:
         axes = list(grid)
         out = []
         for combo in itertools.product(*(grid[a] for a in axes)):
-            fields_ = dict(base)
+            fields_ = {"val_fraction": 0.0, **base}  # the papers' protocol (select on test) unless the file sets it
             labels = {}
             for axis, value in zip(axes, combo):
                 if isinstance(value, dict):
