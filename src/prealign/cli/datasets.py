@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     verify = sub.add_parser("verify", help="check the files found against the publisher's checksums and the registry "
                                            "(counts, shape, labels); exit 2 on any problem")
     verify.add_argument("name")
-    verify.add_argument("--root", default=None, help="look in this folder first (as load and fetch do)")
+    verify.add_argument("--root", type=FOLDER, default=None, help="look in this folder first (as load and fetch do)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=cmd_verify)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
