@@ -89,12 +89,13 @@ def test_a_run_is_the_same_in_any_group():
 
 
 def test_noise_pretraining_batched_equals_alone():
-    """pretrain_noise_batched = pretrain_noise per model, bitwise (its own stream, its own Adam)."""
+    """pretrain_noise_batched = pretrain_noise per model, bitwise (its own stream, its own Adam; ELU per
+    model: 50 x 12 activations leave a scalar tail that the stacked ELU would round differently)."""
     models = [pa.mlp(DIMS, rule="fa", generator=torch.Generator().manual_seed(i), activation="elu") for i in range(3)]
     refs = [copy.deepcopy(m) for m in models]
-    pretrain_noise_batched(models, [torch.Generator().manual_seed(10 + i) for i in range(3)], 300, batch_size=64, lr=1e-2)
+    pretrain_noise_batched(models, [torch.Generator().manual_seed(10 + i) for i in range(3)], 300, batch_size=50, lr=1e-2)
     for i, ref in enumerate(refs):
-        pa.pretrain_noise(ref, 300, batch_size=64, lr=1e-2, generator=torch.Generator().manual_seed(10 + i), progress=False)
+        pa.pretrain_noise(ref, 300, batch_size=50, lr=1e-2, generator=torch.Generator().manual_seed(10 + i), progress=False)
     for m, ref in zip(models, refs):
         assert all(torch.equal(p, q) for p, q in zip(m.parameters(), ref.parameters()))
     assert not torch.equal(models[0][1].weight, models[1][1].weight)

@@ -83,11 +83,11 @@ class StackedLinear(torch.autograd.Function):
         s = x.shape[0]
         weights, biases = params[:s], params[s:]
         y = x.new_empty((s, x.shape[1], weights[0].shape[0]))
-        for k in range(s):
+        for k, (xk, yk) in enumerate(zip(x.unbind(0), y.unbind(0))):
             if biases:
-                torch.addmm(biases[k], x[k], weights[k].t(), out=y[k])
+                torch.addmm(biases[k], xk, weights[k].t(), out=yk)
             else:
-                torch.mm(x[k], weights[k].t(), out=y[k])
+                torch.mm(xk, weights[k].t(), out=yk)
         ctx.save_for_backward(x, *[w if f is None else f for w, f in zip(weights, feedbacks)])
         ctx.has_bias = bool(biases)
         return y
@@ -96,14 +96,14 @@ class StackedLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, *routes = ctx.saved_tensors
         s = x.shape[0]
-        grad_out = grad_out.contiguous()
+        g, xs = grad_out.contiguous().unbind(0), x.unbind(0)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.empty_like(x)
-            for k in range(s):
-                torch.mm(grad_out[k], routes[k], out=grad_x[k])
-        grad_w = [torch.mm(grad_out[k].t(), x[k]) if ctx.needs_input_grad[2 + k] else None for k in range(s)]
-        grad_b = [grad_out[k].sum(0) if ctx.needs_input_grad[2 + s + k] else None for k in range(s)] if ctx.has_bias else []
+            for gk, route, out in zip(g, routes, grad_x.unbind(0)):
+                torch.mm(gk, route, out=out)
+        grad_w = [torch.mm(g[k].t(), xs[k]) if ctx.needs_input_grad[2 + k] else None for k in range(s)]
+        grad_b = [g[k].sum(0) if ctx.needs_input_grad[2 + s + k] else None for k in range(s)] if ctx.has_bias else []
         return (grad_x, None, *grad_w, *grad_b)
 
 
@@ -171,6 +171,10 @@ class ModelStack:
         self.transport = [[_transports(lin, k) for k, lin in enumerate(layer)] for layer in self.layers]
         self.activation = structures[0][1] if structures[0][1] is not None else nn.Identity()
         self.stack_activation = isinstance(self.activation, _STACKABLE_ACTIVATIONS)
+        # per layer, the arguments of StackedLinear: feedbacks (None = W, bp) and parameters
+        self._args = [([None if bp else lin.feedback for lin, bp in zip(layer, transport)],
+                       [lin.weight for lin in layer] + ([lin.bias for lin in layer] if layer[0].bias is not None else []))
+                      for layer, transport in zip(self.layers, self.transport)]
 
     def __len__(self) -> int:
         return len(self.models)
@@ -189,11 +193,9 @@ class ModelStack:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], x.shape[1], -1)
-        for i, layer in enumerate(self.layers):
-            feedbacks = [None if bp else lin.feedback for lin, bp in zip(layer, self.transport[i])]
-            params = [lin.weight for lin in layer] + ([lin.bias for lin in layer] if layer[0].bias is not None else [])
+        for i, (feedbacks, params) in enumerate(self._args):
             h = StackedLinear.apply(h, feedbacks, *params)
-            if i < len(self.layers) - 1:
+            if i < len(self._args) - 1:
                 h = self._activate(h)
         return h
 
@@ -220,12 +222,14 @@ def _train_epoch(stack: ModelStack, opt: torch.optim.Optimizer, x: torch.Tensor,
     order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)  # (S, N)
     loss_sum = torch.zeros(s, dtype=torch.float64, device=x.device)
     correct = torch.zeros(s, dtype=torch.int64, device=x.device)
+    params = stack.parameters()
     for b0 in range(0, n, batch_size):
         idx = order[:, b0:b0 + batch_size]  # (S, B): model s's batch
         xb, yb = x[idx], y[idx]
         logits = stack(xb)
         losses = stack.losses(logits, yb)
-        opt.zero_grad(set_to_none=True)
+        for p in params:  # opt.zero_grad(set_to_none=True), without its per-call overhead
+            p.grad = None
         losses.sum().backward()  # each model's parameters receive exactly ∂ℓ_s
         opt.step()
         loss_sum += losses.detach().double() * idx.shape[1]
