@@ -257,10 +257,10 @@ def _as_data(data):
     return data
 
 
-def _regroup(stack: ModelStack, opt, make_opt):
-    """An optimizer over ``stack``'s parameters carrying their state from ``opt``."""
-    new = make_opt(stack.parameters())
-    for p in stack.parameters():
+def _optimizer_over(params: list[torch.Tensor], opt, make_opt):
+    """An optimizer over ``params`` carrying their state from ``opt`` (the state tensors are shared)."""
+    new = make_opt(params)
+    for p in params:
         if p in opt.state:
             new.state[p] = opt.state[p]
     return new
@@ -269,7 +269,7 @@ def _regroup(stack: ModelStack, opt, make_opt):
 def _model_optimizer_state(model: nn.Module, opt, make_opt) -> dict:
     """``state_dict()`` of the optimizer :func:`prealign.train` would hold for ``model``: the same
     optimizer over ``model.parameters()`` carrying their state from ``opt``."""
-    return _regroup(ModelStack([model]), opt, make_opt).state_dict()
+    return _optimizer_over(list(model.parameters()), opt, make_opt).state_dict()
 
 
 def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int], seeds: Sequence[int],
@@ -456,7 +456,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     active = [j for j in active if not (results[j].diverged or epochs_of[j] < next_epoch[j])]
     if len(active) < s:
         stack = stack.select(active)
-        opt = _regroup(stack, opt, make_opt)
+        opt = _optimizer_over(stack.parameters(), opt, make_opt)
     with progress_bar(max([epochs_of[j] - next_epoch[j] + 1 for j in active], default=0), description,
                       enabled=progress) as bar:
         while active:
@@ -498,7 +498,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
                 active = [active[p] for p in keep]
                 if keep:
                     stack = stack.select(keep)
-                    opt = _regroup(stack, opt, make_opt)
+                    opt = _optimizer_over(stack.parameters(), opt, make_opt)
     return results
 
 
