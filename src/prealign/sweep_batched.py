@@ -47,10 +47,11 @@ from collections.abc import Sequence
 
 DEFAULT_GROUP = 8  # models per batched training: on this CPU 8 beat 4 and 12 (sweep of 24 runs: 1.54x vs 1.41x, 1.37x)
 # "auto" on a CPU batches only networks this small (multiply-adds per model and training step,
-# batch_size x sum(in x out)): measured with 4 models, 1 thread, batched/separate wall time won at
-# 5M (784-100-10, batch 64: 1.5x), 11.5M (784-100-100-10, 128: 1.3x), 13M and 20M (1.2x) and lost
-# or tied at 30M (784-300-10, 128: 0.98x), 51M (784-1000-10, 64: 0.93x) and 86M (784-512-512-10, 128: 1.04x)
-AUTO_MAX_MACS = 20_000_000
+# batch_size x sum(in x out)). Measured with the bitwise engine (per-model GEMMs), 4 models, 1 thread,
+# 2 epochs of 1,000 mnist5k images and a 1,000-image test set, separate/batched CPU time: 1.10x at 5.1M
+# (784-100-10, batch 64), 1.05x at 11.4M (784-100-100-10, 128), 0.99x at 13M (784-256-10, 64),
+# 1.02x at 20M (784-200-10, 128), 1.02x at 30M (784-300-10, 128): the gain ends near 12M.
+AUTO_MAX_MACS = 12_000_000
 BATCH_RULES = ("bp", "fa")
 BATCH_OPTIMIZERS = ("adam", "adamw", "sgd")
 # RunConfig fields by how a batched group treats them
