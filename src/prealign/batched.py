@@ -1,34 +1,48 @@
-"""Vectorized multi-seed training: S copies of one MLP architecture trained as one batched model.
+"""Many small runs of one MLP architecture trained side by side, each bitwise as if trained alone.
 
 Sweeps in the papers are many small runs of the same network (seeds × methods × angles × variance
-scales). On their own, such runs are dominated by per-op overhead; stacked along a leading
-*model* dimension they become a few ``torch.bmm`` calls per layer. The stacked run is the same
-computation as S separate runs:
+scales). On their own such runs are dominated by per-op overhead. :func:`train_runs` trains S of
+them in one loop: one autograd graph over an activation stack ``(S, N, features)``, one backward
+call, one optimizer step, one batch gather, element-wise work done once for the whole stack — and
+gives every model exactly (bitwise) the numbers :func:`prealign.train` gives it alone, so a batched
+sweep stores what separate runs store and a run's numbers never depend on its group mates.
 
-- forward of layer ``l``: ``y[s] = x[s] W[s]ᵀ + b[s]`` for every model ``s`` (``baddbmm``);
-- backward (:class:`BatchedFeedbackLinear`): ``∂W[s] = δ[s]ᵀ x[s]``, ``∂b[s] = Σ δ[s]`` and the input
-  error ``δ[s] F[s]`` with ``F[s] = B[s]`` for feedback alignment (``fa``; also IFA and RNP, which are
-  FA from another starting point) or ``F[s] = W[s]`` for backpropagation (``bp``, weight transport);
-- the loss is ``Σ_s ℓ_s`` with ``ℓ_s`` model ``s``'s mean cross-entropy, so model ``s``'s
-  parameters receive exactly ``∂ℓ_s``;
-- Adam (and SGD, and L2 weight decay) act elementwise, so one ``torch.optim.Adam`` over the stacked
-  tensors is S independent Adams;
-- each model draws its own batch order from its own seed (an index gather per model).
+Bitwise equality holds by construction, not by luck of rounding:
+
+- every matrix product is the one the single trainer computes, on the same operands (per-model
+  ``addmm``/``mm`` on contiguous slices: ``x Wᵀ + b`` forward; ``δ F`` with ``F = B`` under
+  ``fa`` — also IFA and RNP — or ``F = W`` under ``bp``; ``δᵀ x``; ``Σ_N δ``). A batched GEMM
+  (``bmm``) would round differently from a single one (it does on this CPU with 2 threads);
+- row-wise ops (``log_softmax`` and its backward) run on the whole stack — each row sees only its
+  own model; per-model reductions (the mean cross-entropy ``nll_loss``) run per model;
+- activations without rounding (ReLU, identity, leaky ReLU: one IEEE operation per element) run on
+  the stack; the others (tanh, sigmoid, GELU, ELU) per model, because their vectorized and scalar
+  code paths round differently and the stack would move elements between them (measured: sigmoid
+  and ELU differ);
+- the parameters are the models' own tensors under one optimizer: the fused Adam/AdamW/SGD kernels
+  update each tensor on its own (fused SGD with momentum over a stacked tensor does *not* equal
+  separate updates on this CPU: vector/scalar tails again);
+- measurements (evaluation, angles, gradient alignment) are the trainer's own public functions
+  applied to each model;
+- each model draws its batch order from ``torch.Generator().manual_seed(seed)`` and its gradient
+  alignment batch from seed ``seed + 7919``, as :func:`prealign.train` does.
+
+Results depend on the torch thread count exactly as the single trainer's do (a multi-threaded GEMM
+may split its sums), so equality holds between runs under the same thread setting (a sweep's
+workers use one thread each). Tested: records, summaries and weights bitwise equal to
+:func:`prealign.train` and to the same run in another group (``tests/test_batched.py``).
 
 Usage::
 
     models = [pa.mlp([784, 100, 10], rule="fa", generator=torch.Generator().manual_seed(s)) for s in range(8)]
-    curves = pa.batched.train_batched(models, data, epochs=10, seeds=range(8))   # models updated in place
-    # what 8 prealign.train runs return (TrainResults: same records, patience, divergence, checkpoints)
-    results = pa.batched.train_runs(models, data, epochs=10, seeds=range(8), patience=3)
+    results = pa.batched.train_runs(models, data, epochs=10, seeds=range(8), patience=3)  # = 8 prealign.train runs
 
 Sweeps use :func:`train_runs` for groups of compatible runs (:mod:`prealign.sweep_batched`).
 
-Shapes: weights ``(S, out, in)``, biases ``(S, out)``, activations ``(S, N, features)``.
+Shapes: activations ``(S, N, features)``; each model keeps its own ``W (out, in)``, ``b (out,)``.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -37,49 +51,66 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import holdout_validation
 from .device import resolve_device
 from .errors import ConfigError, PrealignError
-from .feedback import RULES, FeedbackLayer
-from .init import _row_angles
+from .feedback import FeedbackLayer
+from .init import alignment_angles
 from .models import ACTIVATIONS
 from .progress import progress_bar
-from .trainer import GRAD_BATCH, TrainResult, _make_optimizer
+from .trainer import (CHECKPOINT_FORMAT, GRAD_BATCH, TensorData, TrainResult, _check_resumable, _make_optimizer,
+                      checkpoint_settings, evaluate, gradient_alignment, measurement_guard)
 
 BATCHED_RULES = ("bp", "fa")
 _ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
+# one IEEE operation (or none) per element: the same bits whichever code path an element takes
+_STACKABLE_ACTIVATIONS = (nn.ReLU, nn.Identity, nn.LeakyReLU)
 
 
-class BatchedFeedbackLinear(torch.autograd.Function):
-    """``y = x Wᵀ + b`` for S models at once; the input error travels through ``feedback``.
+class StackedLinear(torch.autograd.Function):
+    """``y[s] = x[s] W_sᵀ + b_s`` for S models, every product computed as the single trainer computes it.
 
-    Shapes: ``x (S, N, in)``, ``weight, feedback (S, out, in)``, ``bias (S, out)`` or None.
-    Backward: ``∂x = δ F``, ``∂W = δᵀ x``, ``∂b = Σ_N δ`` per model — the FLOPs of autograd's own
-    backward for ``bmm``; ``weight`` is not saved (no weight transport unless ``feedback`` is ``W``).
+    ``x``: ``(S, N, in)``; ``feedbacks[s]``: ``B_s (out, in)``, or None where model ``s`` learns by
+    backpropagation (its input error goes through ``W_s``); ``params``: ``W_0 … W_{S-1}`` (each
+    ``(out, in)``), then, with bias, ``b_0 … b_{S-1}`` (each ``(out,)``). Forward: one ``addmm`` per
+    model (what ``F.linear`` runs). Backward per model: ``∂x[s] = δ[s] F_s``, ``∂W_s = δ[s]ᵀ x[s]``,
+    ``∂b_s = Σ_N δ[s]`` — the operations of
+    :class:`prealign.feedback.functional.FeedbackLinearFunction` (``fa``) and of autograd's
+    ``F.linear`` backward (``bp``), on the same operands.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback):
-        ctx.save_for_backward(x, feedback)
-        ctx.has_bias = bias is not None
-        if bias is None:
-            return torch.bmm(x, weight.transpose(1, 2))
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+    def forward(ctx, x, feedbacks, *params):
+        s = x.shape[0]
+        weights, biases = params[:s], params[s:]
+        y = x.new_empty((s, x.shape[1], weights[0].shape[0]))
+        for k, (xk, yk) in enumerate(zip(x.unbind(0), y.unbind(0))):
+            if biases:
+                torch.addmm(biases[k], xk, weights[k].t(), out=yk)
+            else:
+                torch.mm(xk, weights[k].t(), out=yk)
+        ctx.save_for_backward(x, *[w if f is None else f for w, f in zip(weights, feedbacks)])
+        ctx.has_bias = bool(biases)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, feedback = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
+        x, *routes = ctx.saved_tensors
+        s = x.shape[0]
+        g, xs = grad_out.contiguous().unbind(0), x.unbind(0)
+        grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(grad_out, feedback)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.bmm(grad_out.transpose(1, 2), x)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(1)
-        return grad_x, grad_w, grad_b, None
+            grad_x = torch.empty_like(x)
+            for gk, route, out in zip(g, routes, grad_x.unbind(0)):
+                torch.mm(gk, route, out=out)
+        grad_w = [torch.mm(g[k].t(), xs[k]) if ctx.needs_input_grad[2 + k] else None for k in range(s)]
+        grad_b = [g[k].sum(0) if ctx.needs_input_grad[2 + s + k] else None for k in range(s)] if ctx.has_bias else []
+        return (grad_x, None, *grad_w, *grad_b)
 
 
 def _mlp_structure(model: nn.Module, index: int):
-    """``(linear layers with their names, activation module, signature)`` of a plain MLP, or PrealignError."""
+    """``(linear layers, activation module, signature)`` of a plain MLP (Flatten? Linear (act Linear)*),
+    or PrealignError."""
     if not isinstance(model, nn.Sequential):
         raise PrealignError(f"batched training needs nn.Sequential MLPs (as built by prealign.mlp); model {index} is "
                             f"{type(model).__name__}; train it with prealign.train instead")
@@ -88,7 +119,7 @@ def _mlp_structure(model: nn.Module, index: int):
         if isinstance(module, nn.Linear):
             linears.append((name, module))
             signature.append(("linear", module.in_features, module.out_features, module.bias is not None))
-        elif isinstance(module, nn.Flatten):
+        elif isinstance(module, nn.Flatten) and not signature:
             signature.append(("flatten",))
         elif isinstance(module, _ACTIVATION_TYPES):
             if activation is not None and repr(activation) != repr(module):
@@ -99,333 +130,112 @@ def _mlp_structure(model: nn.Module, index: int):
         else:
             raise PrealignError(f"batched training supports MLPs of Linear layers and activations; model {index} has "
                                 f"a {type(module).__name__}; train it with prealign.train instead")
-    if not linears:
-        raise PrealignError(f"model {index} has no Linear layer to train")
+    kinds = "".join(item[0][0] for item in signature if item[0] != "flatten")  # "l", "a"
+    if not linears or kinds != "la" * (len(linears) - 1) + "l":
+        raise PrealignError(f"batched training needs MLPs of the form Linear (activation Linear)*; model {index} is "
+                            f"{[item[0] for item in signature]}; train it with prealign.train instead")
     return linears, activation, tuple(signature)
 
 
-def _rule(layer: nn.Linear, index: int) -> str:
+def _transports(layer: nn.Linear, index: int) -> bool:
+    """True where ``layer`` learns by backpropagation (rule ``bp``), False under ``fa``; else PrealignError."""
     rule = getattr(layer, "rule", "bp") if isinstance(layer, FeedbackLayer) else "bp"
     if getattr(layer, "_exact", False):
         rule = "bp"
     if rule not in BATCHED_RULES:
         raise PrealignError(f"batched training supports the rules {', '.join(BATCHED_RULES)} (methods bp, fa, ifa, rnp); "
                             f"model {index} uses rule {rule!r}; train it with prealign.train instead")
-    return rule
+    return rule == "bp"
 
 
-class BatchedMLP(nn.Module):
-    """S MLPs of one architecture stacked along a leading model dimension.
+class ModelStack:
+    """S MLPs of one architecture (rules bp/fa per layer) run as one model on an activation stack.
 
-    Parameters ``weights[l]``: ``(S, out_l, in_l)``; ``biases[l]``: ``(S, out_l)``; buffers
-    ``feedbacks[l]``: ``(S, out_l, in_l)`` (each model's ``B``; zeros where the model has none) and
-    ``transport[l]``: ``(S,)`` bool, True where model ``s`` layer ``l`` learns by backpropagation
-    (its input error goes through its own ``W``).
+    The parameters stay the models' own tensors (so the models always carry the current weights);
+    ``stack(x)`` maps ``x (S, N, in)`` (model ``s``'s batch in ``x[s]``) to logits ``(S, N, classes)``
+    through :class:`StackedLinear` and the activation (on the whole stack where that is exact, else
+    per model; see the module docstring).
     """
 
-    def __init__(self, weights, biases, feedbacks, transport, activation: nn.Module | None, templates=(),
-                 layer_names=()):
-        super().__init__()
-        self.weights = nn.ParameterList([nn.Parameter(w) for w in weights])
-        self.biases = nn.ParameterList([nn.Parameter(b) for b in biases if b is not None])
-        self.has_bias = [b is not None for b in biases]
-        for i, (fb, tr) in enumerate(zip(feedbacks, transport)):
-            self.register_buffer(f"feedback{i}", fb)
-            self.register_buffer(f"transport{i}", tr)
-        # which feedback each layer uses, decided once on the host (no device sync per step)
-        self._modes = ["bp" if bool(t.all()) else "fa" if not bool(t.any()) else "mixed" for t in transport]
-        self.activation = activation if activation is not None else nn.Identity()
-        self.templates = list(templates)
-        self.layer_names = list(layer_names)
-
-    @property
-    def num_models(self) -> int:
-        return self.weights[0].shape[0]
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.weights)
-
-    def feedback(self, i: int) -> torch.Tensor:
-        return getattr(self, f"feedback{i}")
-
-    def transport(self, i: int) -> torch.Tensor:
-        return getattr(self, f"transport{i}")
-
-    def bias(self, i: int) -> torch.Tensor | None:
-        if not self.has_bias[i]:
-            return None
-        return self.biases[sum(self.has_bias[:i])]
-
-    @classmethod
-    def from_models(cls, models: Sequence[nn.Module], device: str | torch.device | None = None) -> BatchedMLP:
-        """Stack copies of ``models`` (same MLP architecture; rules ``bp``/``fa``) into one BatchedMLP.
-
-        The models are not changed; :meth:`to_models` / :meth:`write_back` return the trained weights.
-        """
-        models = list(models)
-        if not models:
+    def __init__(self, models: Sequence[nn.Module]):
+        self.models = list(models)
+        if not self.models:
             raise ConfigError("batched training needs at least one model")
-        structures = [_mlp_structure(m, i) for i, m in enumerate(models)]
-        for i, s in enumerate(structures[1:], 1):
-            if s[2] != structures[0][2]:
+        if len({id(m) for m in self.models}) != len(self.models):
+            raise ConfigError("batched training got the same model object twice; pass separate models")
+        structures = [_mlp_structure(m, i) for i, m in enumerate(self.models)]
+        for i, st in enumerate(structures[1:], 1):
+            if st[2] != structures[0][2]:
                 raise PrealignError(f"batched training needs one architecture; model {i} differs from model 0 "
-                                    f"({s[2]} vs {structures[0][2]})")
-        n_layers = len(structures[0][0])
-        weights, biases, feedbacks, transport = [], [], [], []
-        ref = structures[0][0][0][1].weight
-        dev = torch.device(device) if device is not None else ref.device
-        for layer in range(n_layers):
-            layers = [s[0][layer][1] for s in structures]
-            rules = [_rule(lin, i) for i, lin in enumerate(layers)]
-            weights.append(torch.stack([lin.weight.detach() for lin in layers]).to(dev, torch.float32).clone())
-            biases.append(torch.stack([lin.bias.detach() for lin in layers]).to(dev, torch.float32).clone()
-                          if layers[0].bias is not None else None)
-            feedbacks.append(torch.stack([lin.feedback.detach() if isinstance(lin, FeedbackLayer)
-                                          else torch.zeros_like(lin.weight) for lin in layers]).to(dev, torch.float32).clone())
-            transport.append(torch.tensor([r == "bp" for r in rules], device=dev))
-        names = [name for name, _ in structures[0][0]]
-        return cls(weights, biases, feedbacks, transport, copy.deepcopy(structures[0][1]),
-                   templates=[copy.deepcopy(m) for m in models], layer_names=names)
+                                    f"({st[2]} vs {structures[0][2]})")
+        self.layers = [[st[0][i][1] for st in structures] for i in range(len(structures[0][0]))]
+        self.transport = [[_transports(lin, k) for k, lin in enumerate(layer)] for layer in self.layers]
+        self.activation = structures[0][1] if structures[0][1] is not None else nn.Identity()
+        self.stack_activation = isinstance(self.activation, _STACKABLE_ACTIVATIONS)
+        # per layer, the arguments of StackedLinear: feedbacks (None = W, bp) and parameters
+        self._args = [([None if bp else lin.feedback for lin, bp in zip(layer, transport)],
+                       [lin.weight for lin in layer] + ([lin.bias for lin in layer] if layer[0].bias is not None else []))
+                      for layer, transport in zip(self.layers, self.transport)]
 
-    def _step_feedback(self, i: int) -> torch.Tensor:
-        w, mode = self.weights[i], self._modes[i]
-        if mode == "bp":
-            return w.detach()
-        if mode == "fa":
-            return self.feedback(i)
-        return torch.where(self.transport(i)[:, None, None], w.detach(), self.feedback(i))
+    def __len__(self) -> int:
+        return len(self.models)
 
-    def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """Logits ``(S, N, classes)``.
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for m in self.models for p in m.parameters()]
 
-        ``x``: ``(S, N, ...)``, each model its own batch; or, with ``shared=True``, ``(N, ...)``, one
-        batch for all models (evaluation), whose first layer runs as one ``(N, in) × (in, S·out)`` GEMM.
-        """
-        s = self.num_models
-        start = 0
-        if shared:
-            x = x.reshape(x.shape[0], -1)
-            w, b = self.weights[0], self.bias(0)
-            h = (x @ w.reshape(-1, w.shape[2]).t()).view(x.shape[0], s, w.shape[1]).transpose(0, 1)
-            if b is not None:
-                h = h + b.unsqueeze(1)
-            h = self.activation(h) if self.num_layers > 1 else h
-            start = 1
-        else:
-            h = x.reshape(s, x.shape[1], -1)
-        for i in range(start, self.num_layers):
-            if torch.is_grad_enabled():
-                # the input layer's error is never used: skip building its (mixed) feedback
-                feedback = self._step_feedback(i) if h.requires_grad else self.feedback(i)
-                h = BatchedFeedbackLinear.apply(h, self.weights[i], self.bias(i), feedback)
-            else:
-                b = self.bias(i)
-                h = torch.bmm(h, self.weights[i].transpose(1, 2)) if b is None else \
-                    torch.baddbmm(b.unsqueeze(1), h, self.weights[i].transpose(1, 2))
-            if i < self.num_layers - 1:
-                h = self.activation(h)
+    def select(self, keep: Sequence[int]) -> ModelStack:
+        """The stack of models ``keep`` (positions in this stack, in that order)."""
+        return ModelStack([self.models[k] for k in keep])
+
+    def _activate(self, h: torch.Tensor) -> torch.Tensor:
+        if self.stack_activation:
+            return self.activation(h)
+        return torch.stack([self.activation(part) for part in h.unbind(0)])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], x.shape[1], -1)
+        for i, (feedbacks, params) in enumerate(self._args):
+            h = StackedLinear.apply(h, feedbacks, *params)
+            if i < len(self._args) - 1:
+                h = self._activate(h)
         return h
 
-    @torch.no_grad()
-    def alignment_angles(self) -> list[dict[str, float]]:
-        """Per model ``{layer name: mean row angle between W and B in degrees}`` (as :func:`prealign.alignment_angles`),
-        for the layers that are feedback layers in the original models under a rule that reads ``B`` (not bp)."""
-        out = [{} for _ in range(self.num_models)]
-        for i, name in enumerate(self.layer_names):
-            w, b = self.weights[i], self.feedback(i)
-            s, rows = w.shape[0], w.shape[1]
-            angles = _row_angles(w.reshape(s * rows, -1), b.reshape(s * rows, -1)).view(s, rows).mean(1)
-            for k in range(s):
-                layer = dict(self.templates[k].named_children())[name] if self.templates else None
-                if isinstance(layer, FeedbackLayer) and RULES[layer.rule].reads_feedback:  # as prealign.alignment_angles
-                    out[k][name] = float(angles[k])
-        return out
+    @staticmethod
+    def losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each model's mean cross-entropy ``(S,)``, as ``F.cross_entropy(logits[s], y[s])`` computes it
+        (``log_softmax`` row-wise on the stack, the mean ``nll_loss`` per model)."""
+        logp = F.log_softmax(logits, -1)
+        return torch.stack([F.nll_loss(lp, t) for lp, t in zip(logp.unbind(0), y.unbind(0))])
 
-    def gradient_alignment(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, float]]:
-        """Per model ``{layer name: degrees}`` as :func:`prealign.trainer.gradient_alignment` gives for
-        each model alone: for every layer but the last, the angle between the error the model's rule
-        delivers to the layer's output and the true backprop error (``W`` as feedback), on model
-        ``s``'s batch ``x[s]`` (``(S, N, ...)``), ``y[s]`` (``(S, N)``), the whole batch flattened.
-        Parameters and their ``.grad`` are left alone."""
-        s, n_layers = self.num_models, self.num_layers
-        if n_layers < 2:
-            return [{} for _ in range(s)]
-        x = x.reshape(s, x.shape[1], -1)
-
-        def errors(exact: bool) -> tuple[torch.Tensor, ...]:
-            with torch.enable_grad():
-                h, outputs = x, []
-                for i in range(n_layers):
-                    feedback = self.weights[i].detach() if exact or not h.requires_grad else self._step_feedback(i)
-                    h = BatchedFeedbackLinear.apply(h, self.weights[i], self.bias(i), feedback)
-                    if i < n_layers - 1:
-                        outputs.append(h)
-                        h = self.activation(h)
-                loss = F.cross_entropy(h.reshape(-1, h.shape[-1]), y.reshape(-1), reduction="none").view(s, -1).mean(1)
-                return torch.autograd.grad(loss.sum(), outputs)
-
-        delivered, true = errors(False), errors(True)
-        out = [{} for _ in range(s)]
-        for i, name in enumerate(self.layer_names[:-1]):
-            a, b = delivered[i].double().reshape(s, -1), true[i].double().reshape(s, -1)
-            na, nb = a.norm(dim=1), b.norm(dim=1)
-            cos = ((a * b).sum(1) / (na * nb)).clamp(-1.0, 1.0)
-            angles = torch.rad2deg(torch.acos(cos))
-            bad = ~(torch.isfinite(na) & torch.isfinite(nb)) | (na == 0) | (nb == 0)
-            angles = torch.where(bad, torch.full_like(angles, math.nan), angles).tolist()
-            for k in range(s):
-                if not self.templates or isinstance(dict(self.templates[k].named_children())[name], FeedbackLayer):
-                    out[k][name] = angles[k]
-        return out
-
-    @torch.no_grad()
-    def write_back(self, models: Sequence[nn.Module]) -> list[nn.Module]:
-        """Copy each model's trained ``W`` and ``b`` into ``models[s]`` (same architecture) in place."""
-        for k, model in enumerate(models):
-            linears, _, _ = _mlp_structure(model, k)
-            for i, (_, lin) in enumerate(linears):
-                lin.weight.copy_(self.weights[i][k].to(lin.weight))
-                if lin.bias is not None:
-                    lin.bias.copy_(self.bias(i)[k].to(lin.bias))
-                if isinstance(lin, FeedbackLayer):
-                    lin._kp_last = None
-        return list(models)
-
-    def select(self, keep: Sequence[int]) -> BatchedMLP:
-        """A new BatchedMLP of models ``keep`` (positions in this stack, in that order); tensors copied."""
-        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.weights[0].device)
-        return BatchedMLP([w.detach()[idx].clone() for w in self.weights],
-                          [None if b is None else b.detach()[idx].clone() for b in (self.bias(i) for i in range(self.num_layers))],
-                          [self.feedback(i)[idx].clone() for i in range(self.num_layers)],
-                          [self.transport(i)[idx].clone() for i in range(self.num_layers)],
-                          copy.deepcopy(self.activation), templates=[self.templates[k] for k in keep] if self.templates else (),
-                          layer_names=self.layer_names)
-
-    def to_models(self) -> list[nn.Module]:
-        """Unstack: fresh copies of the original models carrying the current weights."""
-        return self.write_back([copy.deepcopy(t) for t in self.templates])
+    def train(self, mode: bool = True) -> ModelStack:
+        for m in self.models:
+            m.train(mode)
+        return self
 
 
-def _tensors(data):
-    """``(x_train, y_train, x_test, y_test)`` from a prealign Dataset, a dict or a 2-/4-tuple."""
-    if isinstance(data, (tuple, list)):
-        if len(data) == 2:
-            return data[0], data[1], None, None
-        if len(data) == 4:
-            return tuple(data)
-        raise ConfigError("data must be a Dataset or (x_train, y_train[, x_test, y_test])")
-    get = data.get if isinstance(data, dict) else lambda k: getattr(data, k, None)
-    return get("x_train"), get("y_train"), get("x_test"), get("y_test")
-
-
-@torch.no_grad()
-def _evaluate(net: BatchedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int):
-    """Per model ``(mean loss, accuracy)`` on one shared set, as float64 tensors ``(S,)``."""
-    s = net.num_models
-    loss = torch.zeros(s, dtype=torch.float64, device=x.device)
-    correct = torch.zeros(s, dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        logits = net(xb, shared=True)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(s), reduction="none").view(s, -1)
-        loss += ce.double().sum(1)
-        correct += (logits.argmax(-1) == yb).double().sum(1)
-    n = max(x.shape[0], 1)
-    return loss / n, correct / n
-
-
-def _train_epoch(net: BatchedMLP, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def _train_epoch(stack: ModelStack, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                  gens: Sequence[torch.Generator], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One epoch of every stacked model: model ``s`` draws its order ``torch.randperm(N, generator=gens[s])``
-    (CPU) and takes ``batch_size`` steps on the mean cross-entropy of its own batches. Returns the
-    running mean train loss and accuracy over the epoch, ``(S,)`` float64 on the CPU (one host sync)."""
+    (CPU) and takes steps on the mean cross-entropy of its own batches of ``batch_size``. Returns the
+    summed ``loss × batch size`` (float64) and correct counts (int64) over the epoch, ``(S,)`` on the
+    CPU (one host sync), accumulated as :func:`prealign.train` accumulates them."""
     n, s = x.shape[0], len(gens)
     order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)  # (S, N)
     loss_sum = torch.zeros(s, dtype=torch.float64, device=x.device)
-    correct = torch.zeros(s, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(s, dtype=torch.int64, device=x.device)
+    params = stack.parameters()
     for b0 in range(0, n, batch_size):
         idx = order[:, b0:b0 + batch_size]  # (S, B): model s's batch
         xb, yb = x[idx], y[idx]
-        logits = net(xb)
-        per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
-                                    reduction="none").view(s, -1).mean(1)
-        opt.zero_grad(set_to_none=True)
-        per_model.sum().backward()
+        logits = stack(xb)
+        losses = stack.losses(logits, yb)
+        for p in params:  # opt.zero_grad(set_to_none=True), without its per-call overhead
+            p.grad = None
+        losses.sum().backward()  # each model's parameters receive exactly ∂ℓ_s
         opt.step()
-        with torch.no_grad():
-            loss_sum += per_model.detach().double() * idx.shape[1]
-            correct += (logits.detach().argmax(-1) == yb).double().sum(1)
-    return (loss_sum / n).cpu(), (correct / n).cpu()
-
-
-def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size: int = 64, lr: float = 1e-4,
-                  seeds: Sequence[int] | None = None, optimizer: str = "adam", weight_decay: float = 0.0,
-                  momentum: float = 0.0, device: str | torch.device = "auto", eval_batch_size: int = 2048, evaluate: bool = True,
-                  progress: bool | None = None) -> list[list[dict]]:
-    """Train ``models`` (one MLP architecture, rules bp/fa) side by side as one batched model; return their curves.
-
-    Each model ``s`` sees the training set in its own order: every epoch a fresh
-    ``torch.randperm(N, generator=g_s)`` with ``g_s = torch.Generator().manual_seed(seeds[s])`` (CPU),
-    batches of ``batch_size`` (the last one smaller). ``optimizer``: ``"adam"``, ``"adamw"`` or ``"sgd"``
-    (with ``momentum``) at ``lr`` with ``weight_decay``, the trainer's own (fused) optimizers; the result equals S separate runs with the same batch orders up to float
-    rounding (tested). The trained weights are written back into ``models`` in place.
-
-    Returns one curve per model: a list of per-epoch dicts ``epoch`` (0 = before training),
-    ``train_loss``, ``train_acc`` (running mean over the epoch's batches; at epoch 0 evaluated on the
-    training set), ``test_loss``, ``test_acc`` (when the data has a test set), ``angle/<layer>``
-    (degrees) and ``seconds`` (wall time of the whole batched epoch). Accuracies are fractions.
-    A model whose loss becomes non-finite gets ``diverged=True`` in its records from then on.
-    """
-    if epochs < 0 or batch_size <= 0 or lr <= 0:
-        raise ConfigError(f"epochs must be >= 0, batch_size and lr > 0 (got {epochs}, {batch_size}, {lr})")
-    dev = resolve_device(device)
-    x_train, y_train, x_test, y_test = _tensors(data)
-    if x_train is None or y_train is None:
-        raise ConfigError("data has no x_train / y_train tensors")
-    net = BatchedMLP.from_models(models, device=dev)
-    s = net.num_models
-    seeds = [0] * s if seeds is None else [int(v) for v in seeds]
-    if len(seeds) != s:
-        raise ConfigError(f"got {len(seeds)} seeds for {s} models; pass one seed per model")
-    x_train = x_train.to(dev, torch.float32).reshape(x_train.shape[0], -1)
-    y_train = y_train.to(dev)
-    if x_test is not None:
-        x_test = x_test.to(dev, torch.float32).reshape(x_test.shape[0], -1)
-        y_test = y_test.to(dev)
-    # the trainer's optimizers, fused: one pass over the stacked tensors per step (6x faster than the
-    # per-tensor loop torch picks on the CPU); every update is elementwise, so S models stacked = S optimizers
-    opt = _make_optimizer(optimizer, net.parameters(), lr, weight_decay, momentum)
-    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    curves: list[list[dict]] = [[] for _ in range(s)]
-    diverged = [False] * s
-
-    def record(epoch, train_loss, train_acc, seconds):
-        test = _evaluate(net, x_test, y_test, eval_batch_size) if evaluate and x_test is not None else None
-        angles = net.alignment_angles()
-        for k in range(s):
-            rec = {"epoch": epoch, "train_loss": float(train_loss[k]), "train_acc": float(train_acc[k])}
-            if test is not None:
-                rec["test_loss"], rec["test_acc"] = float(test[0][k]), float(test[1][k])
-            rec.update({f"angle/{name}": a for name, a in angles[k].items()})
-            rec["seconds"] = seconds
-            if not math.isfinite(rec["train_loss"]):
-                diverged[k] = True
-            if diverged[k]:
-                rec["diverged"] = True
-            curves[k].append(rec)
-
-    net.eval()
-    record(0, *_evaluate(net, x_train, y_train, eval_batch_size) if evaluate else (torch.full((s,), math.nan),) * 2, 0.0)
-    net.train()
-    with progress_bar(epochs, f"batched training ×{s}", enabled=progress) as bar:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            loss, acc = _train_epoch(net, opt, x_train, y_train, gens, batch_size)
-            record(epoch, loss, acc, time.perf_counter() - start)
-            bar.advance(1, loss=float(loss.mean()))
-    net.write_back(models)
-    return curves
+        loss_sum += losses.detach().double() * idx.shape[1]
+        correct += (logits.detach().argmax(-1) == yb).sum(1)
+    return loss_sum.cpu(), correct.cpu()
 
 
 # -------------------------------------------------------------------- S prealign.train runs in one
@@ -437,76 +247,70 @@ def _per_model(value, s: int, name: str) -> list:
     return [value] * s
 
 
-def _sliced_state(state: dict, index) -> dict:
-    """Optimizer state of some models out of a stacked parameter's state: tensors with a leading
-    model dimension are indexed, scalars (Adam's shared ``step``) copied."""
-    out = {}
-    for key, value in state.items():
-        if torch.is_tensor(value):
-            out[key] = value[index].clone() if value.dim() >= 1 else value.clone()
-        else:
-            out[key] = value
-    return out
+def _as_data(data):
+    """``data`` as an object with ``x_train, y_train, x_test, y_test`` (a 4-tuple or dict becomes a TensorData)."""
+    if isinstance(data, (tuple, list)):
+        if len(data) != 4:
+            raise ConfigError("data must be a Dataset or (x_train, y_train, x_test, y_test)")
+        return TensorData(*data)
+    if isinstance(data, dict):
+        return TensorData(*(data.get(k) for k in ("x_train", "y_train", "x_test", "y_test")))
+    return data
 
 
-def _restack(net: BatchedMLP, opt, keep: list[int], make_opt) -> tuple[BatchedMLP, torch.optim.Optimizer]:
-    """Drop the models not in ``keep`` (stack positions) from ``net`` and from its optimizer state."""
-    new = net.select(keep)
-    new_opt = make_opt(new.parameters())
-    idx = torch.as_tensor(keep, dtype=torch.long, device=net.weights[0].device)
-    for old_p, new_p in zip(net.parameters(), new.parameters()):
-        if opt.state.get(old_p):
-            new_opt.state[new_p] = _sliced_state(opt.state[old_p], idx)
-    return new, new_opt
+def _optimizer_over(params: list[torch.Tensor], opt, make_opt):
+    """An optimizer over ``params`` carrying their state from ``opt`` (the state tensors are shared)."""
+    new = make_opt(params)
+    for p in params:
+        if p in opt.state:
+            new.state[p] = opt.state[p]
+    return new
 
 
-def _model_optimizer_state(net: BatchedMLP, opt, position: int, model: nn.Module, make_opt) -> dict:
-    """``state_dict()`` of the optimizer :func:`prealign.train` would hold for ``model`` (= stack
-    position ``position``): the same optimizer over ``model.parameters()`` carrying that model's
-    slice of the stacked state, so a checkpoint resumes under :func:`prealign.train`."""
-    model_opt = make_opt(model.parameters())
-    linears, _, _ = _mlp_structure(model, position)
-    for i, (_, lin) in enumerate(linears):
-        pairs = [(lin.weight, net.weights[i])]
-        if lin.bias is not None:
-            pairs.append((lin.bias, net.bias(i)))
-        for p, stacked in pairs:
-            if opt.state.get(stacked):
-                model_opt.state[p] = _sliced_state(opt.state[stacked], position)
-    return model_opt.state_dict()
+def _model_optimizer_state(model: nn.Module, opt, make_opt) -> dict:
+    """``state_dict()`` of the optimizer :func:`prealign.train` would hold for ``model``: the same
+    optimizer over ``model.parameters()`` carrying their state from ``opt``."""
+    return _optimizer_over(list(model.parameters()), opt, make_opt).state_dict()
 
 
 def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int], seeds: Sequence[int],
                patience: int | None | Sequence[int | None] = None, batch_size: int = 64, lr: float = 1e-4,
-               optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
+               optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0, val_fraction: float = 0.0,
                device: str | torch.device = "auto", grad_alignment: bool = True, eval_batch_size: int = 4096,
                checkpoints: Sequence | None = None, callbacks: Sequence[Sequence] | None = None,
                on_done=None, progress: bool | None = None, description: str = "batched runs") -> list[TrainResult]:
-    """S :func:`prealign.train` runs (MLPs of one architecture, rules bp/fa) trained as one batched model.
+    """S :func:`prealign.train` runs (MLPs of one architecture, rules bp/fa) trained side by side.
 
-    Returns what ``[train(models[s], data, epochs=epochs[s], patience=patience[s], seed=seeds[s], ...)
-    for s in range(S)]`` returns, up to float rounding (tested): the same per-epoch records
-    (``epoch``, ``seconds``, ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``,
-    ``angle/<layer>`` and, with ``grad_alignment``, ``grad_angle/<layer>`` in degrees, ``eval_seconds``;
-    epoch 0 = before training), ``best_test_acc``/``best_epoch``, early stopping (``patience``),
-    divergence (a NaN/inf loss stops that model only), and each model's trained weights written back
-    into ``models[s]`` in place — those of the epoch where *its* run stops.
+    Returns, bitwise, what ``[train(models[s], data, epochs=epochs[s], patience=patience[s],
+    seed=seeds[s], val_fraction=val_fraction, ...) for s in range(S)]`` returns (see the module
+    docstring; wall times aside): the per-epoch records (``epoch``, ``seconds``, ``train_loss``,
+    ``train_acc``, with validation ``val_loss``, ``val_acc``, then ``test_loss``, ``test_acc``,
+    ``angle/<layer>`` and, with ``grad_alignment``, ``grad_angle/<layer>`` in degrees,
+    ``eval_seconds``; epoch 0 = before training), model selection, early stopping (``patience``),
+    divergence (a NaN/inf loss stops that model only), and the trained weights in ``models[s]``
+    (updated in place; those of the epoch where *its* run stops).
+
+    Validation (``val_fraction > 0``): the data goes through
+    :func:`prealign.data.holdout_validation` (a fixed seed-0 split of the training set, the same for
+    every run); the selected epoch (``best_epoch``) is the best validation accuracy, ``best_test_acc``
+    the test accuracy at that epoch, ``best_val_acc`` the validation accuracy there, patience counts
+    validation epochs, ``selection = "val"``; without, selection is on the test accuracy (the
+    papers' protocol, ``selection = "test"``).
 
     ``epochs`` and ``patience`` may differ per model (a sequence, one per model): a model whose run
-    ends is taken out of the stack (with its optimizer state), so the others go on at S−1 models' cost.
-    Each model draws its batch order from ``torch.Generator().manual_seed(seeds[s])`` and its gradient-
-    alignment batch from seed ``seeds[s] + 7919``, as :func:`prealign.train` does.
+    ends leaves the stack, so the others go on at S−1 models' cost.
 
-    ``checkpoints[s]``: None or an object with ``save(state)``; after every epoch of model ``s`` it gets
-    the state :func:`prealign.train` saves (model, optimizer of the same kind over that model's
-    parameters, batch-order generator, RNGs, curves, counters), so an interrupted batched run resumes
-    under plain :func:`prealign.train`. ``callbacks[s]``: objects with ``on_epoch_end(epoch, model, data,
-    record)`` (``model`` = model ``s`` carrying the current weights); ``on_step_end`` is not supported
-    (raises PrealignError). ``on_done(s, result)`` is called as soon as model ``s``'s run ends (its
-    result complete), while the others may go on. ``optimizer``: adam, adamw or sgd (with
-    ``momentum``), the trainer's fused optimizers over the stacked tensors (elementwise updates).
-    Times in the records are the batched wall times divided by the number of models trained in that
-    epoch (each model's share).
+    ``checkpoints[s]``: None or an object with ``save(state)`` (and optionally ``load()``, e.g. a
+    :class:`prealign.trainer.FileCheckpoint` or a store's checkpointer); after every epoch of model
+    ``s`` it gets the state :func:`prealign.train` saves (model, optimizer of the same kind over that
+    model's parameters, batch-order generator, RNG, curves, counters), so a run resumes under either
+    trainer. A checkpoint that ``load()`` returns is resumed here, as :func:`prealign.train` resumes
+    it (models of one group may resume from different epochs). ``callbacks[s]``: objects with
+    ``on_epoch_end(epoch, model, data, record)``; ``on_step_end`` is not supported (raises
+    PrealignError). ``on_done(s, result)`` is called as soon as model ``s``'s run ends (its result
+    complete), while the others may go on. ``optimizer``: adam, adamw or sgd (with ``momentum``), the
+    trainer's optimizers. Per-epoch ``seconds`` are each model's share of the stacked epoch's wall
+    time; ``eval_seconds`` its own measurements.
     """
     models = list(models)
     s = len(models)
@@ -530,155 +334,205 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
                                     f"train this run with prealign.train instead")
     start = time.perf_counter()
     dev = resolve_device(device)
-    x_train, y_train, x_test, y_test = _tensors(data)
-    if x_train is None or y_train is None or x_test is None or y_test is None:
+    data = _as_data(data)
+    if any(getattr(data, k, None) is None for k in ("x_train", "y_train", "x_test", "y_test")):
         raise ConfigError("train_runs needs data with x_train, y_train, x_test, y_test tensors")
     for m in models:
         m.to(dev)
-    net = BatchedMLP.from_models(models, device=dev)
-    x_train = x_train.to(dev, torch.float32).reshape(x_train.shape[0], -1)
-    x_test = x_test.to(dev, torch.float32).reshape(x_test.shape[0], -1)
-    y_train, y_test = y_train.to(dev), y_test.to(dev)
-    n = x_train.shape[0]
+    settings = [checkpoint_settings(m, data, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                                    momentum=momentum, seed=seed, patience=pat, val_fraction=val_fraction)
+                for m, seed, pat in zip(models, seeds, patience_of)]  # what a checkpoint must match, as in train()
+    data = holdout_validation(data, val_fraction)
+    xtr, ytr, xte, yte = (getattr(data, k).to(dev) for k in ("x_train", "y_train", "x_test", "y_test"))
+    has_val = getattr(data, "x_val", None) is not None
+    xval, yval = (data.x_val.to(dev), data.y_val.to(dev)) if has_val else (None, None)
+    n = len(xtr)
     if n == 0:
         raise ConfigError("train_runs got an empty training set")
+    stack = ModelStack(models)
+    stack.train()
+    x_flat = xtr.reshape(n, -1)
 
     def make_opt(params):
         return _make_optimizer(optimizer, params, lr, weight_decay, momentum)
 
-    opt = make_opt(net.parameters())
+    opt = make_opt(stack.parameters())
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    # prealign.train's fixed gradient-alignment batch, per model: (S, GRAD_BATCH, features), (S, GRAD_BATCH)
-    grad_idx = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:GRAD_BATCH]
-                            for seed in seeds]).to(dev)
-    grad_x, grad_y = x_train[grad_idx], y_train[grad_idx]
-    model_data = data
-    torch_rng = torch.get_rng_state()  # prealign.train leaves the global RNG alone; its checkpoints carry it
-    cuda_rng = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
     results = [TrainResult() for _ in range(s)]
-    bad = [0] * s
-    steps = [0] * s
-    active = list(range(s))  # model index at each stack position
+    for res in results:
+        res.best_val_acc, res.selection = math.nan, "val" if has_val else "test"
+    best = [math.nan] * s  # best selection accuracy so far (validation, else test)
+    bad, steps, next_epoch = [0] * s, [0] * s, [0] * s
+    done_at_start, grad_batches = [], {}
+    for j, ckpt in enumerate(checkpoints):
+        state = ckpt.load() if ckpt is not None and hasattr(ckpt, "load") else None
+        if state is None:
+            continue
+        _check_resumable(ckpt, state, settings[j], epochs_of[j])
+        models[j].load_state_dict(state["model"])
+        model_opt = make_opt(models[j].parameters())
+        model_opt.load_state_dict(state["optimizer"])
+        for p in models[j].parameters():
+            if p in model_opt.state:
+                opt.state[p] = model_opt.state[p]
+        gens[j].set_state(state["generator"])
+        res = results[j]
+        res.curves = state["curves"]
+        res.best_test_acc, res.best_epoch = state["best_test_acc"], state["best_epoch"]
+        res.best_val_acc = state.get("best_val_acc", math.nan)
+        best[j] = res.best_val_acc if has_val else res.best_test_acc
+        bad[j], steps[j], res.train_seconds = state["bad_epochs"], state["step"], state.get("train_seconds", 0.0)
+        next_epoch[j] = state["epoch"] + 1
+        res.diverged, res.diverged_epoch = state["diverged"], state["diverged_epoch"]
+        res.stopped_early = state["stopped_early"]
+        if res.diverged or res.stopped_early or next_epoch[j] > epochs_of[j]:  # as train(): only epochs may grow
+            done_at_start.append(j)
 
-    def measure_rest(j: int, record: dict, test, angles, grad_angles, position: int) -> None:
-        """test loss/acc, angles, gradient alignment and callbacks for model j (weights written back)."""
-        record["test_loss"], record["test_acc"] = float(test[0][position]), float(test[1][position])
-        for name, deg in angles[position].items():
-            record[f"angle/{name}"] = deg
-        if grad_alignment:
-            for name, deg in grad_angles[position].items():
-                record[f"grad_angle/{name}"] = deg
-        for cb in callbacks[j]:
-            if hasattr(cb, "on_epoch_end"):
-                cb.on_epoch_end(record["epoch"], models[j], model_data, record)
+    def measure(j: int, record: dict) -> None:
+        """The trainer's measurements of model j (losses, accuracies, angles, callbacks), in its order."""
+        t, model = time.perf_counter(), models[j]
+        with measurement_guard(model):  # as train(): measuring leaves the training as it was
+            if record["epoch"] == 0:
+                record["train_loss"], record["train_acc"] = evaluate(model, xtr, ytr, eval_batch_size)
+            if has_val:
+                record["val_loss"], record["val_acc"] = evaluate(model, xval, yval, eval_batch_size)
+            record["test_loss"], record["test_acc"] = evaluate(model, xte, yte, eval_batch_size)
+            for name, deg in alignment_angles(model).items():
+                record[f"angle/{name}"] = deg
+            if grad_alignment:
+                if j not in grad_batches:  # the trainer's fixed batch, from its own stream
+                    gi = torch.randperm(n, generator=torch.Generator().manual_seed(seeds[j] + 7919))[:GRAD_BATCH].to(dev)
+                    grad_batches[j] = (xtr[gi], ytr[gi])
+                for name, deg in gradient_alignment(model, *grad_batches[j]).items():
+                    record[f"grad_angle/{name}"] = deg
+            for cb in callbacks[j]:
+                if hasattr(cb, "on_epoch_end"):
+                    cb.on_epoch_end(record["epoch"], model, data, record)
+        record["eval_seconds"] = time.perf_counter() - t
 
     def update_best(j: int, record: dict) -> None:
-        res, acc = results[j], record["test_acc"]
-        if not res.best_test_acc >= acc:  # also true while best is NaN
-            res.best_test_acc, res.best_epoch, bad[j] = acc, record["epoch"], 0
+        res, acc = results[j], record["val_acc" if has_val else "test_acc"]
+        if not best[j] >= acc:  # also true while best is NaN
+            best[j], res.best_epoch, res.best_test_acc, bad[j] = acc, record["epoch"], record["test_acc"], 0
+            if has_val:
+                res.best_val_acc = acc
         else:
             bad[j] += 1
 
-    def save(j: int, position: int, epoch: int, done: bool) -> None:
+    def save(j: int, epoch: int, done: bool) -> None:
         if checkpoints[j] is None:
             return
         res = results[j]
-        checkpoints[j].save({
-            "model": models[j].state_dict(), "optimizer": _model_optimizer_state(net, opt, position, models[j], make_opt),
-            "generator": gens[j].get_state(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
+        checkpoints[j].save({  # the layout of prealign.trainer.FileCheckpoint
+            "format": CHECKPOINT_FORMAT, "key": None, "settings": settings[j], "selection": res.selection,
+            "model": models[j].state_dict(), "optimizer": _model_optimizer_state(models[j], opt, make_opt),
+            "generator": gens[j].get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
             "epoch": epoch, "curves": res.curves, "best_test_acc": res.best_test_acc, "best_epoch": res.best_epoch,
-            "bad_epochs": bad[j], "step": steps[j], "train_seconds": res.train_seconds, "done": done,
-            "diverged": res.diverged, "diverged_epoch": res.diverged_epoch, "stopped_early": res.stopped_early,
+            "best_val_acc": res.best_val_acc, "bad_epochs": bad[j], "step": steps[j],
+            "train_seconds": res.train_seconds, "done": done, "diverged": res.diverged,
+            "diverged_epoch": res.diverged_epoch, "stopped_early": res.stopped_early,
         })
 
-    def finish_epoch(epoch: int, train_loss, train_acc, seconds: float) -> None:
-        """Records for every model in the stack, checkpoints, then drop the models whose run ended."""
-        nonlocal net, opt, active
-        t = time.perf_counter()
-        net.write_back([models[j] for j in active])
-        with torch.no_grad():
-            test = _evaluate(net, x_test, y_test, eval_batch_size)
-            test = (test[0].cpu(), test[1].cpu())
-        angles = net.alignment_angles()
-        grad_angles = net.gradient_alignment(grad_x[active], grad_y[active]) if grad_alignment else None
-        share = 1.0 / len(active)
-        records, keep = [], []
-        for position, j in enumerate(active):
-            res = results[j]
-            record = {"epoch": epoch, "seconds": seconds * share}
-            if epoch == 0 or math.isfinite(float(train_loss[position])):
-                record["train_loss"], record["train_acc"] = float(train_loss[position]), float(train_acc[position])
-                measure_rest(j, record, test, angles, grad_angles, position)
-                records.append(record)  # eval_seconds added below, once the shared time is known
-            else:
-                record["train_loss"], record["train_acc"] = float(train_loss[position]), float(train_acc[position])
-                record["test_loss"], record["test_acc"] = math.nan, math.nan
-            res.curves.append(record)
-        eval_share = (time.perf_counter() - t) * share
-        for record in records:
-            record["eval_seconds"] = eval_share
-        for position, j in enumerate(active):
-            res, record = results[j], results[j].curves[-1]
-            if epoch == 0:
-                update_best(j, record)
-                bad[j] = 0
-                if not (math.isfinite(record["train_loss"]) and math.isfinite(record["test_loss"])):
-                    res.diverged, res.diverged_epoch = True, 0
-                stop = False
-            else:
-                res.train_seconds += record["seconds"]
-                if not math.isfinite(record["train_loss"]) or not math.isfinite(record["test_loss"]):
-                    res.diverged, res.diverged_epoch = True, epoch
-                else:
-                    update_best(j, record)
-                stop = patience_of[j] is not None and bad[j] >= patience_of[j] and not res.diverged
-                res.stopped_early = stop
-            done = res.diverged or stop or epoch >= epochs_of[j]
-            save(j, position, epoch, done)
-            res.seconds += record["seconds"] + record.get("eval_seconds", 0.0)
-            if not done:
-                keep.append(position)
-            else:
-                res.epochs_run = record["epoch"]
-                if on_done is not None:
-                    on_done(j, res)
-        if len(keep) < len(active):
-            active = [active[p] for p in keep]
-            if keep:
-                net, opt = _restack(net, opt, keep, make_opt)
+    def finish(j: int) -> None:
+        res = results[j]
+        res.epochs_run = res.curves[-1]["epoch"] if res.curves else 0
+        if on_done is not None:
+            on_done(j, res)
 
     setup = (time.perf_counter() - start) / s  # each model's share of building the stack
     for res in results:
         res.seconds = setup
-    # epoch 0: the state before any data training
-    with torch.no_grad():
-        tr = _evaluate(net, x_train, y_train, eval_batch_size)
-    net.train()
-    finish_epoch(0, tr[0].cpu(), tr[1].cpu(), 0.0)
-    with progress_bar(max(epochs_of), description, enabled=progress) as bar:
-        for epoch in range(1, max(epochs_of) + 1):
-            if not active:
-                break
+    for j in done_at_start:
+        finish(j)
+    active = [j for j in range(s) if j not in done_at_start]
+    for j in [j for j in active if next_epoch[j] == 0]:  # epoch 0: the state before any data training
+        res = results[j]
+        record = {"epoch": 0, "seconds": 0.0}
+        measure(j, record)
+        res.curves.append(record)
+        res.seconds += record["eval_seconds"]
+        update_best(j, record)
+        bad[j] = 0
+        if not (math.isfinite(record["train_loss"]) and math.isfinite(record["test_loss"])):
+            res.diverged, res.diverged_epoch = True, 0
+        next_epoch[j] = 1
+        save(j, 0, res.diverged)  # as the trainer saves epoch 0
+        if res.diverged or epochs_of[j] == 0:
+            finish(j)
+    active = [j for j in active if not (results[j].diverged or epochs_of[j] < next_epoch[j])]
+    if len(active) < s:
+        stack = stack.select(active)
+        opt = _optimizer_over(stack.parameters(), opt, make_opt)
+    with progress_bar(max([epochs_of[j] - next_epoch[j] + 1 for j in active], default=0), description,
+                      enabled=progress) as bar:
+        while active:
             t = time.perf_counter()
-            train_loss, train_acc = _train_epoch(net, opt, x_train, y_train, [gens[j] for j in active], batch_size)
-            for j in active:
+            loss_sum, correct = _train_epoch(stack, opt, x_flat, ytr, [gens[j] for j in active], batch_size)
+            share = (time.perf_counter() - t) / len(active)
+            keep = []
+            for position, j in enumerate(active):
+                res, epoch = results[j], next_epoch[j]
                 steps[j] += -(-n // batch_size)
-            finish_epoch(epoch, train_loss, train_acc, time.perf_counter() - t)
+                res.train_seconds += share
+                record = {"epoch": epoch, "seconds": share, "train_loss": float(loss_sum[position]) / n,
+                          "train_acc": int(correct[position]) / n}
+                if not math.isfinite(record["train_loss"]):
+                    if has_val:
+                        record["val_loss"], record["val_acc"] = math.nan, math.nan
+                    record["test_loss"], record["test_acc"] = math.nan, math.nan
+                    res.curves.append(record)
+                    res.diverged, res.diverged_epoch = True, epoch
+                else:
+                    measure(j, record)
+                    res.curves.append(record)
+                    if not math.isfinite(record["test_loss"]):
+                        res.diverged, res.diverged_epoch = True, epoch
+                    else:
+                        update_best(j, record)
+                res.seconds += share + record.get("eval_seconds", 0.0)
+                stop = patience_of[j] is not None and bad[j] >= patience_of[j] and not res.diverged
+                res.stopped_early = stop
+                done = res.diverged or stop or epoch >= epochs_of[j]
+                save(j, epoch, done)
+                if done:
+                    finish(j)
+                else:
+                    next_epoch[j] += 1
+                    keep.append(position)
             bar.advance(1, models=len(active))
+            if len(keep) < len(active):
+                active = [active[p] for p in keep]
+                if keep:
+                    stack = stack.select(keep)
+                    opt = _optimizer_over(stack.parameters(), opt, make_opt)
     return results
+
+
+def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size: int = 64, lr: float = 1e-4,
+                  seeds: Sequence[int] | None = None, optimizer: str = "adam", weight_decay: float = 0.0,
+                  momentum: float = 0.0, device: str | torch.device = "auto", eval_batch_size: int = 4096,
+                  progress: bool | None = None) -> list[list[dict]]:
+    """Train ``models`` side by side (:func:`train_runs` without gradient alignment, validation or
+    early stopping); return their curves (per-epoch records of :func:`prealign.train`). Seeds
+    default to 0 for every model. The trained weights stay in ``models``."""
+    seeds = [0] * len(models) if seeds is None else list(seeds)
+    results = train_runs(models, data, epochs=epochs, seeds=seeds, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                         weight_decay=weight_decay, momentum=momentum, device=device, grad_alignment=False,
+                         eval_batch_size=eval_batch_size, progress=progress, description=f"batched training ×{len(models)}")
+    return [r.curves for r in results]
 
 
 def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[torch.Generator | None], samples: int, *,
                            batch_size: int = 64, lr: float = 1e-4, distribution: str = "gaussian",
                            std: float = 1.0) -> float:
-    """S :func:`prealign.pretrain_noise` runs (MLPs of one architecture, rules bp/fa) as one batched model.
+    """S :func:`prealign.pretrain_noise` runs (MLPs of one architecture, rules bp/fa) side by side.
 
     Model ``s`` sees the noise :func:`prealign.pretrain_noise` would draw for it with
     ``generator=generators[s]`` (its own noise stream, seeded from that generator the same way; labels
-    uniform over the classes) and gets the same fresh Adam at ``lr``, so each model ends where its
-    own ``pretrain_noise(models[s], samples, ...)`` ends, up to float rounding (tested through
-    sweeps of RNP runs). The weights are written back into ``models`` in place; returns the wall time
-    in seconds (noise paper A.1, B.8).
+    uniform over the classes) under the same Adam at ``lr`` over its own parameters, so each model
+    ends bitwise where its own ``pretrain_noise(models[s], samples, ...)`` ends (tested). The models
+    are trained in place; returns the wall time in seconds (noise paper A.1, B.8).
     """
     from .pretrain import check_noise_options, infer_io, noise_batch, noise_stream
 
@@ -687,23 +541,26 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     if len(generators) != len(models):
         raise ConfigError(f"pass one generator per model ({len(models)})")
     start = time.perf_counter()
+    stack = ModelStack(models)
     shape, classes = infer_io(models[0])
-    device = next(models[0].parameters()).device
-    net = BatchedMLP.from_models(models, device=device)
-    s = net.num_models
+    param = next(models[0].parameters())
+    device, dtype = param.device, param.dtype
     streams = [noise_stream(g, device) for g in generators]  # each model's own stream, as pretrain_noise seeds it
-    opt = torch.optim.Adam(net.parameters(), lr=lr)  # the optimizer pretrain_noise uses
+    opt = torch.optim.Adam(stack.parameters(), lr=lr)  # the optimizer pretrain_noise uses, each tensor on its own
+    was_training = [m.training for m in models]
+    stack.train()
     seen = 0
-    net.train()
     for _ in range(math.ceil(samples / batch_size)):
         n = min(batch_size, samples - seen)
-        xs, ys = zip(*(noise_batch(n, shape, classes, gen, device, torch.float32, distribution, std) for gen in streams))
-        logits = net(torch.stack(xs).reshape(s, n, -1))
-        per_model = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.stack(ys).reshape(-1),
-                                    reduction="none").view(s, n).mean(1)
+        xs, ys = zip(*(noise_batch(n, shape, classes, gen, device, dtype, distribution, std) for gen in streams))
+        losses = stack.losses(stack(torch.stack(xs)), torch.stack(ys))
         opt.zero_grad(set_to_none=True)
-        per_model.sum().backward()
+        losses.sum().backward()
         opt.step()
         seen += n
-    net.write_back(models)
+    for m, mode in zip(models, was_training):
+        m.train(mode)
     return time.perf_counter() - start
+
+
+__all__ = ["ModelStack", "StackedLinear", "pretrain_noise_batched", "train_batched", "train_runs"]

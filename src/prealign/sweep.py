@@ -276,7 +276,7 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     ``task(config_dict, store_path) -> dict`` is the worker function (default: train the run).
     ``batch_models``: ``"auto"`` (default) trains compatible configs (MLPs under bp/fa/ifa/rnp
     sharing data, widths and optimizer settings; :func:`prealign.sweep_batched.group_key`) as one
-    vectorized model per group of up to 8, storing what separate runs store up to float rounding
+    vectorized model per group of up to 8, storing bitwise what separate runs store
     (:mod:`prealign.sweep_batched`), where that is faster (:func:`prealign.sweep_batched.wins`: small networks on a CPU, any on a GPU);
     ``False``/``"off"`` trains every config alone; an int ``G >= 2`` batches every compatible
     config in groups of at most ``G``.

@@ -1,19 +1,25 @@
-"""Batched sweeps: groups of compatible runs trained as one vectorized model (issue 8).
+"""Batched sweeps: groups of compatible runs trained side by side (issue 8), each bitwise as alone.
 
 Many runs of a sweep differ only in what :func:`prealign.batched.train_runs` can vary per model
 (seed, method among bp/fa/ifa/rnp, alignment angle, noise pretraining, init scales, epochs,
 patience). :func:`group_key` says which configs may share one batched training;
 :func:`plan` cuts a sweep's pending configs into groups; :func:`train_group_task` is the sweep
 worker that trains one group and stores every run exactly as :func:`prealign.config.run` would:
-status, per-epoch records with the same keys, summary (``best_test_acc``, ``best_epoch``,
-``epochs_run``, ``diverged``, ``noise_seconds`` ...) and a :func:`prealign.train`-compatible
-checkpoint after every epoch (so ``store.load_model(run_id)`` works, and a group killed mid-way
-resumes each of its runs from its last epoch under plain :func:`prealign.config.run`).
+status, per-epoch records with the same keys and the same numbers, bitwise (wall times aside),
+summary (``best_test_acc``, ``best_epoch``, ``epochs_run``, ``diverged``, ``noise_seconds`` ...),
+final weights, and a :func:`prealign.train`-compatible checkpoint after every epoch (so
+``store.load_model(run_id)`` works, and a group killed mid-way resumes each of its runs from its
+last epoch, in a group again or alone, with the numbers of an uninterrupted run).
+
+Because a batched run equals its separate run bit for bit (:mod:`prealign.batched` says how, and
+``tests/test_batched.py`` checks it), grouping is invisible in the results: a run's stored numbers
+depend on its key (and, as for any run, on the machine and torch thread count), never on which
+other runs shared its group. ``batch_models`` changes only the wall time.
 
 Batchable (:func:`group_key` is not None) — all of:
 
 - ``model = "mlp"`` and the method's rule is ``bp`` or ``fa`` (methods bp, fa, ifa/ifa@θ, rnp: IFA
-  and RNP are FA after a one-time preparation, done per model before stacking with the same seeds
+  and RNP are FA after a one-time preparation, done per model before training with the same seeds
   and generators as :func:`prealign.config.run`; RNP's noise pretraining is itself batched across the
   group's RNP runs with equal noise settings, each model on its own noise stream). Not batchable:
   dfa, usf, brsf, frsf, kp (other backward rules), lenet/alexnet (convolutions);
@@ -22,21 +28,14 @@ Batchable (:func:`group_key` is not None) — all of:
 - the sweep runs the plain training task (no trainer callbacks such as Hessian or trajectory
   trackers: they need every step or the exact RNG stream of a lone run).
 
-Configs are grouped when they agree on everything that is shared by the stacked model: data set,
-``train_subset``, ``hidden``, ``activation``, ``batch_size``, ``lr``, ``optimizer`` (adam, adamw, sgd:
-all elementwise, so one optimizer over stacked tensors = one per model), ``weight_decay``,
-``momentum``, ``grad_alignment``, ``device``. ``epochs`` and ``patience`` may differ: each model's
-run ends at its own epoch (its weights and records stop there, it leaves the stack) as its separate
-run does (tested), and is stored finished at once.
+Configs are grouped when they agree on everything the models share in one training loop: data set,
+``train_subset``, ``val_fraction`` (one validation split, one training set), ``hidden``,
+``activation``, ``batch_size``, ``lr``, ``optimizer``, ``weight_decay``, ``momentum``,
+``grad_alignment``, ``device``. ``epochs`` and ``patience`` may differ: each model's run ends at its
+own epoch (it leaves the stack) and is stored finished at once.
 
-Per-epoch ``seconds``/``eval_seconds`` and the summary's ``seconds`` of a batched run are its share
-of the batched wall time (the group's time divided by the models trained in it).
-
-Equal up to float rounding, not bitwise: a batched GEMM rounds differently from a single one, and
-training amplifies that like any rounding change. Tested: |Δ| < 1e-5 on losses and accuracies after
-3 epochs. Measured (ifa_fig1 quick, 784-128-128-10, 15 epochs): |Δloss| ≤ 3e-4, angles ≤ 4e-4°,
-best test accuracy differing by one test image in one of 9 runs. On this CPU a model's batched result was
-bitwise the same whichever models shared its group, so a batched sweep is itself reproducible.
+Per-epoch ``seconds`` and the summary's ``seconds`` of a batched run are its share of the batched
+wall time (the group's time divided by the models trained in it); ``eval_seconds`` its own.
 """
 from __future__ import annotations
 
@@ -48,15 +47,16 @@ from collections.abc import Sequence
 
 DEFAULT_GROUP = 8  # models per batched training: on this CPU 8 beat 4 and 12 (sweep of 24 runs: 1.54x vs 1.41x, 1.37x)
 # "auto" on a CPU batches only networks this small (multiply-adds per model and training step,
-# batch_size x sum(in x out)): measured with 4 models, 1 thread, batched/separate wall time won at
-# 5M (784-100-10, batch 64: 1.5x), 11.5M (784-100-100-10, 128: 1.3x), 13M and 20M (1.2x) and lost
-# or tied at 30M (784-300-10, 128: 0.98x), 51M (784-1000-10, 64: 0.93x) and 86M (784-512-512-10, 128: 1.04x)
-AUTO_MAX_MACS = 20_000_000
+# batch_size x sum(in x out)). Measured with the bitwise engine (per-model GEMMs), 4 models, 1 thread,
+# 2 epochs of 1,000 mnist5k images and a 1,000-image test set, separate/batched CPU time: 1.10x at 5.1M
+# (784-100-10, batch 64), 1.05x at 11.4M (784-100-100-10, 128), 0.99x at 13M (784-256-10, 64),
+# 1.02x at 20M (784-200-10, 128), 1.02x at 30M (784-300-10, 128): the gain ends near 12M.
+AUTO_MAX_MACS = 12_000_000
 BATCH_RULES = ("bp", "fa")
 BATCH_OPTIMIZERS = ("adam", "adamw", "sgd")
 # RunConfig fields by how a batched group treats them
 SHARED_FIELDS = ("dataset", "train_subset", "model", "hidden", "activation", "batch_size", "lr", "optimizer",
-                 "weight_decay", "momentum", "grad_alignment", "device")
+                 "weight_decay", "momentum", "val_fraction", "grad_alignment", "device")
 PER_MODEL_FIELDS = ("method", "angle", "noise_samples", "alpha_w", "alpha_b", "same_init", "epochs", "patience", "seed",
                     "noise_batch_size", "noise_lr", "noise_distribution", "noise_std", "name")
 GROUP_TASK = "prealign.sweep_batched:train_group_task"
@@ -212,16 +212,17 @@ def _pretrain_noise(members: list, data, device) -> None:
 
 
 def train_group(configs: Sequence, store) -> list[dict | None]:
-    """Train ``configs`` (RunConfigs with one :func:`group_key`) as one batched run into ``store``.
+    """Train ``configs`` (RunConfigs with one :func:`group_key`) side by side into ``store``.
 
     Returns one worker outcome dict per config (as :func:`prealign.sweep.train_task` returns), or
-    None for a config this function left to a plain run: one whose run has a checkpoint already (an
-    interrupted run resumes where it stopped) or, if the batched training itself raised, every
-    unfinished one (the error is in ``summary["batched_error"]`` of their outcomes). A config that
-    fails to build or prepare is recorded ``failed`` on its own; the others train.
+    None for a config this function left to a plain run: every unfinished one if the batched
+    training itself raised (the error is in ``summary["batched_error"]`` of their outcomes). A run
+    with a checkpoint (an interrupted group) resumes from its last epoch inside the group, as
+    :func:`prealign.config.run` would resume it. A config that fails to build or prepare is recorded
+    ``failed`` on its own; the others train.
     """
     from .batched import train_runs
-    from .config import load_data, prepare
+    from .config import build, load_data, prepare
     from .device import resolve_device
     from .sweep import DONE, _record_failure, run_summary
 
@@ -232,26 +233,30 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     except Exception:  # noqa: BLE001 - every run will report this error itself when it runs alone
         return outs
     start = time.perf_counter()
-    members = []  # (index, config, run_id, model, noise_seconds, checkpoint)
+    members = []  # [index, config, run_id, model, noise_seconds, checkpoint, noise generator or None (resumed)]
     for i, cfg in enumerate(configs):
         row = store.find(cfg.key())
         if row is not None and row["status"] in DONE:
             outs[i] = {"key": cfg.key(), "status": row["status"], "summary": run_summary(store.result(row["id"])), "seconds": 0.0}
             continue
-        if row is not None and store.checkpoint_path(row["id"]).exists():
-            continue  # resume it alone from its last epoch
         try:
             run_id = store.start(cfg)
-            model, _, prep_gen = prepare(cfg, data, device, noise=False, progress=False)
+            ckpt = store.checkpointer(run_id)
+            state = ckpt.load()
+            if state is None:
+                model, _, prep_gen = prepare(cfg, data, device, noise=False, progress=False)
+                noise_seconds = 0.0
+            else:  # resumed: train_runs restores the weights (and feedback) from the checkpoint, as config.run
+                model, prep_gen, noise_seconds = build(cfg, data).to(device), None, state.get("noise_seconds", 0.0)
         except Exception as exc:  # noqa: BLE001 - one bad config must not stop its group
             error = f"{type(exc).__name__}: {exc}"
             _record_failure(store, cfg, error)
             outs[i] = {"key": cfg.key(), "status": "failed", "error": error, "seconds": time.perf_counter() - start}
             continue
-        members.append([i, cfg, run_id, model, 0.0, store.checkpointer(run_id), prep_gen])
+        members.append([i, cfg, run_id, model, noise_seconds, ckpt, prep_gen])
     if not members:
         return outs
-    _pretrain_noise(members, data, device)  # RNP: the models' noise pretraining, batched too
+    _pretrain_noise([m for m in members if m[6] is not None], data, device)  # RNP: noise pretraining, batched too
     for m in members:
         m[5].extra = {"noise_seconds": m[4]}
     first = members[0][1]
@@ -269,11 +274,11 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
         results = train_runs([m[3] for m in members], data, epochs=[m[1].epochs for m in members],
                              patience=[m[1].patience for m in members], seeds=[m[1].seed for m in members],
                              batch_size=first.batch_size, lr=first.lr, optimizer=first.optimizer,
-                             weight_decay=first.weight_decay, momentum=first.momentum, device=device,
-                             grad_alignment=first.grad_alignment, checkpoints=[m[5] for m in members],
+                             weight_decay=first.weight_decay, momentum=first.momentum, val_fraction=first.val_fraction,
+                             device=device, grad_alignment=first.grad_alignment, checkpoints=[m[5] for m in members],
                              callbacks=[[store.epoch_logger(m[2])] for m in members], on_done=done, progress=False,
                              description=f"{len(members)} runs batched")
-    except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the stacked model: train the rest one by one
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: train the rest one by one (they resume from their checkpoints)
         error = f"{type(exc).__name__}: {exc}"
         for position, (i, cfg, run_id, *_) in enumerate(members):
             if position in finished:
