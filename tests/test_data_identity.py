@@ -27,7 +27,6 @@ def isolated(no_data_dirs, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("tests must not touch the network")
     monkeypatch.setattr(sources, "_urlopen", no_network)
-    monkeypatch.setattr(config, "_DATA_CACHE", {})  # config.load_data caches per (data set, subset) per process
     monkeypatch.setitem(DATASETS, "kmnist", dataclasses.replace(DATASETS["kmnist"], sizes=(40, 12)))
 
 
@@ -69,7 +68,6 @@ def test_key_changes_with_the_data_and_the_store_does_not_serve_damaged_results(
     damaged = run(cfg, store, progress=False)
     damaged_key = cfg.key()
     labels.write_bytes(good[labels.name])  # repaired
-    config._DATA_CACHE.clear()
     repaired = run(cfg, store, progress=False)
     assert repaired.run_id != damaged.run_id and len(store.runs()) == 2  # trained again, not served
     assert cfg.key() != damaged_key

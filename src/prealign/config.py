@@ -270,21 +270,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 # -- running a config -----------------------------------------------------------------------
-_DATA_CACHE: dict[tuple, Any] = {}
-
-
 def load_data(config: RunConfig):
-    """The config's data set (cached per process), restricted to ``train_subset`` if set."""
-    from .data import load
+    """The config's data set, restricted to ``train_subset`` if set. The whole set comes from
+    :func:`prealign.data.identity.loaded`, the copy the run key's fingerprint was computed on
+    (cached per process, reloaded when its files change), so a run never loads its data twice."""
+    from .data.identity import loaded
 
-    key = (config.dataset, config.train_subset)
-    if key not in _DATA_CACHE:
-        ds = load(config.dataset)
-        if config.train_subset:
-            ds = ds.subset(config.train_subset)
-        _DATA_CACHE.clear()  # keep one data set in memory
-        _DATA_CACHE[key] = ds
-    return _DATA_CACHE[key]
+    ds = loaded(config.dataset)
+    return ds.subset(config.train_subset) if config.train_subset else ds
 
 
 def _seed_for(*parts) -> int:
