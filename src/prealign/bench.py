@@ -461,6 +461,14 @@ def _warm(spec: dict) -> int:
     return os.getpid()
 
 
+def _bench_worker_init(parent_pid: int) -> None:
+    """A bench worker is a sweep worker: one torch thread, and it exits when the bench process dies."""
+    from .sweep import _limit_threads, _worker_init
+
+    _worker_init(parent_pid)
+    _limit_threads()
+
+
 def bench_sweep(quick: bool, workers: int | None = None) -> list[BenchRow]:
     """N spawned single-threaded workers (a warm pool, as a long sweep has) vs the same runs serially in
     this process with all cores; one repetition = the whole sweep. Two rows: workers training one run
@@ -468,15 +476,13 @@ def bench_sweep(quick: bool, workers: int | None = None) -> list[BenchRow]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from .sweep import _limit_threads
-
     workers = workers or os.cpu_count() or 1
     runs, n_train, epochs = (4, 300, 1) if quick else (8, 1000, 2)
     specs = [{"seed": s, "n_train": n_train, "epochs": epochs} for s in range(runs)]
     threads = torch.get_num_threads()
     start = time.perf_counter()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_limit_threads)
+                               initializer=_bench_worker_init, initargs=(os.getpid(),))
     try:
         list(pool.map(_warm, [specs[0]] * workers))
         startup = time.perf_counter() - start
