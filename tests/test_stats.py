@@ -114,3 +114,27 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
     half = 1.96 * x.std(ddof=1) / math.sqrt(x.size)
     assert lo == pytest.approx(x.mean() - half, abs=0.2 * half) and hi == pytest.approx(x.mean() + half, abs=0.2 * half)
     assert all(math.isnan(v) for v in stats.bootstrap_ci(lambda u, v: u.mean() - v.mean(), [[1.0], [2.0, 3.0]]))
+
+
+def test_compare_summary_uses_exact_p_sample_std_and_labels_selection():
+    from types import SimpleNamespace
+
+    from prealign.report import summarize, table
+    from prealign.trainer import TrainResult
+
+    def res(acc, **kw):
+        return TrainResult(curves=[{"epoch": 0}], best_test_acc=acc, best_epoch=3, epochs_run=5, **kw)
+
+    groups = {"bp": [res(0.91), res(0.92), res(0.93)], "fa": [res(0.81), res(0.82), res(0.83)],
+              "ifa": [res(0.88)]}
+    rows = summarize(groups)
+    fa = next(r for r in rows if r["method"] == "fa")
+    assert fa["p_vs_bp"] == pytest.approx(0.1) and fa["best_test_acc_std"] == pytest.approx(0.01)
+    assert fa["selection"] == "test"  # results stored before TrainResult.selection: the papers' protocol
+    assert math.isnan(next(r for r in rows if r["method"] == "ifa")["p_vs_bp"])  # one seed: no p
+    columns, cells = table(rows)
+    fa_cells = dict(zip(columns, cells[1]))
+    assert fa_cells["selection"] == "test" and fa_cells["test acc (%)"] == "82.00 ± 1.00 (n=3)"
+    assert fa_cells["p vs bp"] == "0.100" and dict(zip(columns, cells[2]))["p vs bp"] == "—"
+    val = [SimpleNamespace(**{**vars(r), "selection": "val"}) for r in groups["fa"]]
+    assert summarize({"fa": val})[0]["selection"] == "val"
