@@ -321,10 +321,10 @@ def _group_test(claim: dict, data: _Data) -> _Outcome:
         n_text = str(d.size)
         head = [("mean", float(np.mean(a[0])))]
     else:  # trend
-        where = dict(claim.get("a", {}))
+        where = data.resolve(claim.get("a", {}))
         xs, ys = [], []
         for r in data.rows:
-            if _matches(r, data.resolve(where)) and _finite(r, claim["x"]) is not None and _finite(r, metric) is not None:
+            if _matches(r, where) and _finite(r, claim["x"]) is not None and _finite(r, metric) is not None:
                 xs.append(_finite(r, claim["x"]))
                 ys.append(_finite(r, metric))
         if len(xs) < 3 or len(set(xs)) < 2:
