@@ -27,7 +27,8 @@ Declared with each claim: ``test`` = ``"greater"`` (the default: a > b, value, o
 | ``"less"`` | ``"two-sided"`` | ``"exact"``; ``alpha`` (default 0.05); ``min_effect`` (default 0,
 trend 0.3 in ρ); ``margin`` (two groups: a − b is compared with it, e.g. −0.01 for "within one
 point of BP or better"). The minimum effect actually used is ``max(min_effect, seed spread)``:
-the pooled sample std over seeds of the values tested (within each cell of the other grid axes).
+the pooled sample std over seeds of the values tested (within each cell of the other grid axes;
+none with one seed per cell, where the declared minimum alone applies).
 
 **held**: the test in the declared direction has p ≤ α *and* the effect ≥ the minimum effect.
 **not held**: evidence against — significant (p ≤ α) in the opposite direction, or the 95 %
