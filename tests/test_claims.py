@@ -161,11 +161,11 @@ def test_stand_in_data_is_named_in_the_claim_row():
     from prealign.experiments.runner import stand_in_text
 
     exp = load("ifa_fig4")
-    assert stand_in_text(exp, "quick", []) == "mnist5k for cifar10"
+    assert stand_in_text(exp, "quick", []) == "mnist5k in place of the paper's cifar10"
     assert stand_in_text(exp, "paper", []) == ""
     note = "second digit source: uci-digits (8x8 resized to 28x28, USPS stand-in)"
     assert note in stand_in_text(load("rnp_fig_s17"), "paper", ["meta-loss tasks: mnist", note])
     rows = rows_of({"ifa": [0.89, 0.90, 0.88], "fa": [0.80, 0.82, 0.81]})
-    v = check_claim(claim(), rows, "ifa_fig4", stand_in="mnist5k for cifar10")
+    v = check_claim(claim(), rows, "ifa_fig4", stand_in="mnist5k in place of the paper's cifar10")
     md = checklist_markdown([v])
-    assert "stand-in: mnist5k for cifar10" in md and "✅ held" in md and "0 inconclusive" in md
+    assert "stand-in: mnist5k in place of the paper's cifar10" in md and "✅ held" in md and "0 inconclusive" in md

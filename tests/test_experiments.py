@@ -141,7 +141,7 @@ def test_every_experiment_runs_at_smoke(tmp_path):
         for png in r.folder.glob("*.png"):
             assert png.stat().st_size > 1000
     claims = (tmp_path / "out" / "claims.md").read_text()
-    assert "| ifa_fig1 |" in claims and "stand-in: digits for" in claims
+    assert "| ifa_fig1 |" in claims and "stand-in: digits in place of the paper's" in claims
     assert sum(len(load(n).claims) for n in names()) == claims.count("\n| ") - 1  # one row per claim
     # one seed at smoke: no claim with a statistical test can be held
     assert "✅ held" not in "\n".join(l for l in claims.splitlines() if "exact:" not in l)

@@ -205,7 +205,7 @@ def stand_in_text(exp: Experiment, budget: str, notes: list[str]) -> str:
     """What a claim of ``exp`` was checked on instead of the paper's data, or ``""``: the budget's
     stand-in data sets and any substitute an analysis chose (its note says "stand-in")."""
     paper_list, stand_in = _stand_in_data(exp, budget)
-    parts = [f"{', '.join(stand_in)} for {', '.join(paper_list)}"] if stand_in else []
+    parts = [f"{', '.join(stand_in)} in place of the paper's {', '.join(paper_list)}"] if stand_in else []
     parts += [n for n in notes if "stand-in" in n or "stand in" in n]
     return "; ".join(parts)
 
