@@ -49,7 +49,8 @@ def test_compare_table_on_stdout(tmp_path, capsys):
     code, out, err = _run(capsys, ["--quiet", "compare", "--seeds", "2", "--epochs", "1", "--methods", "bp,fa",
                                    "--workers", "1", "--out", str(tmp_path)])
     assert code == 0, err
-    assert "best test acc (%)" in out and "p vs bp" in out and "±" in out and "report.md" in out
+    assert "test acc (%)" in out and "p vs bp" in out and "±" in out and "report.md" in out
+    assert "(n=2)" in out and "selection" in out
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -1,9 +1,11 @@
 """Summaries, tables and the Markdown report of a comparison (``prealign compare``).
 
 ``summarize(groups)`` turns ``{method label: [TrainResult per seed]}`` into one row per method:
-best test accuracy mean ± std, best epoch, final alignment angle per layer (mean over seeds,
-degrees), wall time, and two-sided Wilcoxon rank-sum p-values of the per-seed best accuracies
-against ``bp`` and against ``fa`` (:mod:`prealign.analysis.stats`).
+best test accuracy mean ± sample std (n seeds), best epoch, final alignment angle per layer
+(mean over seeds, degrees), wall time, the model-selection protocol (``selection``: ``"val"`` =
+test accuracy at the best-validation epoch, ``"test"`` = the papers' best test accuracy), and
+exact two-sided Wilcoxon rank-sum p-values of the per-seed best accuracies against ``bp`` and
+against ``fa`` (:mod:`prealign.analysis.stats`; none with one seed).
 """
 from __future__ import annotations
 
@@ -35,11 +37,17 @@ def layer_keys(groups) -> list[str]:
 
 
 def _p(best: dict, label: str, ref: str) -> float:
-    """Rank-sum p of ``label`` vs ``ref``; NaN unless both have at least 2 seeds (one value per side
-    gives no test)."""
-    if ref not in best or label == ref or min(len(best[label]), len(best[ref])) < 2:
+    """Exact two-sided rank-sum p of ``label`` vs ``ref``; NaN unless both have at least 2 seeds."""
+    if ref not in best or label == ref:
         return float("nan")
     return ranksum(best[label], best[ref])
+
+
+def selection_of(results) -> str:
+    """``"val"`` / ``"test"`` of the runs (``TrainResult.selection``; results stored before it
+    existed were selected on test), ``"mixed"`` if they differ."""
+    found = {getattr(r, "selection", None) or "test" for r in results}
+    return found.pop() if len(found) == 1 else "mixed"
 
 
 def summarize(groups: dict[str, list]) -> list[dict[str, Any]]:
@@ -51,7 +59,8 @@ def summarize(groups: dict[str, list]) -> list[dict[str, Any]]:
         acc_m, acc_s = mean_std(best[label])
         ep_m, ep_s = mean_std([r.best_epoch for r in results])
         row = {
-            "method": label, "seeds": len(results), "best_test_acc_mean": acc_m, "best_test_acc_std": acc_s,
+            "method": label, "seeds": len(results), "selection": selection_of(results),
+            "best_test_acc_mean": acc_m, "best_test_acc_std": acc_s,
             "best_test_acc": best[label], "best_epoch_mean": ep_m, "best_epoch_std": ep_s,
             "epochs_run": [r.epochs_run for r in results], "diverged": sum(r.diverged for r in results),
             "rule": (results[0].config or {}).get("method", label) if results else label,
@@ -73,16 +82,16 @@ def summarize(groups: dict[str, list]) -> list[dict[str, Any]]:
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells: accuracy in percent, angles in degrees."""
     layers = list(rows[0]["final_angle"]) if rows else []
-    columns = (["method", "best test acc (%)", "best epoch"] + [f"∠W,B L{i + 1} (°)" for i in range(len(layers))]
+    columns = (["method", "selection", "test acc (%)", "best epoch"] + [f"∠W,B L{i + 1} (°)" for i in range(len(layers))]
                + ["wall (s)", "p vs bp", "p vs fa"])
     cells = []
     for r in rows:
         bp_like = r["method"].split("@")[0] == "bp"
         angles = ["—" if bp_like or not math.isfinite(r["final_angle"][k]) else f"{r['final_angle'][k]:.1f}" for k in layers]
-        acc = fmt_pm(r["best_test_acc_mean"], r["best_test_acc_std"], 100.0)
+        acc = fmt_pm(r["best_test_acc_mean"], r["best_test_acc_std"], 100.0, n=r["seeds"])
         if r["diverged"]:
             acc += f" ({r['diverged']} diverged)"
-        cells.append([r["method"], acc, f"{r['best_epoch_mean']:.1f}", *angles, f"{r['wall_seconds']:.1f}",
+        cells.append([r["method"], r.get("selection", "test"), acc, f"{r['best_epoch_mean']:.1f}", *angles, f"{r['wall_seconds']:.1f}",
                       fmt_p(r["p_vs_bp"]), fmt_p(r["p_vs_fa"])])
     return columns, cells
 
@@ -134,12 +143,14 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
         f"# prealign compare — {title}", "",
         budget, "",
         markdown_table(columns, cells), "",
-        "Best test accuracy: mean ± sample std over seeds of each run's best epoch (patience: "
-        f"{settings.get('patience') or 'none'}). ∠W,B: alignment angle between forward weights W and feedback B per layer "
+        "Test acc: mean ± sample std (ddof = 1) over the n seeds of each run's test accuracy at its selected epoch. "
+        "Selection `val`: the epoch of best validation accuracy (held-out part of the training set), patience on "
+        "validation; `test`: the papers' protocol, the epoch of best test accuracy, patience on test (optimistic) "
+        f"(patience: {settings.get('patience') or 'none'}). ∠W,B: alignment angle between forward weights W and feedback B per layer "
         "at the last epoch, mean over output neurons and seeds, in degrees (90° = unaligned; "
         + ", ".join(f"L{i + 1} = module `{n}`" for i, n in enumerate(layer_names))
-        + "; the first layer's B carries no learning signal). p: two-sided Wilcoxon rank-sum test of the per-seed best "
-        "accuracies (with 3 seeds the smallest attainable p is 0.05). Wall time: training + measurements + noise "
+        + "; the first layer's B carries no learning signal). p: exact two-sided Wilcoxon rank-sum test of the per-seed "
+        "accuracies (none with one seed; with 3 vs 3 seeds the smallest attainable p is 0.1). Wall time: training + measurements + noise "
         "pretraining, summed over seeds.", "",
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
         "## Alignment over training", "",

@@ -114,8 +114,8 @@ def train_task(config: dict, store_path: str, callbacks=()) -> dict:
 
 def run_summary(result) -> dict:
     """The per-run summary a sweep outcome carries (from a :class:`~prealign.trainer.TrainResult`)."""
-    return {"best_test_acc": result.best_test_acc, "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
+    return {"best_test_acc": result.best_test_acc, "best_val_acc": result.best_val_acc, "selection": result.selection,
+            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
 
 
 def _record_failure(store, cfg, error: str) -> None:

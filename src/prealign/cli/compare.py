@@ -138,7 +138,9 @@ def main(args) -> int:
 
     columns, cells = table(summary["methods"])
     console = _console()
-    console.print(rich_table(columns, cells, title=f"{args.dataset}, {arch} — best test accuracy over "
+    selection = ", ".join(sorted({m["selection"] for m in summary["methods"]}))
+    console.print(rich_table(columns, cells, title=f"{args.dataset}, {arch} — test accuracy at the selected epoch "
+                                                    f"(selection: {selection}), mean ± sample std over "
                                                     f"{len(settings['seeds'])} seed(s); angles in degrees"))
     console.print(budget_line(settings), style="dim")
     layers = ", ".join(f"{k} = layer `{v}`" for k, v in summary["layers"].items())

@@ -20,8 +20,8 @@ def register(sub) -> None:
     p = sub.add_parser("reproduce", help="regenerate every figure/table of both papers, with a claims checklist",
                        description="Run the declarative experiment behind a paper figure or table (or all of them): "
                                    "a resumable sweep into the result store, the analyses, figures mirroring the "
-                                   "paper's panels, tables (mean ± std, rank-sum p) and a report with each claim "
-                                   "held / not held / not run.")
+                                   "paper's panels, tables (mean ± sample std, exact rank-sum p) and a report with each "
+                                   "claim held / not held / inconclusive / not run from its declared test.")
     p.add_argument("name", nargs="?", help="experiment name (see --list), a comma-separated list, a prefix glob "
                                            "such as 'ifa_*', a path to a .toml file, or 'all'")
     p.add_argument("--list", action="store_true", help="list the experiments with paper reference, models, data, budgets")

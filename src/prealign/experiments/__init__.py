@@ -20,8 +20,8 @@ Each ``*.toml`` file beside this module is one figure or table of one paper. Its
                  measure on the trained runs (or, with ``track``, during training).
 ``[[output]]``   ``kind`` = ``curves`` | ``alignment`` | ``line`` | ``heatmap`` | ``series`` | ``table``
                  | ``density``, with ``panel`` (the paper's panel letters) — figures and tables.
-``[[claim]]``    ``id``, ``text``, ``check`` (an expression over the results, see
-                 :mod:`prealign.experiments.claims`).
+``[[claim]]``    ``id``, ``text`` and a declared test (``metric``, ``a``, ``b`` | ``value`` | ``x``,
+                 ``test``, ``alpha``, ``min_effect``…, see :mod:`prealign.experiments.claims`).
 """
 from __future__ import annotations
 
@@ -195,9 +195,12 @@ def parse(text: str, name: str = "<string>", path: str = "") -> Experiment:
             raise ConfigError(f"experiment {name}: grid axis '{axis}' must be a non-empty list")
     claims = data.get("claim", [])
     for c in claims:
-        for key in ("id", "text", "check"):
+        for key in ("id", "text"):
             if key not in c:
                 raise ConfigError(f"experiment {name}: a [[claim]] lacks '{key}'")
+        from .claims import validate as validate_claim
+
+        validate_claim(c, f"experiment {name}: claim")
     return Experiment(name=name, paper=paper, base=data.get("base", {}), grid=grid, budgets=budgets,
                       analyses=data.get("analysis", []), outputs=data.get("output", []), claims=claims, path=path,
                       reference=data.get("reference", {}))

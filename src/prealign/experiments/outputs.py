@@ -10,8 +10,9 @@ Each ``[[output]]`` of an experiment file is one of:
 ``series``    columns ``<prefix>@<value>`` (e.g. ``fgsm@0.03``) as a curve over the value, per ``group``
 ``density``   the Hessian spectral densities, per ``group``
 ``landscape`` the perturbed-loss surfaces, one panel per ``group``
-``table``     markdown: ``metric`` mean ± std per ``rows`` × ``cols``, with the rank-sum p-value
-              against ``reference`` (a ``{field = value}`` table) in the same row/column cell
+``table``     markdown: ``metric`` mean ± sample std (n) per ``rows`` × ``cols``, with the exact
+              two-sided rank-sum p against ``reference`` (a ``{field = value}`` table) in the same
+              row/column cell, and the model-selection protocol of the runs
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis import stats
 from ..plot_style import (integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels,
                           shared_norm)
-from . import stats
 from .analyses import Unavailable
 
 PERCENT = ("acc",)  # metrics with these substrings are fractions shown in percent
@@ -407,8 +408,20 @@ FIGURES = {"order": order, "erank": erank, "spectra": spectra, "meta": meta, "cu
            "trajectory": trajectory}
 
 
+SELECTION = {"test": "test (papers' protocol: best test accuracy, patience on test)",
+             "val": "val (test accuracy at the best-validation epoch)"}
+
+
+def selection_label(rows) -> str:
+    """The model-selection protocol of result rows (``selection`` column, ``"test"`` when absent):
+    ``"test (papers' protocol: …)"``, or ``"mixed: …"`` when the runs differ."""
+    found = sorted({r.get("selection") or "test" for r in rows})
+    return SELECTION.get(found[0], found[0]) if len(found) == 1 else "mixed: " + ", ".join(found)
+
+
 def table(out, ctx) -> str:
-    """Markdown table of ``metric``: mean ± std per cell, p vs ``reference`` in the same cell group."""
+    """Markdown table of ``metric``: mean ± sample std (n) per cell, the exact two-sided rank-sum p
+    vs ``reference`` in the same cell group (:mod:`prealign.analysis.stats`), the selection protocol."""
     metric = out["metric"]
     rows_by = out.get("rows", ["method"])
     rows_by = [rows_by] if isinstance(rows_by, str) else rows_by
@@ -435,23 +448,22 @@ def table(out, ctx) -> str:
         cells = []
         for c in cols:
             vals = cell_vals(key, c)
-            if len(vals) == 1:  # one seed: no spread to report
-                text = f"{vals[0] * scale:.2f} (n=1)"
-            else:
-                text = stats.fmt_mean_std(vals, scale) + (f" (n={len(vals)})" if out.get("show_n") else "")
+            text = stats.fmt_values(vals, scale)  # one seed: no ± (and no p below)
             if ref and vals and not all(dict(zip(rows_by, key)).get(f) == v for f, v in ref.items()):
-                ref_vals = cell_vals(key, c, ref)
-                if ref_vals:
-                    text += f", p={stats.fmt_p(stats.ranksum(vals, ref_vals))}"
+                p = stats.ranksum(vals, cell_vals(key, c, ref))
+                if math.isfinite(p):
+                    text += f", p={stats.fmt_p(p)}"
             ref_key = "/".join([str(k) for k in key] + ([str(c)] if col else []))
             if ref_key in paper:
                 text += f" (paper: {paper[ref_key]})"
             cells.append(text)
         lines.append("| " + " | ".join([str(k) for k in key] + cells) + " |")
-    note = f"\n\n{_label(metric)}: mean ± std over seeds"
+    note = (f"\n\nSelection: {selection_label([r.row for r in runs])}. {_label(metric)}: mean ± sample std (ddof = 1) "
+            "over seeds, n = number of seeds")
     if paper:
         note += "; (paper: …) = the value the paper reports for that cell"
     if ref:
-        note += ("; p: two-sided Wilcoxon rank-sum test against "
-                 + ", ".join(f"{k}={v}" for k, v in ref.items()) + " in the same cell (* p < 0.05)")
+        note += ("; p: exact two-sided Wilcoxon rank-sum test against "
+                 + ", ".join(f"{k}={v}" for k, v in ref.items()) + " in the same cell (none with one seed; the "
+                 "smallest p with 3 vs 3 seeds is 0.1)")
     return "\n".join(lines) + note

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import PAPERS, Experiment, method_label
 from . import analyses as an
 from . import outputs as outs
-from .claims import Verdict, check_claim, checklist_markdown
+from .claims import Verdict, check_claim, checklist_markdown, describe
 
 STANDARD_METRICS = ("best_test_acc", "final_test_acc", "max_train_acc", "max_test_acc", "final_train_loss",
                     "final_test_loss", "gen_error", "auc_test_acc", "best_epoch", "epochs_run", "diverged")
@@ -169,6 +169,7 @@ def _collect(points, store) -> list[RunInfo]:
         row = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool)) or v is None}
         row.update({k: v for k, v in p["axes"].items()})
         row["method"] = method_label(d)
+        row["selection"] = summary.get("selection", "test")  # rows stored before TrainResult.selection: test
         row["depth"] = len(d.get("hidden", [])) + 1
         row["train_size"] = d.get("train_subset")
         row["angle"] = d.get("angle") if d.get("method") == "ifa" else (90.0 if d.get("method") in ("fa", "rnp") else None)
@@ -193,11 +194,25 @@ class ExperimentResult:
     missing: list
 
 
-def _data_note(exp: Experiment, budget: str) -> str:
+def _stand_in_data(exp: Experiment, budget: str) -> tuple[list[str], list[str]]:
+    """(the paper's data sets, the budget's data sets that are not among them)."""
     paper_data = exp.paper.get("data") or exp.datasets("paper")
-    used = exp.datasets(budget)
     paper_list = paper_data if isinstance(paper_data, list) else [paper_data]
-    stand_in = [d for d in used if d not in paper_list]
+    return paper_list, [d for d in exp.datasets(budget) if d not in paper_list]
+
+
+def stand_in_text(exp: Experiment, budget: str, notes: list[str]) -> str:
+    """What a claim of ``exp`` was checked on instead of the paper's data, or ``""``: the budget's
+    stand-in data sets and any substitute an analysis chose (its note says "stand-in")."""
+    paper_list, stand_in = _stand_in_data(exp, budget)
+    parts = [f"{', '.join(stand_in)} in place of the paper's {', '.join(paper_list)}"] if stand_in else []
+    parts += [n for n in notes if "stand-in" in n or "stand in" in n]
+    return "; ".join(parts)
+
+
+def _data_note(exp: Experiment, budget: str) -> str:
+    paper_list, stand_in = _stand_in_data(exp, budget)
+    used = exp.datasets(budget)
     if not stand_in:
         return f"Data: {', '.join(used)} (as in the paper)."
     return (f"**Stand-in data.** The paper uses {', '.join(paper_list)}; this `{budget}` budget uses "
@@ -276,7 +291,8 @@ def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor:
             missing.append((panel, f"failed: {type(exc).__name__}: {exc}"))
 
     rows = [r.row for r in ctx.done_runs()]
-    verdicts = [check_claim(c, rows, exp.name) for c in exp.claims]
+    axes, stand_in = list(exp.settings(budget)[1]), stand_in_text(exp, budget, ctx.notes)
+    verdicts = [check_claim(c, rows, exp.name, axes=axes, stand_in=stand_in) for c in exp.claims]
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "diverged", "failed", "running", "not run")}
     _write_csv(folder / "results.csv", [r.row for r in runs])
     (folder / "tables.md").write_text("\n\n".join(f"### {p} {t}\n\n{md}" for p, t, md in tables) + "\n")
@@ -347,7 +363,7 @@ def reproduce_many(experiments: list[Experiment], budget: str, store, out: str |
             if isinstance(exc, PrealignError) and len(experiments) == 1:
                 raise
             crashed.append((exp.name, f"{type(exc).__name__}: {exc}"))
-            verdicts += [Verdict(c["id"], c["text"], c["check"], "not run", reason=f"experiment crashed: {exc}",
+            verdicts += [Verdict(c["id"], c["text"], describe(c), "not run", reason=f"experiment crashed: {exc}",
                                  experiment=exp.name) for c in exp.claims]
             continue
         results.append(res)
