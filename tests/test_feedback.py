@@ -432,4 +432,5 @@ def test_compare_summary_keeps_angle_columns_when_bp_comes_first():
     rows = summarize({"bp": [bp], "fa": [fa]})
     assert rows[1]["final_angle"] == {"1": 90.0, "3": 80.0}
     columns, cells = table(rows)
-    assert "∠W,B L2 (°)" in columns and cells[1][4] == "80.0" and cells[0][4] == "—"
+    l2 = columns.index("∠W,B L2 (°)")
+    assert cells[1][l2] == "80.0" and cells[0][l2] == "—"
