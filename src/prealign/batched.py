@@ -55,11 +55,10 @@ from .data import holdout_validation
 from .device import resolve_device
 from .errors import ConfigError, PrealignError
 from .feedback import FeedbackLayer
-from .init import alignment_angles
 from .models import ACTIVATIONS
 from .progress import progress_bar
-from .trainer import (CHECKPOINT_FORMAT, GRAD_BATCH, TensorData, TrainResult, _check_resumable, _make_optimizer,
-                      checkpoint_settings, evaluate, gradient_alignment, measurement_guard)
+from .trainer import (CHECKPOINT_FORMAT, TensorData, TrainResult, _check_resumable, _make_optimizer,
+                      checkpoint_settings, gradient_batch, measure_epoch)
 
 BATCHED_RULES = ("bp", "fa")
 _ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
@@ -389,26 +388,12 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             done_at_start.append(j)
 
     def measure(j: int, record: dict) -> None:
-        """The trainer's measurements of model j (losses, accuracies, angles, callbacks), in its order."""
-        t, model = time.perf_counter(), models[j]
-        with measurement_guard(model):  # as train(): measuring leaves the training as it was
-            if record["epoch"] == 0:
-                record["train_loss"], record["train_acc"] = evaluate(model, xtr, ytr, eval_batch_size)
-            if has_val:
-                record["val_loss"], record["val_acc"] = evaluate(model, xval, yval, eval_batch_size)
-            record["test_loss"], record["test_acc"] = evaluate(model, xte, yte, eval_batch_size)
-            for name, deg in alignment_angles(model).items():
-                record[f"angle/{name}"] = deg
-            if grad_alignment:
-                if j not in grad_batches:  # the trainer's fixed batch, from its own stream
-                    gi = torch.randperm(n, generator=torch.Generator().manual_seed(seeds[j] + 7919))[:GRAD_BATCH].to(dev)
-                    grad_batches[j] = (xtr[gi], ytr[gi])
-                for name, deg in gradient_alignment(model, *grad_batches[j]).items():
-                    record[f"grad_angle/{name}"] = deg
-            for cb in callbacks[j]:
-                if hasattr(cb, "on_epoch_end"):
-                    cb.on_epoch_end(record["epoch"], model, data, record)
-        record["eval_seconds"] = time.perf_counter() - t
+        """The trainer's measurements of model j (:func:`prealign.trainer.measure_epoch`)."""
+        if grad_alignment and j not in grad_batches:
+            grad_batches[j] = gradient_batch(xtr, ytr, seeds[j])
+        measure_epoch(models[j], record, train=(xtr, ytr), val=(xval, yval) if has_val else None, test=(xte, yte),
+                      grad_batch=grad_batches.get(j), data=data, eval_batch_size=eval_batch_size,
+                      callbacks=[cb.on_epoch_end for cb in callbacks[j] if hasattr(cb, "on_epoch_end")])
 
     def update_best(j: int, record: dict) -> None:
         res, acc = results[j], record["val_acc" if has_val else "test_acc"]

@@ -385,6 +385,40 @@ def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> di
             for name, _ in layers}
 
 
+def gradient_batch(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed batch gradient alignment is measured on: :data:`GRAD_BATCH` training samples drawn
+    from a stream of its own (``seed + 7919``), so drawing it never moves the batch-order generator."""
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(int(seed) + 7919))[:GRAD_BATCH].to(x.device)
+    return x[idx], y[idx]
+
+
+def measure_epoch(model: nn.Module, record: dict, *, train, val, test, grad_batch=None, callbacks=(), data=None,
+                  eval_batch_size: int = 4096) -> dict:
+    """The end-of-epoch measurements of one run, added to ``record`` (the per-epoch record of
+    :func:`train`, in its key order), all under :func:`measurement_guard`: at epoch 0 the training
+    loss/accuracy (one no-grad pass over ``train = (x, y)``), the validation (``val``, or None) and
+    test loss/accuracy, the angles of :func:`prealign.alignment_angles`, gradient alignment on
+    ``grad_batch = (x, y)`` (None: not measured), then each ``callbacks`` entry
+    ``fn(epoch, model, data, record)``; ``eval_seconds`` last. Used by :func:`train` and by
+    :func:`prealign.batched.train_runs`, so both record exactly the same."""
+    t = time.perf_counter()
+    with measurement_guard(model):
+        if record["epoch"] == 0:
+            record["train_loss"], record["train_acc"] = evaluate(model, *train, eval_batch_size)
+        if val is not None:
+            record["val_loss"], record["val_acc"] = evaluate(model, *val, eval_batch_size)
+        record["test_loss"], record["test_acc"] = evaluate(model, *test, eval_batch_size)
+        for name, deg in alignment_angles(model).items():
+            record[f"angle/{name}"] = deg
+        if grad_batch is not None:
+            for name, deg in gradient_alignment(model, *grad_batch).items():
+                record[f"grad_angle/{name}"] = deg
+        for fn in callbacks:
+            fn(record["epoch"], model, data, record)
+    record["eval_seconds"] = time.perf_counter() - t
+    return record
+
+
 def _make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     params = list(params)
     # the fused kernels update every tensor in one pass (on CPU ~6x faster than the per-tensor default)
@@ -481,8 +515,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
     gen = torch.Generator().manual_seed(int(seed))
     # one fixed batch for gradient alignment, drawn from its own stream (does not move `gen`)
-    grad_idx = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))[:GRAD_BATCH].to(dev)
-    grad_x, grad_y = xtr[grad_idx], ytr[grad_idx]
+    grad_xy = gradient_batch(xtr, ytr, seed)
     step_cbs = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
     epoch_cbs = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
     ckpt = _as_checkpoint(checkpoint)
@@ -510,22 +543,9 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
             first_epoch = epochs + 1
 
     def measure(epoch: int, record: dict) -> dict:
-        t = time.perf_counter()
-        with measurement_guard(model):
-            if epoch == 0:
-                record["train_loss"], record["train_acc"] = evaluate(model, xtr, ytr, eval_batch_size)
-            if has_val:
-                record["val_loss"], record["val_acc"] = evaluate(model, xva, yva, eval_batch_size)
-            record["test_loss"], record["test_acc"] = evaluate(model, xte, yte, eval_batch_size)
-            for name, deg in alignment_angles(model).items():
-                record[f"angle/{name}"] = deg
-            if grad_alignment:
-                for name, deg in gradient_alignment(model, grad_x, grad_y).items():
-                    record[f"grad_angle/{name}"] = deg
-            for cb in epoch_cbs:
-                cb(epoch, model, data, record)
-        record["eval_seconds"] = time.perf_counter() - t
-        return record
+        return measure_epoch(model, record, train=(xtr, ytr), val=(xva, yva) if has_val else None, test=(xte, yte),
+                             grad_batch=grad_xy if grad_alignment else None, callbacks=epoch_cbs, data=data,
+                             eval_batch_size=eval_batch_size)
 
     def save(epoch: int, done: bool = False) -> None:
         if ckpt is None:
