@@ -327,7 +327,7 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
     the run is registered, so a bad one raises without storing a failed run. Returns a
     :class:`~prealign.trainer.TrainResult` (``result.run_id`` set with a store).
     """
-    from .data.base import holdout_validation
+    from .data.base import validation_size
     from .device import resolve_device
     from .trainer import TrainResult, train
 
@@ -345,7 +345,7 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
     except (RuntimeError, AssertionError) as err:
         raise PrealignError(f"device {config.device!r} cannot be used here ({str(err).splitlines()[0]}); "
                             f"use --device auto, cpu or an existing cuda:N") from None
-    holdout_validation(data, config.val_fraction)
+    validation_size(len(data.y_train), config.val_fraction)
     if store is not None:
         run_id = store.start(config)
         ckpt = store.checkpointer(run_id)

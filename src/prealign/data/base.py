@@ -84,6 +84,17 @@ class Dataset:
 TENSOR_FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val")
 
 
+def validation_size(n: int, fraction: float) -> int:
+    """How many of ``n`` training samples :func:`holdout_validation` holds out: ``round(fraction · n)``
+    (0 for ``fraction = 0``); raises a one-line PrealignError when that leaves either side empty."""
+    fraction = float(fraction)
+    n_val = round(fraction * n)
+    if fraction != 0 and (not 0 < fraction < 1 or not 0 < n_val < n):
+        raise PrealignError(f"val_fraction={fraction} leaves no validation or no training sample out of {n}; "
+                            f"choose a fraction in (0, 1) with at least one sample on each side (0 for none)")
+    return n_val if fraction else 0
+
+
 def holdout_validation(data, fraction: float, *, seed: int = 0):
     """``data`` with a fraction of its training set held out as a validation set (model selection).
 
@@ -94,14 +105,10 @@ def holdout_validation(data, fraction: float, *, seed: int = 0):
     papers' protocol: select on the test set). ``data``: a :class:`Dataset`,
     :class:`prealign.trainer.TensorData` or any dataclass with those fields.
     """
-    fraction = float(fraction)
-    if fraction == 0:
-        return data
     n = len(data.y_train)
-    n_val = round(fraction * n)
-    if not 0 < fraction < 1 or not 0 < n_val < n:
-        raise PrealignError(f"val_fraction={fraction} leaves no validation or no training sample out of {n}; "
-                            f"choose a fraction in (0, 1) with at least one sample on each side (0 for none)")
+    n_val = validation_size(n, fraction)
+    if n_val == 0:
+        return data
     if getattr(data, "x_val", None) is not None:
         raise PrealignError("the data already has a validation set (x_val); use val_fraction=0 to keep it")
     perm = np.random.default_rng(seed).permutation(n)
