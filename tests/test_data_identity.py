@@ -6,7 +6,6 @@ import time
 import numpy as np
 import pytest
 
-import prealign.config as config
 import prealign.data as data
 from prealign.cli import main
 from prealign.config import RunConfig, run

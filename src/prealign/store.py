@@ -112,11 +112,16 @@ class _StoreCheckpoint:
         self.store, self.run_id, self.extra = store, run_id, {}
         self.file = FileCheckpoint(store.checkpoint_path(run_id), key=store.get(run_id)["key"])
         self.path = self.file.path
+        self._loaded: tuple | None = None  # (state,) read once: config.run and the trainer both ask for it
 
     def load(self) -> dict | None:
-        return self.file.load()
+        """The run's checkpoint (None when there is none), read and verified once until the next save."""
+        if self._loaded is None:
+            self._loaded = (self.file.load(),)
+        return self._loaded[0]
 
     def save(self, state: dict) -> None:
+        self._loaded = None
         self.file.save({**state, **self.extra})
 
 
