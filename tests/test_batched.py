@@ -1,4 +1,4 @@
-"""Runs trained side by side (prealign.batched) are bitwise the runs prealign.train trains alone."""
+"""Runs trained side by side (prealign.run.batched) are bitwise the runs prealign.train trains alone."""
 import copy
 import inspect
 import math
@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import prealign as pa
-from prealign.batched import ModelStack, StackedLinear, pretrain_noise_batched, train_batched, train_runs
+from prealign.run.batched import ModelStack, StackedLinear, pretrain_noise_batched, train_batched, train_runs
 from prealign.data import holdout_validation
 from prealign.errors import ConfigError, PrealignError
-from prealign.trainer import FileCheckpoint, TensorData, evaluate, train
+from prealign.run.trainer import FileCheckpoint, TensorData, evaluate, train
 
 DIMS = [20, 16, 12, 3]
 

@@ -10,10 +10,10 @@ import torch
 
 import prealign as pa
 from prealign.cli import main
-from prealign.config import RunConfig, run
+from prealign.run.config import RunConfig, run
 from prealign.errors import PrealignError
-from prealign.store import Store
-from prealign.trainer import TensorData, train
+from prealign.run.store import Store
+from prealign.run.trainer import TensorData, train
 
 
 def _data(n_train=128, n_test=32, seed=0):

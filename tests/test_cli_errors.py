@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from prealign.cli import main
-from prealign.config import RunConfig
-from prealign.store import Store
+from prealign.run.config import RunConfig
+from prealign.run.store import Store
 
 
 def _tree(folder: Path) -> dict:

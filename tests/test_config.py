@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import prealign as pa
-from prealign.config import RunConfig, build, parse_overrides, run
+from prealign.run.config import RunConfig, build, parse_overrides, run
 from prealign.errors import ConfigError, PrealignError, UnknownNameError
-from prealign.trainer import TensorData
+from prealign.run.trainer import TensorData
 
 
 def test_unknown_key_names_key_and_lists_valid_ones():
@@ -119,7 +119,7 @@ def test_unknown_dataset_is_one_clear_error():
 
 
 def test_bad_device_raises_before_any_run_is_stored(tmp_path):
-    from prealign.store import Store
+    from prealign.run.store import Store
 
     store = Store(tmp_path)
     cfg = RunConfig(method="fa", hidden=(8,), epochs=1, batch_size=16, seed=0, device="cpu")
@@ -132,7 +132,7 @@ def test_bad_device_raises_before_any_run_is_stored(tmp_path):
 
 
 def test_run_selects_on_validation_by_default_and_stores_the_selection(tmp_path):
-    from prealign.store import Store
+    from prealign.run.store import Store
 
     store = Store(tmp_path)
     cfg = RunConfig(method="fa", hidden=(8,), epochs=2, batch_size=16, lr=1e-2, seed=0, device="cpu")

@@ -11,7 +11,7 @@ import pytest
 
 import prealign.data as data
 from prealign.cli import main
-from prealign.config import RunConfig, run
+from prealign.run.config import RunConfig, run
 from prealign.data import sources
 from prealign.data.registry import DATASETS
 from prealign.errors import PrealignError

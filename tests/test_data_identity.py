@@ -8,10 +8,10 @@ import pytest
 
 import prealign.data as data
 from prealign.cli import main
-from prealign.config import RunConfig, run
+from prealign.run.config import RunConfig, run
 from prealign.data import identity, sources
 from prealign.data.registry import DATASETS
-from prealign.store import Store
+from prealign.run.store import Store
 from test_data_checks import write_idx
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from prealign.config import RunConfig
+from prealign.run.config import RunConfig
 from prealign.data.registry import DATASETS
 from prealign.errors import ConfigError, PrealignError
 from prealign.experiments import BUDGETS, desugar, load, load_all, names, parse
@@ -128,7 +128,7 @@ def test_table_mean_std_and_p(tmp_path):
 def test_every_experiment_runs_at_smoke(tmp_path):
     """The whole pipeline — sweep, analyses, figures, tables, claims, report — for every experiment."""
     from prealign.experiments.runner import reproduce_many
-    from prealign.store import Store
+    from prealign.run.store import Store
 
     store = Store(tmp_path / "store")
     results = reproduce_many(load_all(), "smoke", store, tmp_path / "out", workers=1, progress=False)
@@ -168,8 +168,8 @@ def test_tracked_runs_do_not_reuse_untracked_ones(tmp_path):
     """Fig. 2 tracks the Hessian during training: the same configs finished earlier without the
     tracker (e.g. by Fig. 1) must not stand in for its runs."""
     from prealign.experiments.runner import reproduce
-    from prealign.store import Store
-    from prealign.sweep import run_sweep
+    from prealign.run.store import Store
+    from prealign.run.sweep import run_sweep
 
     exp = load("ifa_fig2")
     store = Store(tmp_path / "store")

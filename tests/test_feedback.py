@@ -349,8 +349,8 @@ def test_lazy_linear_converts_once_materialized(gen):
 
 def test_angles_only_for_rules_that_read_feedback(gen, one_thread):
     """∠(W, B) is reported only where the error travels through B (fa, kp), also per epoch in train()."""
-    from prealign.callbacks import MatrixAngles
-    from prealign.trainer import TensorData, train
+    from prealign.run.callbacks import MatrixAngles
+    from prealign.run.trainer import TensorData, train
 
     assert {name for name, r in pa.RULES.items() if r.reads_feedback} == {"fa", "kp"}
     model = pa.mlp([6, 5, 4, 3], generator=gen)
@@ -396,7 +396,7 @@ def test_kp_decay_setting_and_its_errors(gen):
             pa.set_kp_decay(model, bad)
     with pytest.raises(pa.ConfigError, match="only to layers under kp; this model has fa"):
         pa.set_kp_decay(pa.mlp([6, 5, 3], generator=gen), 0.1)
-    from prealign.config import RunConfig
+    from prealign.run.config import RunConfig
     assert RunConfig(method="kp", kp_decay=0.05).kp_decay == 0.05
     with pytest.raises(pa.ConfigError, match="'kp_decay' applies only to method kp"):
         RunConfig(method="fa", kp_decay=0.05)
@@ -405,7 +405,7 @@ def test_kp_decay_setting_and_its_errors(gen):
 def test_kp_closes_the_angle_under_adam_without_weight_decay(gen, one_thread):
     """The default decay closes ∠(W, B) under plain Adam (no weight decay) through prealign.train, where
     FA keeps it near 90°; with kp_decay=0 B − W never shrinks (B only copies W's updates)."""
-    from prealign.trainer import TensorData, train
+    from prealign.run.trainer import TensorData, train
 
     x = torch.randn(256, 20, generator=gen)
     y = (x @ torch.randn(20, 4, generator=gen)).argmax(1)
@@ -424,8 +424,8 @@ def test_kp_closes_the_angle_under_adam_without_weight_decay(gen, one_thread):
 
 def test_compare_summary_keeps_angle_columns_when_bp_comes_first():
     """bp runs have no angle/ keys now; the compare table must still show the other methods' angles."""
-    from prealign.report import summarize, table
-    from prealign.trainer import TrainResult
+    from prealign.viz.report import summarize, table
+    from prealign.run.trainer import TrainResult
 
     bp = TrainResult(curves=[{"epoch": 0, "test_acc": 0.5}], best_test_acc=0.5)
     fa = TrainResult(curves=[{"epoch": 0, "test_acc": 0.4, "angle/1": 90.0, "angle/3": 80.0}], best_test_acc=0.4)

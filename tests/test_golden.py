@@ -45,8 +45,8 @@ def _clean(value):
 
 
 def _measure(tmp_path) -> dict:
-    from prealign.store import Store
-    from prealign.sweep import run_sweep
+    from prealign.run.store import Store
+    from prealign.run.sweep import run_sweep
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

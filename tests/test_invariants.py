@@ -27,7 +27,7 @@ from torch import nn
 
 import prealign as pa
 from prealign.feedback import RULES, FeedbackLayer
-from prealign.trainer import TensorData, _make_optimizer
+from prealign.run.trainer import TensorData, _make_optimizer
 
 KP_DECAY = 0.1
 LR = 1e-2

@@ -166,8 +166,8 @@ def test_cli_hessian_and_landscape_on_a_stored_run(tmp_path, capsys):
     import json
 
     from prealign.cli import main
-    from prealign.config import RunConfig, run
-    from prealign.store import Store
+    from prealign.run.config import RunConfig, run
+    from prealign.run.store import Store
 
     config = RunConfig(method="fa", dataset="mnist5k", hidden=(8,), epochs=2, train_subset=200, grad_alignment=False,
                        device="cpu")

@@ -10,8 +10,8 @@ from prealign.analysis.generalization import DimensionalityTracker
 from prealign.analysis.hessian import HessianTracker
 from prealign.analysis.landscape import TrajectoryRecorder
 from prealign.analysis.trajectory import WeightTrajectory
-from prealign.callbacks import EpochFunction, MatrixAngles, WeightDistance
-from prealign.trainer import TensorData, gradient_alignment, measurement_guard, train
+from prealign.run.callbacks import EpochFunction, MatrixAngles, WeightDistance
+from prealign.run.trainer import TensorData, gradient_alignment, measurement_guard, train
 
 
 def _data(n_train=192, n_test=64, dim=12, classes=3):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
-from prealign import plot_style
+from prealign.viz import style as plot_style
 
 METHODS = ["bp", "fa", "rnp", "ifa", "ifa@30", "ifa@60", "ifa@15"]  # ifa = IFA at θ = 0 (what ifa@0 is labelled)
 GEOMETRY_LABELS = ["fa", "ifa", "ifa@60", "ifa@30"]
@@ -130,7 +130,7 @@ def test_method_styles_are_distinct_and_ifa_ordered_by_angle():
 
 
 def test_compare_learning_curves(drawn, tmp_path, model):
-    from prealign import plots
+    from prealign.viz import plots
 
     groups = {m: [_curves(model, seed=s) for s in range(2)] for m in METHODS}
     plots.learning_curves(groups, tmp_path / "lc.png")
@@ -145,7 +145,7 @@ def test_compare_learning_curves(drawn, tmp_path, model):
 
 def test_compare_alignment_names_layers_as_the_model(drawn, tmp_path, model):
     import prealign as pa
-    from prealign import plots
+    from prealign.viz import plots
 
     groups = {m: [_curves(model, seed=s) for s in range(2)] for m in METHODS}
     plots.alignment_curves(groups, tmp_path / "al.png")
@@ -165,8 +165,8 @@ def test_compare_alignment_names_layers_as_the_model(drawn, tmp_path, model):
 
 def test_compare_report_through_the_cli_path(drawn, tmp_path, model):
     """``prealign compare`` draws through report.write_compare_report: both figures follow the style."""
-    from prealign.report import write_compare_report
-    from prealign.trainer import TrainResult
+    from prealign.viz.report import write_compare_report
+    from prealign.run.trainer import TrainResult
 
     groups = {}
     for m in ["bp", "fa", "ifa@30", "ifa@60"]:
@@ -294,7 +294,7 @@ def _per_method(fn):
 
 @pytest.mark.parametrize("layout", ["grid", "overlay"])
 def test_adversarial_figure(drawn, tmp_path, layout):
-    from prealign.plots_robustness import plot_adversarial
+    from prealign.viz.robustness import plot_adversarial
 
     eps = [0.0, 0.05, 0.1]
     sources = ["exact", "feedback"]
@@ -310,7 +310,7 @@ def test_adversarial_figure(drawn, tmp_path, layout):
 
 
 def test_corruption_and_ood_figures(drawn, tmp_path):
-    from prealign.plots_robustness import plot_corruption, plot_ood
+    from prealign.viz.robustness import plot_corruption, plot_ood
 
     cats = {"gaussian_noise": "noise", "blur": "blur", "fog": "weather"}
     entry = lambda i: {"clean": 0.9, "table": {n: {str(s): 0.8 - 0.05 * s - 0.01 * i for s in (1, 2, 3)}  # noqa: E731
@@ -333,7 +333,7 @@ def test_corruption_and_ood_figures(drawn, tmp_path):
 
 def test_layer_figures_name_modules_and_tick_integers(drawn, tmp_path, model):
     import prealign as pa
-    from prealign.plots_robustness import plot_dimensionality, plot_spectra
+    from prealign.viz.robustness import plot_dimensionality, plot_spectra
 
     names = list(pa.alignment_angles(model))
     history = [{"phase": "noise", "seen": s, "weights": {n: 5.0 - s / 100 for n in names}} for s in (0, 100)]
@@ -355,7 +355,7 @@ def test_layer_figures_name_modules_and_tick_integers(drawn, tmp_path, model):
 
 
 def test_generalization_meta_trajectory_figures(drawn, tmp_path):
-    from prealign.plots_robustness import plot_generalization, plot_meta, plot_trajectory
+    from prealign.viz.robustness import plot_generalization, plot_meta, plot_trajectory
 
     rows = [{"method": m, "depth": d, "gap": 0.1 * d + 0.01 * i + 0.001 * s}
             for i, m in enumerate(METHODS) for d in (2, 3, 4) for s in range(2)]
@@ -384,7 +384,7 @@ def test_generalization_meta_trajectory_figures(drawn, tmp_path):
 
 
 def test_geometry_surfaces_share_one_colour_scale(drawn, tmp_path):
-    from prealign.plots_geometry import plot_perturbed_surfaces, plot_trajectory_landscapes
+    from prealign.viz.geometry import plot_perturbed_surfaces, plot_trajectory_landscapes
 
     surfaces = {f"run {i} {m}": _surface(1 + 3 * i) for i, m in enumerate(GEOMETRY_LABELS)}
     plot_perturbed_surfaces(tmp_path / "p.png", {k: (s["alphas"], s["betas"], s["loss"]) for k, s in surfaces.items()})
@@ -405,7 +405,7 @@ def test_geometry_surfaces_share_one_colour_scale(drawn, tmp_path):
 
 
 def test_geometry_lines_styled_by_the_method_in_the_run_label(drawn, tmp_path):
-    from prealign.plots_geometry import plot_hessian_tracking, plot_spectral_density
+    from prealign.viz.geometry import plot_hessian_tracking, plot_spectral_density
 
     labels = [f"{i} {m}" for i, m in enumerate(["fa", "ifa@60", "ifa", "ifa@30", "fa"])]
     grid = np.linspace(0, 5, 20)

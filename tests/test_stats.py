@@ -119,8 +119,8 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
 def test_compare_summary_uses_exact_p_sample_std_and_labels_selection():
     from types import SimpleNamespace
 
-    from prealign.report import summarize, table
-    from prealign.trainer import TrainResult
+    from prealign.viz.report import summarize, table
+    from prealign.run.trainer import TrainResult
 
     def res(acc, **kw):
         return TrainResult(curves=[{"epoch": 0}], best_test_acc=acc, best_epoch=3, epochs_run=5, **kw)

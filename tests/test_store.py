@@ -5,10 +5,10 @@ import multiprocessing as mp
 import pytest
 import torch
 
-from prealign.config import RunConfig, run
+from prealign.run.config import RunConfig, run
 from prealign.errors import PrealignError
-from prealign.store import Store
-from prealign.trainer import TensorData
+from prealign.run.store import Store
+from prealign.run.trainer import TensorData
 
 
 def _writer(root, worker, n_runs, n_epochs):
@@ -81,7 +81,7 @@ def test_run_with_store_resumes_after_kill_and_never_duplicates(tmp_path):
 
 def test_load_model_and_resolve_prefix(tmp_path, monkeypatch):
     data = _tiny_data()
-    import prealign.config as config_mod
+    import prealign.run.config as config_mod
     monkeypatch.setattr(config_mod, "load_data", lambda cfg: data)
     store = Store(tmp_path)
     cfg = RunConfig(method="fa", hidden=(8,), epochs=2, batch_size=16, lr=1e-2, device="cpu")

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from prealign.config import RunConfig
-from prealign.store import Store
-from prealign.sweep import run_sweep
+from prealign.run.config import RunConfig
+from prealign.run.store import Store
+from prealign.run.sweep import run_sweep
 
 
 def tiny(method="fa", seed=0, **kw):
@@ -60,8 +60,8 @@ def test_worker_pool_survives_a_task_that_raises(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
-    from prealign.config import RunConfig
-    from prealign.sweep import run_sweep, train_task
+    from prealign.run.config import RunConfig
+    from prealign.run.sweep import run_sweep, train_task
 
     class Slow:  # makes every epoch last a while, so the kill lands mid-run
         def on_epoch_end(self, epoch, model, data, record):

@@ -1,4 +1,4 @@
-"""Batched sweeps (prealign.sweep_batched): compatible runs trained side by side are stored bitwise
+"""Batched sweeps (prealign.run.sweep_batched): compatible runs trained side by side are stored bitwise
 as their separate runs; incompatible ones run alone; resume, failures and patience hold."""
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import prealign as pa
-import prealign.batched
-import prealign.sweep_batched as sb
-from prealign.batched import train_runs
-from prealign.config import RunConfig
-from prealign.store import Store
-from prealign.sweep import run_sweep
-from prealign.trainer import TensorData, train
+import prealign.run.batched
+import prealign.run.sweep_batched as sb
+from prealign.run.batched import train_runs
+from prealign.run.config import RunConfig
+from prealign.run.store import Store
+from prealign.run.sweep import run_sweep
+from prealign.run.trainer import TensorData, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,15 +29,15 @@ def tiny(method="fa", seed=0, **kw):
 
 
 def _count_models(monkeypatch, name: str) -> list[int]:
-    """Replace ``prealign.batched.<name>`` by a wrapper recording how many models each call got."""
+    """Replace ``prealign.run.batched.<name>`` by a wrapper recording how many models each call got."""
     calls = []
-    real = getattr(prealign.batched, name)
+    real = getattr(prealign.run.batched, name)
 
     def counting(models, *args, **kw):
         calls.append(len(models))
         return real(models, *args, **kw)
 
-    monkeypatch.setattr(prealign.batched, name, counting)
+    monkeypatch.setattr(prealign.run.batched, name, counting)
     return calls
 
 
@@ -170,14 +170,14 @@ def test_validation_sweep_batched_equals_separate(tmp_path):
 
 def test_one_bad_config_and_a_failing_batch_lose_nothing(tmp_path, spy, monkeypatch):
     configs = [tiny("fa", s) for s in range(4)]
-    real_prepare = prealign.config.prepare
+    real_prepare = prealign.run.config.prepare
 
     def prepare(config, data, device, **kw):
         if config.seed == 1:
             raise RuntimeError("broken seed")
         return real_prepare(config, data, device, **kw)
 
-    monkeypatch.setattr(prealign.config, "prepare", prepare)
+    monkeypatch.setattr(prealign.run.config, "prepare", prepare)
     store = Store(tmp_path / "a")
     out = {o.key: o for o in run_sweep(configs, store, workers=1, progress=False)}
     assert out[configs[1].key()].status == "failed" and "broken seed" in out[configs[1].key()].error
@@ -187,7 +187,7 @@ def test_one_bad_config_and_a_failing_batch_lose_nothing(tmp_path, spy, monkeypa
     def broken(*args, **kw):
         raise MemoryError("stack too large")
 
-    monkeypatch.setattr(prealign.batched, "train_runs", broken)
+    monkeypatch.setattr(prealign.run.batched, "train_runs", broken)
     store = Store(tmp_path / "b")
     out = run_sweep(configs[2:], store, workers=1, progress=False)
     assert all(o.status == "finished" for o in out)  # trained one by one instead, and said so

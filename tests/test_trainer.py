@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import prealign as pa
-from prealign.trainer import TensorData, TrainResult, evaluate, gradient_alignment, read_checkpoint, train
+from prealign.run.trainer import TensorData, TrainResult, evaluate, gradient_alignment, read_checkpoint, train
 
 
 def _data(n_train=256, n_test=128, seed=0, classes=4, dim=20):
@@ -209,7 +209,7 @@ def test_result_round_trip():
 
 
 def test_ready_made_callbacks_add_their_keys():
-    from prealign.callbacks import EpochFunction, MatrixAngles, WeightDistance
+    from prealign.run.callbacks import EpochFunction, MatrixAngles, WeightDistance
 
     model = _model()
     res = train(model, _data(n_train=64), epochs=1, seed=0, device="cpu", grad_alignment=False,

@@ -24,7 +24,7 @@ __all__ = [
 
 def __getattr__(name):  # the trainer and data layer load lazily: `import prealign` stays light
     if name in ("train", "TrainResult"):
-        from . import trainer
+        from .run import trainer
         return getattr(trainer, name)
     if name == "data":
         import importlib

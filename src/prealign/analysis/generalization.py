@@ -143,7 +143,7 @@ class DimensionalityTracker:
 
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
     """Mean cross-entropy of ``model`` on ``(x, y)`` (nats), eval mode."""
-    from ..trainer import evaluate
+    from ..run.trainer import evaluate
 
     return evaluate(model, x, y, batch_size)[0]
 
@@ -159,7 +159,7 @@ def generalization_error(model: nn.Module, data) -> dict[str, float]:
 def _train_one(method: str, data, hidden: Sequence[int], *, epochs: int, seed: int, lr: float, batch_size: int,
                noise_samples: int | None, probe: torch.Tensor | None, device: str) -> dict:
     from .. import get_method, mlp
-    from ..trainer import train
+    from ..run.trainer import train
 
     gen = torch.Generator().manual_seed(seed)
     n_in = math.prod(data.x_train.shape[1:])

@@ -164,7 +164,7 @@ def task_adaptation(model: nn.Module, tasks: Sequence[Task], *, epochs: int = 10
                     seed: int = 0, device: str = "auto", progress: bool | None = None) -> dict[str, list[dict]]:
     """Train a copy of ``model`` on every task (noise paper Table S11); ``{task: per-epoch curves}``
     (the trainer's records: epoch 0 before training, train/test loss and accuracy)."""
-    from ..trainer import train
+    from ..run.trainer import train
 
     out = {}
     for task in tasks:

@@ -49,7 +49,7 @@ DEFAULT_EPSILONS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05)  # IFA paper B.10: ε fro
 # -- evaluation ----------------------------------------------------------------------------
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
     """Fraction of ``x`` (``(N, …)``) that ``model`` classifies as ``y`` (``(N,)``), in [0, 1]."""
-    from ..trainer import evaluate
+    from ..run.trainer import evaluate
 
     return evaluate(model, x, y, batch_size)[1]
 

@@ -104,7 +104,7 @@ def order_dependence(data, *, hidden=(100,), noise_samples: int = 100_000, epoch
     layer, and the distance between the two final first-layer weights.
     """
     from .. import alignment_angles, mlp, pretrain_noise
-    from ..trainer import train
+    from ..run.trainer import train
     from .robustness import accuracy
 
     n_in = math.prod(data.x_train.shape[1:])

@@ -43,7 +43,7 @@ def _common(p) -> None:
 
 def _store(args):
     """The store at ``--out``, read-only (measuring never writes it), with every RUN resolvable."""
-    from ..store import Store
+    from ..run.store import Store
 
     store = Store(args.out, read_only=True)
     for run in args.runs:
@@ -52,7 +52,7 @@ def _store(args):
 
 
 def _load(store, run):
-    from ..config import load_data
+    from ..run.config import load_data
 
     model = store.load_model(run, device="cpu")
     return model, load_data(model.run_config)
@@ -66,7 +66,7 @@ def _folder(args, store, command) -> Path:
 
 def _hessian(args) -> int:
     from ..analysis import hessian_summary
-    from ..plots_geometry import plot_hessian_tracking, plot_spectral_density
+    from ..viz.geometry import plot_hessian_tracking, plot_spectral_density
 
     densities, tracked, out = {}, {}, {}
     store = _store(args)
@@ -99,7 +99,7 @@ def _landscape(args) -> int:
 
     from ..analysis import TrajectoryRecorder, flat_parameters, perturbed_surface, trajectory_surface
     from ..errors import PrealignError
-    from ..plots_geometry import (plot_perturbed_surface, plot_perturbed_surfaces, plot_trajectory_landscape,
+    from ..viz.geometry import (plot_perturbed_surface, plot_perturbed_surfaces, plot_trajectory_landscape,
                                   plot_trajectory_landscapes)
 
     out, surfaces, paths = {}, {}, {}
@@ -118,7 +118,7 @@ def _landscape(args) -> int:
         entry = {"label": row["label"], "eigenvalues": p["eigenvalues"].tolist(), "alphas": axis.tolist(),
                  "perturbed_test_loss": p["loss"].tolist()}
         if args.trajectory:
-            from ..config import run as run_config
+            from ..run.config import run as run_config
 
             rec = TrajectoryRecorder(max_in_memory=32)
             config = model.run_config

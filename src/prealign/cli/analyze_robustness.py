@@ -38,13 +38,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _store(args, read_only: bool = False):
-    from ..store import Store
+    from ..run.store import Store
 
     return Store(args.out, read_only=read_only)
 
 
 def _config(args, method: str, seed: int):
-    from ..config import RunConfig
+    from ..run.config import RunConfig
 
     return RunConfig(method=method, dataset=args.dataset, model=args.model, hidden=tuple(args.hidden),
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device=args.device,
@@ -52,7 +52,7 @@ def _config(args, method: str, seed: int):
 
 
 def _train_or_load(store, config, progress):
-    from ..config import run
+    from ..run.config import run
 
     result = run(config, store, progress=progress)
     return store.load_model(result.run_id if result.run_id is not None else store.find(config.key())["id"])
@@ -60,7 +60,7 @@ def _train_or_load(store, config, progress):
 
 def _models(args, command: str):
     """``({label: [model per seed]}, data, store, description)`` from RUN ids or --method."""
-    from ..config import load_data
+    from ..run.config import load_data
 
     if bool(args.runs) == bool(args.method):
         raise PrealignError(f"`analyze {command}` needs either stored RUN ids or --method (with --dataset/--epochs/--seeds), "
@@ -118,7 +118,7 @@ def _pm(values, scale=100.0, digits=1):
 def _robustness(args) -> int:
     from ..analysis import robustness as rob
     from ..analysis.stats import fmt_p, ranksum
-    from ..plots_robustness import plot_adversarial
+    from ..viz.robustness import plot_adversarial
 
     models, data, store, what = _models(args, "robustness")
     surrogates = None
@@ -161,7 +161,7 @@ def _robustness(args) -> int:
 def _corruption(args) -> int:
     from ..analysis import robustness as rob
     from ..analysis.stats import fmt_p, ranksum
-    from ..plots_robustness import plot_corruption
+    from ..viz.robustness import plot_corruption
 
     models, data, store, what = _models(args, "corruption")
     report = rob.corruption_report(models, data.x_test, data.y_test, corruptions=args.corruptions,
@@ -191,7 +191,7 @@ def _corruption(args) -> int:
 # -- ood -------------------------------------------------------------------------------------------
 def _ood(args) -> int:
     from ..analysis.generalization import ood_report
-    from ..plots_robustness import plot_ood
+    from ..viz.robustness import plot_ood
 
     models, data, store, what = _models(args, "ood")
     report = ood_report(models, data, seed=args.seed, second_source=not args.no_second_source)
@@ -208,7 +208,7 @@ def _ood(args) -> int:
 # -- dimensionality --------------------------------------------------------------------------------
 def _dimensionality(args) -> int:
     from ..analysis.generalization import DimensionalityTracker, feature_effective_ranks, weight_spectra
-    from ..plots_robustness import plot_dimensionality, plot_spectra
+    from ..viz.robustness import plot_dimensionality, plot_spectra
 
     if args.runs:
         models, data, store, what = _models(args, "dimensionality")
@@ -237,8 +237,8 @@ def _dimensionality(args) -> int:
     # on the fly: track over noise pretraining and data training
     import torch
 
-    from ..config import _seed_for, build, load_data
-    from ..trainer import train
+    from ..run.config import _seed_for, build, load_data
+    from ..run.trainer import train
 
     if not args.method:
         raise PrealignError("`analyze dimensionality` needs stored RUN ids or --method (e.g. --method rnp fa)")
@@ -277,8 +277,8 @@ def _meta(args) -> int:
 
     from .. import mlp
     from ..analysis.meta import default_tasks, meta_loss_curve, task_adaptation
-    from ..plots_robustness import plot_meta
-    from ..store import default_root
+    from ..viz.robustness import plot_meta
+    from ..run.store import default_root
 
     out = _save_dir(args, Path(args.out) if args.out else default_root(), "meta")  # trains nothing into a store
     tasks = default_tasks(train_size=args.task_size)

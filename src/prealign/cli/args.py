@@ -143,7 +143,7 @@ class Widths:
     """Hidden-layer widths: ``100`` or ``100,100`` (also ``100-100``), each a positive integer."""
 
     def __call__(self, text: str) -> tuple[int, ...]:
-        from ..config import _coerce
+        from ..run.config import _coerce
         from ..errors import ConfigError
 
         try:

@@ -1,7 +1,7 @@
 """``prealign compare``: train several methods over several seeds and report them side by side.
 
 The main job: does IFA / noise-pretrained FA learn like backprop while plain FA lags? Every run
-goes through :func:`prealign.config.run` into the result store (``--out``), so an interrupted
+goes through :func:`prealign.run.config.run` into the result store (``--out``), so an interrupted
 comparison resumes and a repeated one is served from the store; the figures, report, CSV and
 JSON land in a fresh folder ``<out>/compare-<timestamp>/``.
 """
@@ -56,7 +56,7 @@ def register(sub) -> None:
 
 
 def build_configs(args) -> list:
-    from ..config import RunConfig
+    from ..run.config import RunConfig
     from ..errors import ConfigError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -78,14 +78,14 @@ def build_configs(args) -> list:
 def main(args) -> int:
     import torch
 
-    from ..config import build, load_data
+    from ..run.config import build, load_data
     from ..device import resolve_device
     from ..errors import PrealignError
-    from ..report import budget_line, table, write_compare_report
-    from ..store import Store, default_root
-    from ..sweep import check_options, run_sweep
-    from ..sweep_batched import resolve_batch
-    from ..trainer import TrainResult
+    from ..viz.report import budget_line, table, write_compare_report
+    from ..run.store import Store, default_root
+    from ..run.sweep import check_options, run_sweep
+    from ..run.sweep_batched import resolve_batch
+    from ..run.trainer import TrainResult
 
     configs = build_configs(args)  # unknown methods / bad values fail here, before any work
     resolve_batch(args.batch_models)

@@ -76,7 +76,7 @@ def run(args) -> int:
     from ..errors import PrealignError
     from ..experiments import select
     from ..experiments.runner import reproduce, reproduce_many
-    from ..store import Store
+    from ..run.store import Store
 
     if args.list:
         print(list_experiments())
@@ -85,8 +85,8 @@ def run(args) -> int:
         raise PrealignError("name an experiment (or 'all'); `prealign reproduce --list` shows them")
     experiments = select(args.name)
     only = _only(args.only)
-    from ..sweep import check_options
-    from ..sweep_batched import resolve_batch
+    from ..run.sweep import check_options
+    from ..run.sweep_batched import resolve_batch
 
     resolve_batch(args.batch_models)  # a bad value is a user error before anything runs
     check_options(args.executor, args.workers)

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 def _store(args):
     """The store at ``--out``, opened read-only: browsing never writes (works on a read-only store)."""
-    from ..store import Store
+    from ..run.store import Store
 
     return Store(args.out, read_only=True)
 
@@ -65,7 +65,7 @@ def list_runs(args) -> int:
 
 def show_run(args) -> int:
     from ..analysis.stats import rich_table
-    from ..report import _json_safe
+    from ..viz.report import _json_safe
 
     store = _store(args)
     row = store.get(args.run)

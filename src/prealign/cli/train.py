@@ -1,6 +1,6 @@
 """``prealign train --config run.toml [--set key=value ...]``: one run from a TOML config.
 
-The TOML file holds :class:`prealign.config.RunConfig` keys at top level (or under ``[run]``)::
+The TOML file holds :class:`prealign.run.config.RunConfig` keys at top level (or under ``[run]``)::
 
     method = "rnp"
     dataset = "fashion-mnist"
@@ -34,9 +34,9 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from ..config import RunConfig, build, load_data, run
-    from ..report import write_json  # noqa: F401  (json-safe writer shares the NaN handling)
-    from ..store import Store
+    from ..run.config import RunConfig, build, load_data, run
+    from ..viz.report import write_json  # noqa: F401  (json-safe writer shares the NaN handling)
+    from ..run.store import Store
 
     config = RunConfig.from_toml(args.config, args.overrides)
     data = load_data(config)  # unknown / missing data set: one clear error before anything is stored
@@ -49,7 +49,7 @@ def main(args) -> int:
     result = run(config, store, data=data)
     summary = result.to_dict(curves=False)
     if args.json:
-        from ..report import _json_safe
+        from ..viz.report import _json_safe
 
         print(json.dumps(_json_safe(summary), indent=2))
         return 0

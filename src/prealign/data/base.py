@@ -103,7 +103,7 @@ def holdout_validation(data, fraction: float, *, seed: int = 0):
     run's own seed), become ``x_val``/``y_val``; the rest stay ``x_train``/``y_train`` in their
     original order; the test set is untouched. ``fraction = 0`` returns ``data`` unchanged (the
     papers' protocol: select on the test set). ``data``: a :class:`Dataset`,
-    :class:`prealign.trainer.TensorData` or any dataclass with those fields.
+    :class:`prealign.run.trainer.TensorData` or any dataclass with those fields.
     """
     n = len(data.y_train)
     n_val = validation_size(n, fraction)

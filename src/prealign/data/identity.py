@@ -1,7 +1,7 @@
 """The identity of a data set as a run sees it: a fingerprint of its tensors, part of every run key.
 
 A result computed on damaged or different data must never be served for good data, so
-:meth:`prealign.config.RunConfig.key` includes ``fingerprint(dataset, train_subset)``: the
+:meth:`prealign.run.config.RunConfig.key` includes ``fingerprint(dataset, train_subset)``: the
 sha256 over dtype, shape and bytes of the tensors a run trains and tests on — the first
 ``train_subset`` training images and labels (what ``RunConfig`` trains on) and the whole test set.
 

@@ -5,7 +5,7 @@ Each ``*.toml`` file beside this module is one figure or table of one paper. Its
 ``[paper]``      ``paper`` (``"ifa"`` = *One-Time Soft Alignment…*, ``"rnp"`` = *Pretraining with
                  Random Noise…*, supplement), ``ref`` (``"Fig. 3"``, ``"Table S5"``), ``title``,
                  ``caption`` (what the panel shows), ``data`` (the paper's data sets).
-``[base]``       :class:`~prealign.config.RunConfig` fields shared by every run.
+``[base]``       :class:`~prealign.run.config.RunConfig` fields shared by every run.
 ``[grid]``       axes of the sweep, a cartesian product. Values are RunConfig fields, or:
                  ``depth`` (number of weight layers; ``hidden = [width] * (depth - 1)``),
                  ``width``, ``method = "ifa@30"`` (method and angle at once), or an inline table

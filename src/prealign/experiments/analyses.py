@@ -215,7 +215,7 @@ def traffic(ctx, p: dict) -> None:
     ``w_reads`` (forward weights read backward = weight transport), ``feedback_reads``,
     ``backward_bytes``."""
     mod = _module("prealign.analysis.traffic")
-    from ..config import RunConfig
+    from ..run.config import RunConfig
 
     for run in _finished(ctx):
         rule = RunConfig.from_dict(run.config).method_object().rule
@@ -235,8 +235,8 @@ def cost_to_converge(ctx, p: dict) -> None:
 
 
 def _fresh_model(config: dict):
-    """The run's initial network, prepared like :func:`prealign.config.run` but without noise."""
-    from ..config import RunConfig, build, load_data
+    """The run's initial network, prepared like :func:`prealign.run.config.run` but without noise."""
+    from ..run.config import RunConfig, build, load_data
 
     cfg = RunConfig.from_dict(config)
     data = load_data(cfg)
@@ -293,7 +293,7 @@ def meta(ctx, p: dict) -> None:
     seeds = sorted({r.row.get("seed", 0) for r in _finished(ctx)})
     for seed in seeds:
         run = next(r for r in _finished(ctx) if r.row.get("seed", 0) == seed)
-        from ..config import RunConfig
+        from ..run.config import RunConfig
         from ..models import build_model
 
         cfg = RunConfig.from_dict({**run.config, "method": "fa", "angle": None, "noise_samples": None})

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import stats
-from ..plot_style import (integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels,
+from ..viz.style import (integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels,
                           shared_norm)
 from .analyses import Unavailable
 

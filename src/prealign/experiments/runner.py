@@ -38,14 +38,14 @@ class ExperimentRun:
 
     def batch_config(self):
         """The RunConfig when this point is a plain run (no trackers): the sweep may then train it
-        in a batched group (:mod:`prealign.sweep_batched`); None with trackers."""
+        in a batched group (:mod:`prealign.run.sweep_batched`); None with trackers."""
         return None if self.track else self.config
 
 
 def experiment_task(payload: dict, store_path: str) -> dict:
-    """Worker: train one grid point with its trackers (see :func:`prealign.sweep.train_task`)."""
-    from ..config import RunConfig
-    from ..sweep import train_task
+    """Worker: train one grid point with its trackers (see :func:`prealign.run.sweep.train_task`)."""
+    from ..run.config import RunConfig
+    from ..run.sweep import train_task
 
     callbacks = an.callbacks_for(payload.get("track", []))
     out = train_task(payload["config"], store_path, callbacks=callbacks)
@@ -97,7 +97,7 @@ class Context:
         return self._models[run.run_id]
 
     def data(self, config: dict):
-        from ..config import RunConfig, load_data
+        from ..run.config import RunConfig, load_data
 
         return load_data(RunConfig.from_dict(config))
 
@@ -146,7 +146,7 @@ def _metrics(curves: list[dict], summary: dict) -> dict:
 
 
 def _collect(points, store) -> list[RunInfo]:
-    from ..config import RunConfig
+    from ..run.config import RunConfig
 
     runs = []
     for p in points:
@@ -227,9 +227,9 @@ def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor:
 
     ``only``: ``{axis: [labels]}`` restricts the grid; ``train=False`` trains nothing and reports
     on the runs already finished in the store (the others are listed as not run / running);
-    ``batch_models``: as :func:`prealign.sweep.run_sweep` (compatible runs trained batched)."""
-    from ..config import RunConfig
-    from ..sweep import run_sweep
+    ``batch_models``: as :func:`prealign.run.sweep.run_sweep` (compatible runs trained batched)."""
+    from ..run.config import RunConfig
+    from ..run.sweep import run_sweep
 
     start = time.perf_counter()
     folder = Path(out) / exp.name
@@ -241,7 +241,7 @@ def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor:
     if usable_track:
         # the same config trained without the tracker has no tracked values: runs with trackers
         # live in their own store, so the keys never collide with untracked runs of other experiments
-        from ..store import Store
+        from ..run.store import Store
 
         store = Store(Path(store.root) / "tracked" / exp.name)
     items = [ExperimentRun(RunConfig.from_dict(p["config"]), usable_track) for p in points]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plot_style import integer_epochs, legend_outside, method_styles
+from .style import integer_epochs, legend_outside, method_styles
 
 SOURCE_STYLES = {"exact": "-", "feedback": ":", "transfer": "--"}
 SOURCE_LABELS = {"exact": "exact gradient", "feedback": "own feedback pathway", "transfer": "transfer from BP surrogate"}
@@ -84,7 +84,7 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     """(a) mean corruption accuracy (%) vs severity per method; (b) heat map method × corruption
     (accuracy averaged over severities); (c) mean accuracy per category."""
     plt = _plt()
-    from .analysis.robustness import summarize_corruption
+    from ..analysis.robustness import summarize_corruption
 
     results, cats = report["results"], report["categories"]
     styles = method_styles(results)

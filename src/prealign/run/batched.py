@@ -37,7 +37,7 @@ Usage::
     models = [pa.mlp([784, 100, 10], rule="fa", generator=torch.Generator().manual_seed(s)) for s in range(8)]
     results = pa.batched.train_runs(models, data, epochs=10, seeds=range(8), patience=3)  # = 8 prealign.train runs
 
-Sweeps use :func:`train_runs` for groups of compatible runs (:mod:`prealign.sweep_batched`).
+Sweeps use :func:`train_runs` for groups of compatible runs (:mod:`prealign.run.sweep_batched`).
 
 Shapes: activations ``(S, N, features)``; each model keeps its own ``W (out, in)``, ``b (out,)``.
 """
@@ -51,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import holdout_validation
-from .device import resolve_device
-from .errors import ConfigError, PrealignError
-from .feedback import FeedbackLayer
-from .models import ACTIVATIONS
-from .progress import progress_bar
+from ..data import holdout_validation
+from ..device import resolve_device
+from ..errors import ConfigError, PrealignError
+from ..feedback import FeedbackLayer
+from ..models import ACTIVATIONS
+from ..progress import progress_bar
 from .trainer import (CHECKPOINT_FORMAT, TensorData, TrainResult, _check_resumable, _make_optimizer,
                       checkpoint_settings, gradient_batch, measure_epoch)
 
@@ -300,7 +300,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     ends leaves the stack, so the others go on at S−1 models' cost.
 
     ``checkpoints[s]``: None or an object with ``save(state)`` (and optionally ``load()``, e.g. a
-    :class:`prealign.trainer.FileCheckpoint` or a store's checkpointer); after every epoch of model
+    :class:`prealign.run.trainer.FileCheckpoint` or a store's checkpointer); after every epoch of model
     ``s`` it gets the state :func:`prealign.train` saves (model, optimizer of the same kind over that
     model's parameters, batch-order generator, RNG, curves, counters), so a run resumes under either
     trainer. A checkpoint that ``load()`` returns is resumed here, as :func:`prealign.train` resumes
@@ -388,7 +388,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             done_at_start.append(j)
 
     def measure(j: int, record: dict) -> None:
-        """The trainer's measurements of model j (:func:`prealign.trainer.measure_epoch`)."""
+        """The trainer's measurements of model j (:func:`prealign.run.trainer.measure_epoch`)."""
         if grad_alignment and j not in grad_batches:
             grad_batches[j] = gradient_batch(xtr, ytr, seeds[j])
         measure_epoch(models[j], record, train=(xtr, ytr), val=(xval, yval) if has_val else None, test=(xte, yte),
@@ -408,7 +408,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
         if checkpoints[j] is None:
             return
         res = results[j]
-        checkpoints[j].save({  # the layout of prealign.trainer.FileCheckpoint
+        checkpoints[j].save({  # the layout of prealign.run.trainer.FileCheckpoint
             "format": CHECKPOINT_FORMAT, "key": None, "settings": settings[j], "selection": res.selection,
             "model": models[j].state_dict(), "optimizer": _model_optimizer_state(models[j], opt, make_opt),
             "generator": gens[j].get_state(), "torch_rng": torch.get_rng_state(),
@@ -519,7 +519,7 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     ends bitwise where its own ``pretrain_noise(models[s], samples, ...)`` ends (tested). The models
     are trained in place; returns the wall time in seconds (noise paper A.1, B.8).
     """
-    from .pretrain import check_noise_options, infer_io, noise_batch, noise_stream
+    from ..pretrain import check_noise_options, infer_io, noise_batch, noise_stream
 
     check_noise_options(distribution, samples, batch_size)
     models = list(models)

@@ -1,17 +1,17 @@
 """Batched sweeps: groups of compatible runs trained side by side (issue 8), each bitwise as alone.
 
-Many runs of a sweep differ only in what :func:`prealign.batched.train_runs` can vary per model
+Many runs of a sweep differ only in what :func:`prealign.run.batched.train_runs` can vary per model
 (seed, method among bp/fa/ifa/rnp, alignment angle, noise pretraining, init scales, epochs,
 patience). :func:`group_key` says which configs may share one batched training;
 :func:`plan` cuts a sweep's pending configs into groups; :func:`train_group_task` is the sweep
-worker that trains one group and stores every run exactly as :func:`prealign.config.run` would:
+worker that trains one group and stores every run exactly as :func:`prealign.run.config.run` would:
 status, per-epoch records with the same keys and the same numbers, bitwise (wall times aside),
 summary (``best_test_acc``, ``best_epoch``, ``epochs_run``, ``diverged``, ``noise_seconds`` ...),
 final weights, and a :func:`prealign.train`-compatible checkpoint after every epoch (so
 ``store.load_model(run_id)`` works, and a group killed mid-way resumes each of its runs from its
 last epoch, in a group again or alone, with the numbers of an uninterrupted run).
 
-Because a batched run equals its separate run bit for bit (:mod:`prealign.batched` says how, and
+Because a batched run equals its separate run bit for bit (:mod:`prealign.run.batched` says how, and
 ``tests/test_batched.py`` checks it), grouping is invisible in the results: a run's stored numbers
 depend on its key (and, as for any run, on the machine and torch thread count), never on which
 other runs shared its group. ``batch_models`` changes only the wall time.
@@ -20,7 +20,7 @@ Batchable (:func:`group_key` is not None) — all of:
 
 - ``model = "mlp"`` and the method's rule is ``bp`` or ``fa`` (methods bp, fa, ifa/ifa@θ, rnp: IFA
   and RNP are FA after a one-time preparation, done per model before training with the same seeds
-  and generators as :func:`prealign.config.run`; RNP's noise pretraining is itself batched across the
+  and generators as :func:`prealign.run.config.run`; RNP's noise pretraining is itself batched across the
   group's RNP runs with equal noise settings, each model on its own noise stream). Not batchable:
   dfa, usf, brsf, frsf, kp (other backward rules), lenet/alexnet (convolutions);
 - every RunConfig field this module does not know is at its default (a field added later is never
@@ -59,7 +59,7 @@ SHARED_FIELDS = ("dataset", "train_subset", "model", "hidden", "activation", "ba
                  "weight_decay", "momentum", "val_fraction", "grad_alignment", "device")
 PER_MODEL_FIELDS = ("method", "angle", "noise_samples", "alpha_w", "alpha_b", "same_init", "epochs", "patience", "seed",
                     "noise_batch_size", "noise_lr", "noise_distribution", "noise_std", "name")
-GROUP_TASK = "prealign.sweep_batched:train_group_task"
+GROUP_TASK = "prealign.run.sweep_batched:train_group_task"
 
 
 def group_key(config) -> tuple | None:
@@ -86,7 +86,7 @@ def resolve_batch(batch_models) -> tuple[int, bool]:
 
     ``"auto"``/``True``/``None``: groups of :data:`DEFAULT_GROUP` where batching wins (:func:`wins`);
     ``False``/``"off"``/``0``/``1``: off; an int ``G >= 2``: every batchable config, groups of at most ``G``."""
-    from .errors import PrealignError
+    from ..errors import PrealignError
 
     if batch_models is None or batch_models is True or (isinstance(batch_models, str) and batch_models.lower() in ("auto", "on")):
         return DEFAULT_GROUP, True
@@ -104,7 +104,7 @@ def resolve_batch(batch_models) -> tuple[int, bool]:
 def step_macs(config) -> int | None:
     """Multiply-adds of one training step's forward pass of ``config``'s MLP (``batch_size × Σ in·out``),
     from the data set's registered shape; None for a data set without one."""
-    from .data.registry import DATASETS
+    from ..data.registry import DATASETS
 
     spec = DATASETS.get(config.dataset)
     if spec is None:
@@ -118,8 +118,8 @@ def wins(config) -> bool:
     enough that per-op overhead, which batching removes, is a large part of a step (:data:`AUTO_MAX_MACS`,
     measured); on a GPU always (a small run there is bound by kernel launches, which batching divides by
     the group size — the reason, not a measurement: no GPU was available to measure it)."""
-    from .device import resolve_device
-    from .errors import PrealignError
+    from ..device import resolve_device
+    from ..errors import PrealignError
 
     try:
         device = resolve_device(config.device)
@@ -135,7 +135,7 @@ def run_cost(config) -> float:
     """Samples one run passes through its network: ``epochs × training-set size + noise samples``
     (training and noise steps cost the same per sample for one architecture). The training-set size
     is ``train_subset`` or the data set's registered size (1 if unknown: then epochs alone count)."""
-    from .data.registry import DATASETS
+    from ..data.registry import DATASETS
 
     spec = DATASETS.get(config.dataset)
     n = config.train_subset or (spec.sizes[0] if spec is not None and spec.sizes else 1)
@@ -214,16 +214,16 @@ def _pretrain_noise(members: list, data, device) -> None:
 def train_group(configs: Sequence, store) -> list[dict | None]:
     """Train ``configs`` (RunConfigs with one :func:`group_key`) side by side into ``store``.
 
-    Returns one worker outcome dict per config (as :func:`prealign.sweep.train_task` returns), or
+    Returns one worker outcome dict per config (as :func:`prealign.run.sweep.train_task` returns), or
     None for a config this function left to a plain run: every unfinished one if the batched
     training itself raised (the error is in ``summary["batched_error"]`` of their outcomes). A run
     with a checkpoint (an interrupted group) resumes from its last epoch inside the group, as
-    :func:`prealign.config.run` would resume it. A config that fails to build or prepare is recorded
+    :func:`prealign.run.config.run` would resume it. A config that fails to build or prepare is recorded
     ``failed`` on its own; the others train.
     """
     from .batched import train_runs
     from .config import build, load_data, prepare
-    from .device import resolve_device
+    from ..device import resolve_device
     from .sweep import DONE, _record_failure, run_summary
 
     outs: list[dict | None] = [None] * len(configs)
@@ -305,7 +305,7 @@ def _outcome(cfg, result, group: int) -> dict:
 
 def train_group_task(configs: list[dict], store_path: str) -> list[dict]:
     """Sweep worker for one group (config dicts): :func:`train_group`, then a plain
-    :func:`prealign.sweep.train_task` for every config it left (resumed or fallback runs).
+    :func:`prealign.run.sweep.train_task` for every config it left (resumed or fallback runs).
     Never raises for a training problem; returns one outcome dict per config."""
     from .config import RunConfig
     from .store import Store

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from .feedback import feedback_layers
-from .init import alignment_angles
+from ..feedback import feedback_layers
+from ..init import alignment_angles
 
 
 class MatrixAngles:

@@ -1,7 +1,7 @@
 """Paper-ready figures (matplotlib, Agg backend, PNG at 150 dpi), one function per figure kind.
 
 Inputs are ``{method label: [curves of seed 0, curves of seed 1, ...]}`` where ``curves`` is a
-:attr:`prealign.trainer.TrainResult.curves` list. Bands are mean ± std over the seeds that
+:attr:`prealign.run.trainer.TrainResult.curves` list. Bands are mean ± std over the seeds that
 reached that epoch (runs stopped early or diverged simply end).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plot_style import integer_epochs, legend_outside, method_styles
+from .style import integer_epochs, legend_outside, method_styles
 
 Curves = list[dict[str, float]]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plot_style import integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels, shared_norm
+from .style import integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels, shared_norm
 
 
 def _plt():

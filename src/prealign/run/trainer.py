@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import resolve_device
-from .errors import ConfigError, PrealignError
-from .feedback import RULES, FeedbackLayer, exact_gradients, feedback_layers, set_kp_decay
-from .init import alignment_angles
-from .progress import progress_bar
+from ..device import resolve_device
+from ..errors import ConfigError, PrealignError
+from ..feedback import RULES, FeedbackLayer, exact_gradients, feedback_layers, set_kp_decay
+from ..init import alignment_angles
+from ..progress import progress_bar
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 GRAD_BATCH = 256  # size of the fixed batch used for gradient alignment
@@ -75,7 +75,7 @@ class TensorData:
     y_val: torch.Tensor | None = None
 
     def to(self, device) -> TensorData:
-        from .data.base import TENSOR_FIELDS
+        from ..data.base import TENSOR_FIELDS
         return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in TENSOR_FIELDS if getattr(self, k) is not None})
 
 
@@ -94,7 +94,7 @@ class TrainResult:
     epochs_run: int = 0
     seconds: float = 0.0  # wall time of train(), measurements included
     train_seconds: float = 0.0  # training steps only (sum of per-epoch "seconds")
-    noise_seconds: float = 0.0  # noise pretraining before train() (set by prealign.config.run)
+    noise_seconds: float = 0.0  # noise pretraining before train() (set by prealign.run.config.run)
     config: dict[str, Any] | None = None
     run_id: int | None = None
 
@@ -170,7 +170,7 @@ class FileCheckpoint:
     :func:`read_checkpoint` (integrity-checked, ``weights_only=True``).
 
     The file holds one dict, plain data only (written by :func:`train` and
-    :func:`prealign.batched.train_runs`; every key is required):
+    :func:`prealign.run.batched.train_runs`; every key is required):
 
     ==================  ============================================================================
     ``format``          :data:`CHECKPOINT_FORMAT` (int)
@@ -190,7 +190,7 @@ class FileCheckpoint:
                         ``diverged_epoch`` (int or None), ``stopped_early`` say how
     ==================  ============================================================================
 
-    :func:`prealign.config.run` adds ``noise_seconds``.
+    :func:`prealign.run.config.run` adds ``noise_seconds``.
     """
 
     def __init__(self, path: str | os.PathLike, key: str | None = None):
@@ -242,7 +242,7 @@ def _model_fingerprint(model: nn.Module) -> str:
 def _data_fingerprint(data) -> str:
     """Hash of the data set, device-independent: shapes, dtypes and every label of each split,
     and the bytes of up to 64 evenly spaced samples of each input tensor."""
-    from .data.base import TENSOR_FIELDS
+    from ..data.base import TENSOR_FIELDS
 
     h = hashlib.sha256(str(int(getattr(data, "num_classes", 0))).encode())
     for name in TENSOR_FIELDS:
@@ -400,7 +400,7 @@ def measure_epoch(model: nn.Module, record: dict, *, train, val, test, grad_batc
     test loss/accuracy, the angles of :func:`prealign.alignment_angles`, gradient alignment on
     ``grad_batch = (x, y)`` (None: not measured), then each ``callbacks`` entry
     ``fn(epoch, model, data, record)``; ``eval_seconds`` last. Used by :func:`train` and by
-    :func:`prealign.batched.train_runs`, so both record exactly the same."""
+    :func:`prealign.run.batched.train_runs`, so both record exactly the same."""
     t = time.perf_counter()
     with measurement_guard(model):
         if record["epoch"] == 0:
@@ -490,7 +490,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     own, default :data:`prealign.feedback.KP_DECAY`; a model without ``kp`` layers raises). Never
     raises on divergence.
     """
-    from .data.base import holdout_validation
+    from ..data.base import holdout_validation
 
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise ConfigError(f"train() needs epochs >= 0, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")

@@ -10,7 +10,7 @@ Layout of the output root (default ``prealign-runs/`` in the current directory, 
 
 SQLite runs in WAL mode with a busy timeout and every write in its own ``BEGIN IMMEDIATE``
 transaction, so several processes can write at once without losing or duplicating rows. A
-run's ``key`` (:meth:`prealign.config.RunConfig.key`) is UNIQUE: starting a config twice
+run's ``key`` (:meth:`prealign.run.config.RunConfig.key`) is UNIQUE: starting a config twice
 gives the same run, so a finished run is never duplicated and an interrupted one is resumed.
 
 ``Store(root, read_only=True)`` (what ``prealign runs`` and ``prealign analyze RUN`` use) opens
@@ -32,7 +32,7 @@ import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import PrealignError
+from ..errors import PrealignError
 
 DB_NAME = "runs.sqlite"
 STATUSES = ("running", "finished", "diverged", "failed")
@@ -104,7 +104,7 @@ def _unnull(record: dict) -> dict:
 
 class _StoreCheckpoint:
     """Checkpoint object handed to :func:`prealign.train` for one stored run: the file
-    ``checkpoints/<key>.pt``, bound to the run's key (see :class:`prealign.trainer.FileCheckpoint`)."""
+    ``checkpoints/<key>.pt``, bound to the run's key (see :class:`prealign.run.trainer.FileCheckpoint`)."""
 
     def __init__(self, store: Store, run_id: int):
         from .trainer import FileCheckpoint
@@ -328,7 +328,7 @@ class Store:
                       (message[:2000], time.time(), run_id))
 
     def result(self, run: int | str):
-        """The stored :class:`~prealign.trainer.TrainResult` of a finished run (curves included)."""
+        """The stored :class:`~prealign.run.trainer.TrainResult` of a finished run (curves included)."""
         from .trainer import TrainResult
 
         row = self.get(run)

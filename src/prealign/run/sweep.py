@@ -1,20 +1,20 @@
 """Run many independent training runs: in local worker processes or on a Ray cluster.
 
-A sweep is a list of :class:`~prealign.config.RunConfig`. Each run is independent, so the
+A sweep is a list of :class:`~prealign.run.config.RunConfig`. Each run is independent, so the
 sweep is embarrassingly parallel; the only shared thing is the result store (SQLite in WAL
 mode, safe under concurrent writers), which makes a sweep *resumable*:
 
 - before dispatching, every config whose ``key()`` is already ``finished`` (or ``diverged``,
   which is a finished outcome too) in the store is skipped;
 - a run killed mid-way is left ``running`` in the store with its last epoch checkpoint;
-  re-running the sweep re-dispatches it and :func:`prealign.config.run` resumes it, so a
+  re-running the sweep re-dispatches it and :func:`prealign.run.config.run` resumes it, so a
   killed sweep loses at most the epochs in flight and never duplicates a run;
 - a run that raises is recorded ``failed`` (with the error) and the sweep goes on; a ``failed``
   run is tried again on the next invocation.
 
 Batching (issue 8): by default compatible configs — MLPs under bp/fa/ifa/rnp that share data,
-widths and optimizer settings (:func:`prealign.sweep_batched.group_key`) — are trained in groups
-of up to 8 as one vectorized model (:func:`prealign.batched.train_runs`), each run stored exactly
+widths and optimizer settings (:func:`prealign.run.sweep_batched.group_key`) — are trained in groups
+of up to 8 as one vectorized model (:func:`prealign.run.batched.train_runs`), each run stored exactly
 as its separate run would be; ``batch_models=False`` trains every config alone. A group is one
 task for a worker; a killed group's runs resume from their last epoch checkpoints.
 
@@ -33,7 +33,7 @@ Executors
 
 Usage::
 
-    from prealign.sweep import run_sweep
+    from prealign.run.sweep import run_sweep
     outcomes = run_sweep(configs, "runs.db", executor="local", workers=2)
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .errors import PrealignError, UnknownNameError
+from ..errors import PrealignError, UnknownNameError
 
 EXECUTORS = ("local", "ray")
 DONE = ("finished", "diverged")  # statuses that count as "this run is done, never redo it"
@@ -113,7 +113,7 @@ def train_task(config: dict, store_path: str, callbacks=()) -> dict:
 
 
 def run_summary(result) -> dict:
-    """The per-run summary a sweep outcome carries (from a :class:`~prealign.trainer.TrainResult`)."""
+    """The per-run summary a sweep outcome carries (from a :class:`~prealign.run.trainer.TrainResult`)."""
     return {"best_test_acc": result.best_test_acc, "best_val_acc": result.best_val_acc, "selection": result.selection,
             "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
 
@@ -238,7 +238,7 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
     return todo, done
 
 
-DEFAULT_TASK = "prealign.sweep:train_task"
+DEFAULT_TASK = "prealign.run.sweep:train_task"
 
 
 def _batch_config(item, task):
@@ -270,14 +270,14 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
               on_outcome: Callable[[Outcome], None] | None = None, batch_models: bool | int | str = "auto") -> list[Outcome]:
     """Run every config not yet done in ``store``; return one :class:`Outcome` per distinct key.
 
-    ``store``: a :class:`~prealign.store.Store` or its path (workers open the path themselves).
+    ``store``: a :class:`~prealign.run.store.Store` or its path (workers open the path themselves).
     ``executor``: ``"local"`` (``workers`` spawned single-threaded processes; ``workers=1`` runs
     serially in this process) or ``"ray"`` (``address`` of a cluster, ``None`` = start a local one).
     ``task(config_dict, store_path) -> dict`` is the worker function (default: train the run).
     ``batch_models``: ``"auto"`` (default) trains compatible configs (MLPs under bp/fa/ifa/rnp
-    sharing data, widths and optimizer settings; :func:`prealign.sweep_batched.group_key`) as one
+    sharing data, widths and optimizer settings; :func:`prealign.run.sweep_batched.group_key`) as one
     vectorized model per group of up to 8, storing bitwise what separate runs store
-    (:mod:`prealign.sweep_batched`), where that is faster (:func:`prealign.sweep_batched.wins`: small networks on a CPU, any on a GPU);
+    (:mod:`prealign.run.sweep_batched`), where that is faster (:func:`prealign.run.sweep_batched.wins`: small networks on a CPU, any on a GPU);
     ``False``/``"off"`` trains every config alone; an int ``G >= 2`` batches every compatible
     config in groups of at most ``G``.
     ``on_outcome`` is called in this process as each run ends.
@@ -292,7 +292,7 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
         order.setdefault(cfg.key(), len(order))
     todo, outcomes = pending(configs, store)
     path = _store_path(store)
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     def record(cfg, out: dict) -> Outcome:
         outcome = Outcome(key=cfg.key(), status=out.get("status", "failed"), config=cfg.to_dict(),

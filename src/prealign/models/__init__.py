@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError, UnknownNameError
-from .feedback import FeedbackConv2d, FeedbackLinear, convert, get_rule
-from .init import init_weights
+from ..errors import ConfigError, UnknownNameError
+from ..feedback import FeedbackConv2d, FeedbackLinear, convert, get_rule
+from ..init import init_weights
 
 ACTIVATIONS = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,

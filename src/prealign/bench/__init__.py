@@ -25,7 +25,7 @@ paired ratios. Rows:
                 with each worker training its runs as one batched model (what ``run_sweep`` does
                 for such runs). Target ≥ 1.7 at N = 2. Plus ``run_sweep`` end to end with
                 ``batch_models`` off / ``"auto"``.
-6. ``batched``  S sequential :func:`prealign.train` runs / one :func:`prealign.batched.train_batched`
+6. ``batched``  S sequential :func:`prealign.train` runs / one :func:`prealign.run.batched.train_batched`
                 run of the same S models (speedup of vectorized multi-seed training).
 
 ``run_bench(quick=True)`` uses reduced sizes and repetitions (well under a minute). Every row uses
@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import resolve_device
-from .errors import ConfigError, UnknownNameError
+from ..device import resolve_device
+from ..errors import ConfigError, UnknownNameError
 
 MLP_DIMS = [784, 512, 512, 10]
 SMALL_DIMS = [784, 100, 10]
@@ -137,7 +137,7 @@ def _adam_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def _steps(model, x, y, n):
-    from .trainer import _make_optimizer  # the trainer's own Adam, so the bench follows what users run
+    from ..run.trainer import _make_optimizer  # the trainer's own Adam, so the bench follows what users run
 
     opt = _make_optimizer("adam", model.parameters(), 1e-4, 0.0, 0.0)
 
@@ -148,7 +148,7 @@ def _steps(model, x, y, n):
 
 
 def _load(name: str, n_train: int | None = None):
-    from .data import load
+    from ..data import load
 
     ds = load(name)
     if n_train is not None and n_train < len(ds.x_train):
@@ -184,8 +184,8 @@ def machine_info(device: torch.device) -> dict:
 # -- row 1: step time per rule / BP ----------------------------------------------------------------
 def bench_step(device: torch.device, quick: bool) -> list[BenchRow]:
     """Every rule vs BP: same weights, same batch, same Adam; one repetition = ``n`` training steps."""
-    from . import lenet, mlp
-    from .feedback import RULES
+    from .. import lenet, mlp
+    from ..feedback import RULES
 
     batch = 128
     reps = 3 if quick else 15
@@ -213,7 +213,7 @@ def bench_step(device: torch.device, quick: bool) -> list[BenchRow]:
 # -- row 3: achieved FLOP/s / GEMM FLOP/s -------------------------------------------------------------
 def bench_flops(device: torch.device, quick: bool) -> BenchRow:
     """FA training steps of 784-512-512-10 (batch 128) interleaved with a square float32 GEMM."""
-    from . import mlp
+    from .. import mlp
 
     batch, n = 128, (3 if quick else 10)
     size = (1024 if quick else 2048) if device.type == "cpu" else 8192
@@ -313,8 +313,8 @@ def usual_recipe_model(reference: nn.Module) -> nn.Module:
 def bench_recipe(device: torch.device, quick: bool) -> BenchRow:
     """One training epoch each: the usual recipe vs :func:`prealign.train` (its epoch ``seconds``), on
     MNIST-5k (1,500 training images quick, all 4,000 full): embedded, so the row runs on any machine."""
-    from . import mlp
-    from .trainer import TensorData, train
+    from .. import mlp
+    from ..run.trainer import TensorData, train
 
     ds = _load("mnist5k", 1500 if quick else None)
     images = (ds.x_train[:, 0] * 255).round().to(torch.uint8)  # the raw uint8 images
@@ -363,8 +363,8 @@ def bench_hessian(device: torch.device, quick: bool) -> BenchRow:
     except ImportError:
         return BenchRow("hessian/mlp", "PyHessian / prealign Hessian suite time", None, ">= 2",
                         skipped="PyHessian is not installed (pip install --no-deps pyhessian; it needs only numpy and torch)")
-    from . import mlp
-    from .analysis.hessian import hessian_operator, hutchinson_trace, power_iteration, spectral_density
+    from .. import mlp
+    from ..analysis.hessian import hessian_operator, hutchinson_trace, power_iteration, spectral_density
 
     n, iters, probes, dens_probes, steps = (128, 4, 4, 1, 4) if quick else (1000, 20, 20, 2, 20)
     ds = _load("mnist5k")
@@ -430,8 +430,8 @@ _SWEEP_DATA: dict = {}
 
 def sweep_run(spec: dict) -> float:
     """One small sweep run (a worker task): 784-100-10 FA on a subset of mnist5k; returns best test accuracy."""
-    from . import mlp
-    from .trainer import train
+    from .. import mlp
+    from ..run.trainer import train
 
     key = spec["n_train"]
     if key not in _SWEEP_DATA:
@@ -443,9 +443,9 @@ def sweep_run(spec: dict) -> float:
 
 def sweep_group(specs: list[dict]) -> list[float]:
     """A worker task training several :func:`sweep_run` runs as one batched model
-    (:func:`prealign.batched.train_runs`: what ``run_sweep(batch_models="auto")`` does with such runs)."""
-    from . import mlp
-    from .batched import train_runs
+    (:func:`prealign.run.batched.train_runs`: what ``run_sweep(batch_models="auto")`` does with such runs)."""
+    from .. import mlp
+    from ..run.batched import train_runs
 
     key = specs[0]["n_train"]
     if key not in _SWEEP_DATA:
@@ -463,7 +463,7 @@ def _warm(spec: dict) -> int:
 
 def _bench_worker_init(parent_pid: int) -> None:
     """A bench worker is a sweep worker: one torch thread, and it exits when the bench process dies."""
-    from .sweep import _limit_threads, _worker_init
+    from ..run.sweep import _limit_threads, _worker_init
 
     _worker_init(parent_pid)
     _limit_threads()
@@ -514,7 +514,7 @@ def bench_sweep(quick: bool, workers: int | None = None) -> list[BenchRow]:
                    "runs batched / 1 process on all cores", ">= 1.7", times["serial"], times["parallel_batched"],
                    details=dict(details))
     grouped.details.update(serial_s=grouped.a_seconds, parallel_s=grouped.b_seconds,
-                           groups=f"{workers} groups of {runs // workers} (prealign.batched.train_runs)")
+                           groups=f"{workers} groups of {runs // workers} (prealign.run.batched.train_runs)")
     return [row, grouped]
 
 
@@ -531,9 +531,9 @@ def sweep_batching_timings(quick: bool = True, workers: int = 1, repeats: int | 
     """
     import tempfile
 
-    from .config import RunConfig
-    from .store import Store
-    from .sweep import run_sweep
+    from ..run.config import RunConfig
+    from ..run.store import Store
+    from ..run.sweep import run_sweep
 
     n_train, epochs, seeds = (1000, 2, 4) if quick else (4000, 3, 8)
     repeats = repeats or (1 if quick else 3)
@@ -576,7 +576,7 @@ def bench_sweep_store(quick: bool) -> BenchRow:
 # -- row 6: vectorized multi-seed training ----------------------------------------------------------------
 def batched_models(s: int) -> list[nn.Module]:
     """S 784-100-10 models over methods fa, ifa, bp and FA at α_W = 1 (different seeds)."""
-    from . import get_method, mlp
+    from .. import get_method, mlp
 
     out = []
     for i in range(s):
@@ -588,8 +588,8 @@ def batched_models(s: int) -> list[nn.Module]:
 
 
 def bench_batched(device: torch.device, quick: bool) -> list[BenchRow]:
-    from .batched import train_batched
-    from .trainer import train
+    from ..run.batched import train_batched
+    from ..run.trainer import train
 
     ds = _load("mnist5k", 500 if quick else 2000)
     epochs = 1 if quick else 2

@@ -26,9 +26,9 @@ from typing import Any
 import tomllib
 import torch
 
-from .errors import ConfigError, PrealignError
-from .feedback import get_rule
-from .methods import get_method
+from ..errors import ConfigError, PrealignError
+from ..feedback import get_rule
+from ..methods import get_method
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MODEL_NAMES = ("mlp", "lenet", "alexnet")
@@ -120,7 +120,7 @@ class RunConfig:
                                   ("noise_distribution", self.noise_distribution, NOISE_DISTRIBUTIONS)):
             if value not in valid:
                 raise ConfigError(f"key {key!r} has unknown value {value!r}; valid: {', '.join(valid)}")
-        from .models import ACTIVATIONS
+        from ..models import ACTIVATIONS
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"key 'activation' has unknown value {self.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
         return self
@@ -187,8 +187,8 @@ class RunConfig:
         therefore loads the data set once per process (cached; mnist5k ≈ 0.05 s, Fashion-MNIST ≈ 1 s).
         A data set that is unknown or not on this machine gets the fingerprint ``"unavailable"``
         (no run can finish without its data); a corrupt or mismatching file raises PrealignError."""
-        from .data import DataNotFoundError, fingerprint
-        from .errors import UnknownNameError
+        from ..data import DataNotFoundError, fingerprint
+        from ..errors import UnknownNameError
 
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
         try:
@@ -274,7 +274,7 @@ def load_data(config: RunConfig):
     """The config's data set, restricted to ``train_subset`` if set. The whole set comes from
     :func:`prealign.data.identity.loaded`, the copy the run key's fingerprint was computed on
     (cached per process, reloaded when its files change), so a run never loads its data twice."""
-    from .data.identity import loaded
+    from ..data.identity import loaded
 
     ds = loaded(config.dataset)
     return ds.subset(config.train_subset) if config.train_subset else ds
@@ -286,8 +286,8 @@ def _seed_for(*parts) -> int:
 
 def build(config: RunConfig, data) -> torch.nn.Module:
     """The config's initial network, converted to the method's rule but not yet prepared."""
-    from .feedback import convert
-    from .models import build_model
+    from ..feedback import convert
+    from ..models import build_model
 
     model_seed = config.seed if config.same_init else _seed_for(config.seed, config.label, "model")
     torch.manual_seed(model_seed)  # anything drawn outside the generator (e.g. DFA seeds) is seeded too
@@ -304,7 +304,7 @@ def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, nois
     method's one-time preparation (IFA alignment, RNP noise pretraining) from the config's own
     preparation seed. Returns ``(model, noise_seconds, generator)``. ``noise=False`` stops before
     the noise pretraining; ``generator`` is then where that pretraining would draw its seed (for
-    :func:`prealign.batched.pretrain_noise_batched`, which pretrains several models at once)."""
+    :func:`prealign.run.batched.pretrain_noise_batched`, which pretrains several models at once)."""
     model = build(config, data).to(device)
     method = config.method_object()
     if not noise:
@@ -319,16 +319,16 @@ def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, nois
 def run(config: RunConfig, store=None, *, progress: bool | None = None, callbacks=(), data=None):
     """Execute one config: data → network → method preparation (alignment / noise) → :func:`train`.
 
-    With a :class:`~prealign.store.Store`: a finished (or diverged) run with the same key is
+    With a :class:`~prealign.run.store.Store`: a finished (or diverged) run with the same key is
     returned from the store without training; an interrupted one resumes from its last
     checkpoint (noise pretraining included, which is checkpointed as epoch 0); every epoch is
     logged. ``config.val_fraction`` of the training set is held out for model selection (see
     :func:`prealign.train`). The data set, the device and the validation split are checked before
     the run is registered, so a bad one raises without storing a failed run. Returns a
-    :class:`~prealign.trainer.TrainResult` (``result.run_id`` set with a store).
+    :class:`~prealign.run.trainer.TrainResult` (``result.run_id`` set with a store).
     """
-    from .data.base import validation_size
-    from .device import resolve_device
+    from ..data.base import validation_size
+    from ..device import resolve_device
     from .trainer import TrainResult, train
 
     run_id, ckpt = None, None

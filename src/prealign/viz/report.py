@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .analysis.stats import fmt_p, fmt_pm, markdown_table, mean_std, ranksum
+from ..analysis.stats import fmt_p, fmt_pm, markdown_table, mean_std, ranksum
 
 
 def _last_finite(curves, key):
@@ -116,7 +116,7 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
     """Write ``learning_curves.png``, ``alignment.png``, ``epochs.csv``, ``summary.json`` and
     ``report.md`` into ``folder``; return the summary (also what ``--json`` prints)."""
     from . import plots
-    from .store import write_csv
+    from ..run.store import write_csv
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
