@@ -23,6 +23,7 @@ import threading
 # subcommand name -> module that registers it (imported lazily, so `prealign --help` is fast)
 COMMANDS = {
     "compare": "prealign.cli.compare",
+    "sweep": "prealign.cli.sweep",
     "train": "prealign.cli.train",
     "runs": "prealign.cli.runs",
     "datasets": "prealign.cli.datasets",

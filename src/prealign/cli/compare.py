@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
@@ -32,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--angles", type=ANGLES, default=[], help="IFA angles in degrees: adds ifa@θ for each, e.g. 15,45")
     p.add_argument("--seeds", type=Seeds(), default=DEFAULTS["seeds"], help="number of seeds (3 → 0,1,2) or a list 0,5,7 (default 3)")
     p.add_argument("--epochs", type=NONNEG, default=DEFAULTS["epochs"], help="maximum epochs (default 30)")
+    p.add_argument("--train-subset", type=POSITIVE, default=None, help="train on the first N training samples only (default: all)")
     p.add_argument("--batch-size", type=POSITIVE, default=DEFAULTS["batch_size"], help="default 64")
     p.add_argument("--lr", type=POSITIVE_FLOAT, default=DEFAULTS["lr"], help="Adam learning rate (default 1e-4)")
     p.add_argument("--optimizer", default="adam", help="adam (default), adamw or sgd")
@@ -55,39 +55,58 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
-def build_configs(args) -> list:
-    from ..run.config import RunConfig
+def build_grid(args):
+    """The comparison as a grid (:mod:`prealign.run.grid`): the options as its base, methods × seeds."""
     from ..errors import ConfigError
+    from ..run.grid import Grid
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods += [f"ifa@{a:g}" for a in args.angles]
     if not methods:
         raise ConfigError("--methods is empty; give e.g. bp,fa,ifa,rnp")
-    hidden = tuple(args.hidden)
-    configs = []
-    for method in dict.fromkeys(methods):
-        for seed in args.seeds:
-            configs.append(RunConfig(
-                method=method, dataset=args.dataset, model=args.model, hidden=hidden, epochs=args.epochs,
+    base = dict(dataset=args.dataset, model=args.model, hidden=list(args.hidden), epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                noise_samples=args.noise_samples, patience=args.patience, seed=seed, same_init=args.same_init,
-                device=args.device))
-    return configs
+                noise_samples=args.noise_samples, patience=args.patience, train_subset=args.train_subset,
+                same_init=args.same_init, device=args.device)
+    base = {k: v for k, v in base.items() if v is not None}
+    return Grid(base, {"method": list(dict.fromkeys(methods)), "seed": list(args.seeds)}, name="compare")
+
+
+def build_configs(args) -> list:
+    """The RunConfigs of the comparison, method-major (every seed of a method, then the next method)."""
+    return build_grid(args).configs()
+
+
+def print_table(summary: dict, folder, wall: float) -> None:
+    """The summary table (rich) and where the report is: what ``compare`` and ``sweep`` print."""
+    from ..analysis.stats import rich_table
+    from ..viz.report import _g, budget_line, table
+
+    settings = summary["settings"]
+    columns, cells = table(summary["methods"])
+    console = _console()
+    selection = ", ".join(sorted({m["selection"] for m in summary["methods"]}))
+    console.print(rich_table(columns, cells, title=f"{_g(settings['dataset'])}, {_g(settings['architecture'])} — test "
+                                                    f"accuracy at the selected epoch (selection: {selection}), mean ± "
+                                                    f"sample std over {len(settings['seeds'])} seed(s); angles in degrees"))
+    console.print(budget_line(settings), style="dim")
+    layers = ", ".join(f"{k} = layer `{v}`" for k, v in summary["layers"].items())
+    console.print(f"{layers}. Wall time {wall:.1f} s. Report: {folder / 'report.md'}")
 
 
 def main(args) -> int:
     import torch
 
-    from ..run.config import build, load_data
     from ..device import resolve_device
-    from ..errors import PrealignError
-    from ..viz.report import budget_line, table, write_compare_report
+    from ..run.config import build, load_data
+    from ..run.grid import sweep_grid
     from ..run.store import Store, default_root
-    from ..run.sweep import check_options, run_sweep
+    from ..run.sweep import check_options
     from ..run.sweep_batched import resolve_batch
-    from ..run.trainer import TrainResult
+    from ..viz.report import budget_line, settings_of, write_grid_outputs
 
-    configs = build_configs(args)  # unknown methods / bad values fail here, before any work
+    points = build_grid(args).points()  # unknown methods / bad values fail here, before any work
+    configs = build_configs(args)
     resolve_batch(args.batch_models)
     check_options(workers=args.workers)
     data = load_data(configs[0])  # unknown or missing data set fails here
@@ -97,52 +116,23 @@ def main(args) -> int:
     store = Store(root)
     workers = args.workers or (1 if device.type != "cpu" else min(2, os.cpu_count() or 1))
     threads = 1 if workers > 1 else args.threads or (1 if args.model == "mlp" and device.type == "cpu" else None)
-    labels = list(dict.fromkeys(c.label for c in configs))
-    n_in = 1
-    for d in data.x_train.shape[1:]:
-        n_in *= int(d)
-    arch = ("-".join(str(v) for v in (n_in, *configs[0].hidden, data.num_classes)) if args.model == "mlp" else args.model)
-    settings = {"dataset": args.dataset, "architecture": arch, "model": args.model, "methods": labels,
-                "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                "optimizer": args.optimizer, "weight_decay": args.weight_decay, "patience": args.patience,
-                "noise_samples": args.noise_samples if any(c.noise_samples for c in configs) else 0,
-                "same_init": args.same_init, "device": str(device), "workers": workers, "threads": threads,
-                "train_samples": len(data.y_train), "test_samples": len(data.y_test), "store": str(store.path)}
+    settings = settings_of(configs, device=str(device), workers=workers, threads=threads, train_samples=len(data.y_train),
+                           test_samples=len(data.y_test), store=str(store.path))
     if not args.json:
-        print(f"prealign compare: {', '.join(labels)} on {args.dataset} ({arch}); {budget_line(settings)}", file=sys.stderr)
+        print(f"prealign compare: {', '.join(settings['methods'])} on {args.dataset} ({settings['architecture']}); "
+              f"{budget_line(settings)}", file=sys.stderr)
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
     if threads and workers <= 1:
         torch.set_num_threads(threads)
     try:  # the sweep machinery: resumable, compatible runs trained batched (--batch-models), failures isolated
-        outcomes = run_sweep(configs, store, workers=workers, batch_models=args.batch_models)
+        sweep_grid(points, store, workers=workers, batch_models=args.batch_models)
     finally:
         torch.set_num_threads(previous_threads)
-    failed = [o for o in outcomes if not o.done]
-    if failed:
-        raise PrealignError(f"{len(failed)} of {len(outcomes)} runs failed (first: {failed[0].error}); the finished "
-                            f"ones are stored in {store.path}: fix the cause and run the same command again to resume")
-    results: dict[str, TrainResult] = {c.key(): store.result(store.find(c.key())["id"]) for c in configs}
     wall = time.perf_counter() - start
-    groups = {label: [results[c.key()] for c in configs if c.label == label] for label in labels}
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = root / f"compare-{stamp}"
-    i = 1
-    while folder.exists():
-        folder, i = root / f"compare-{stamp}-{i}", i + 1
-    summary = write_compare_report(folder, groups, settings, wall)
+    folder, summary = write_grid_outputs(root, "compare", points, store, settings, wall)
     if args.json:
         print(json.dumps(json.loads((folder / "summary.json").read_text()), indent=2))
         return 0
-    from ..analysis.stats import rich_table
-
-    columns, cells = table(summary["methods"])
-    console = _console()
-    selection = ", ".join(sorted({m["selection"] for m in summary["methods"]}))
-    console.print(rich_table(columns, cells, title=f"{args.dataset}, {arch} — test accuracy at the selected epoch "
-                                                    f"(selection: {selection}), mean ± sample std over "
-                                                    f"{len(settings['seeds'])} seed(s); angles in degrees"))
-    console.print(budget_line(settings), style="dim")
-    layers = ", ".join(f"{k} = layer `{v}`" for k, v in summary["layers"].items())
-    console.print(f"{layers}. Wall time {wall:.1f} s. Report: {folder / 'report.md'}")
+    print_table(summary, folder, wall)
     return 0

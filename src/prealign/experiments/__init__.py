@@ -6,12 +6,11 @@ Each ``*.toml`` file beside this module is one figure or table of one paper. Its
                  Random Noise…*, supplement), ``ref`` (``"Fig. 3"``, ``"Table S5"``), ``title``,
                  ``caption`` (what the panel shows), ``data`` (the paper's data sets).
 ``[base]``       :class:`~prealign.run.config.RunConfig` fields shared by every run.
-``[grid]``       axes of the sweep, a cartesian product. Values are RunConfig fields, or:
-                 ``depth`` (number of weight layers; ``hidden = [width] * (depth - 1)``),
-                 ``width``, ``method = "ifa@30"`` (method and angle at once), or an inline table
-                 ``{label = "He", alpha_w = 2, alpha_b = 2}`` that sets several fields together.
+``[grid]``       axes of the sweep, a cartesian product; ``[zip]`` axes varied together. The one grid
+                 format of :mod:`prealign.run.grid` (``prealign sweep`` reads it too): RunConfig fields,
+                 ``depth``, ``width``, ``method = "ifa@30"``, inline tables ``{label = "He", alpha_w = 2}``.
 ``[budget.smoke|quick|paper]``
-                 ``base`` / ``grid`` tables overriding the above (a grid axis given here replaces
+                 ``base`` / ``grid`` / ``zip`` tables overriding the above (a grid axis given here replaces
                  the whole axis), ``analysis`` (per-analysis parameter overrides), ``note``.
                  ``smoke``: seconds, tiny data (the test suite runs every experiment at it);
                  ``quick``: minutes on 2 CPU cores, offline data standing in where needed;
@@ -25,13 +24,13 @@ Each ``*.toml`` file beside this module is one figure or table of one paper. Its
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from ..errors import ConfigError, PrealignError, UnknownNameError
+from ..run.grid import desugar  # noqa: F401 - the documented import of the grid sugar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,8 +42,7 @@ PAPERS = {
     "ifa": "One-Time Soft Alignment Enables Resilient Learning without Weight Transport",
     "rnp": "Pretraining with Random Noise for Fast and Robust Learning without Weight Transport (supplement)",
 }
-SECTIONS = {"paper", "base", "grid", "budget", "analysis", "output", "claim", "reference"}
-SUGAR = ("depth", "width")  # grid/base keys that are not RunConfig fields
+SECTIONS = {"paper", "base", "grid", "zip", "budget", "analysis", "output", "claim", "reference"}
 
 
 @dataclass
@@ -61,6 +59,7 @@ class Experiment:
     claims: list = field(default_factory=list)
     path: str = ""
     reference: dict = field(default_factory=dict)  # the paper's own numbers: {table: {"row/…/col": "97.82 ± 0.03"}}
+    zipped: dict = field(default_factory=dict)  # [zip] axes (see prealign.run.grid)
 
     @property
     def ref(self) -> str:
@@ -79,36 +78,22 @@ class Experiment:
         over = self.budgets.get(budget, {}).get("analysis", {})
         return [{**a, **over.get(a["kind"], {})} for a in self.analyses]
 
+    def grid_of(self, budget: str):
+        """The budget's runs as a :class:`~prealign.run.grid.Grid` (the one grid format of every sweep);
+        the papers' protocol (``val_fraction = 0``: select on test) unless the file sets it."""
+        from ..run.grid import Grid
+
+        base, grid = self.settings(budget)
+        zipped = {**self.zipped, **self.budgets.get(budget, {}).get("zip", {})}
+        return Grid({"val_fraction": 0.0, **base}, grid, zipped, name=f"experiment {self.name} at budget {budget}")
+
     def points(self, budget: str, only: dict | None = None) -> list[dict]:
-        """Every grid point of ``budget`` as ``{"axes": {axis: label}, "config": RunConfig dict}``.
+        """Every grid point of ``budget`` as ``{"axes": {axis: label}, "config": RunConfig dict}``
+        (:meth:`prealign.run.grid.Grid.points`).
 
         ``only``: ``{axis: [labels]}`` keeps the points whose axis label is one of those
         (``--only dataset=fashion-mnist``); an unknown axis or label is a ConfigError."""
-        base, grid = self.settings(budget)
-        for axis, wanted in (only or {}).items():
-            if axis not in grid:
-                raise ConfigError(f"experiment {self.name} has no grid axis {axis!r} at budget {budget}; "
-                                  f"axes: {', '.join(grid)}")
-            labels = [v.get("label") if isinstance(v, dict) else v for v in grid[axis]]
-            keep = [v for v, lab in zip(grid[axis], labels) if str(lab) in {str(w) for w in wanted}]
-            if not keep:
-                raise ConfigError(f"axis {axis!r} of {self.name} has no value {wanted}; values: {labels}")
-            grid = {**grid, axis: keep}
-        axes = list(grid)
-        out = []
-        for combo in itertools.product(*(grid[a] for a in axes)):
-            fields_ = {"val_fraction": 0.0, **base}  # the papers' protocol (select on test) unless the file sets it
-            labels = {}
-            for axis, value in zip(axes, combo):
-                if isinstance(value, dict):
-                    value = dict(value)
-                    labels[axis] = value.pop("label", ",".join(f"{k}={v}" for k, v in value.items()))
-                    fields_.update(value)
-                else:
-                    labels[axis] = value
-                    fields_[axis] = value
-            out.append({"axes": labels, "config": desugar(fields_)})
-        return out
+        return self.grid_of(budget).restrict(only).points()
 
     def datasets(self, budget: str) -> list[str]:
         return sorted({p["config"].get("dataset", "?") for p in self.points(budget)})
@@ -129,23 +114,6 @@ class Experiment:
             depths = sorted(len(h) + 1 for h in mlps)
             out.append(f"mlp {'/'.join(map(str, widths))} wide, {depths[0]}–{depths[-1]} layers")
         return out
-
-
-def desugar(fields_: dict) -> dict:
-    """Turn ``depth``/``width``/``method="ifa@30"`` into RunConfig fields."""
-    d = dict(fields_)
-    width = d.pop("width", None)
-    depth = d.pop("depth", None)
-    if depth is not None:
-        w = width if width is not None else (d.get("hidden") or [100])[0]
-        d["hidden"] = [int(w)] * (int(depth) - 1)
-    elif width is not None:
-        d["hidden"] = [int(width)] * max(len(d.get("hidden") or [0]), 1)
-    method = d.get("method")
-    if isinstance(method, str) and "@" in method:
-        name, _, angle = method.partition("@")
-        d["method"], d["angle"] = name, float(angle)
-    return d
 
 
 def method_label(config: dict) -> str:
@@ -190,9 +158,6 @@ def parse(text: str, name: str = "<string>", path: str = "") -> Experiment:
         if b not in budgets:
             raise ConfigError(f"experiment {name}: missing [budget.{b}] (every experiment defines smoke, quick and paper)")
     grid = data.get("grid", {})
-    for axis, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"experiment {name}: grid axis '{axis}' must be a non-empty list")
     claims = data.get("claim", [])
     for c in claims:
         for key in ("id", "text"):
@@ -201,9 +166,12 @@ def parse(text: str, name: str = "<string>", path: str = "") -> Experiment:
         from .claims import validate as validate_claim
 
         validate_claim(c, f"experiment {name}: claim")
-    return Experiment(name=name, paper=paper, base=data.get("base", {}), grid=grid, budgets=budgets,
-                      analyses=data.get("analysis", []), outputs=data.get("output", []), claims=claims, path=path,
-                      reference=data.get("reference", {}))
+    exp = Experiment(name=name, paper=paper, base=data.get("base", {}), grid=grid, budgets=budgets,
+                     analyses=data.get("analysis", []), outputs=data.get("output", []), claims=claims, path=path,
+                     reference=data.get("reference", {}), zipped=data.get("zip", {}))
+    for b in BUDGETS:
+        exp.grid_of(b)  # keys, axis shapes and zip lengths checked when the file is read
+    return exp
 
 
 def load(name: str) -> Experiment:

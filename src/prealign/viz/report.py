@@ -123,7 +123,7 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
     rows = summarize(groups)
     columns, cells = table(rows)
     curves = {label: [r.curves for r in results] for label, results in groups.items()}
-    title = f"{settings['dataset']}, {settings['architecture']}"
+    title = f"{_g(settings['dataset'])}, {_g(settings['architecture'])}"
     plots.learning_curves(curves, folder / "learning_curves.png", title=f"Learning curves: {title}")
     plots.alignment_curves(curves, folder / "alignment.png", title=f"Alignment: {title}")
     epoch_rows = []
@@ -165,13 +165,86 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
     return summary
 
 
+def _g(value) -> str:
+    """A setting as text: ``1e-4`` style for a number, ``a|b`` for the values of a grid axis."""
+    if isinstance(value, list):
+        return "|".join(_g(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else str(value))
+
+
 def budget_line(settings: dict) -> str:
     noise = settings.get("noise_samples")
-    noise_txt = f"{noise:,} noise samples for rnp" if noise else "no noise pretraining"
-    return (f"Budget: {settings['epochs']} epochs max, batch {settings['batch_size']}, {settings['optimizer']} lr "
-            f"{settings['lr']:g}, {len(settings['seeds'])} seed(s) {settings['seeds']}, {noise_txt}, "
+    noise_txt = f"{_g(noise)} noise samples for rnp" if noise else "no noise pretraining"
+    return (f"Budget: {_g(settings['epochs'])} epochs max, batch {_g(settings['batch_size'])}, {_g(settings['optimizer'])} lr "
+            f"{_g(settings['lr'])}, {len(settings['seeds'])} seed(s) {settings['seeds']}, {noise_txt}, "
             f"{'same' if settings.get('same_init', True) else 'independent'} initial network per seed, "
             f"device {settings['device']}.")
 
 
-__all__ = ["summarize", "table", "write_compare_report", "write_json", "budget_line"]
+def settings_of(configs: list, **extra) -> dict[str, Any]:
+    """The ``settings`` of a report from the runs' configs: each field's value where every run
+    shares it, else the sorted list of its values (a grid axis); ``architecture`` as ``64-100-10``
+    (input-hidden-classes, from the data) for MLPs. ``extra`` is added as is (workers, store...)."""
+    from ..run.config import load_data
+
+    def common(name, among=configs):
+        values = list(dict.fromkeys(getattr(c, name) for c in among))
+        return values[0] if len(values) == 1 else sorted(values, key=str)
+
+    archs = []
+    for c in configs:
+        if c.model != "mlp":
+            arch = c.model
+        else:
+            data = load_data(c)  # cached per data set
+            n_in = math.prod(int(d) for d in data.x_train.shape[1:])
+            arch = "-".join(str(v) for v in (n_in, *c.hidden, data.num_classes))
+        if arch not in archs:
+            archs.append(arch)
+    methods = list(dict.fromkeys(c.label for c in configs))
+    settings = {"dataset": common("dataset"), "architecture": archs[0] if len(archs) == 1 else archs,
+                "model": common("model"), "methods": methods, "seeds": list(dict.fromkeys(c.seed for c in configs)),
+                **{k: common(k) for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "patience",
+                                          "train_subset", "same_init", "device")},
+                "noise_samples": common("noise_samples", [c for c in configs if c.noise_samples]) if any(c.noise_samples for c in configs) else 0}
+    return {**settings, **extra}
+
+
+def write_grid_outputs(root, prefix: str, points: list[dict], store, settings: dict[str, Any],
+                       wall_seconds: float) -> tuple[Path, dict[str, Any]]:
+    """The outputs of every grid of runs (``prealign compare`` and ``prealign sweep``): the stored
+    results of ``points`` (:meth:`prealign.run.grid.Grid.points`) grouped over seeds by
+    :func:`prealign.run.grid.group_label`, written by :func:`write_compare_report` into a fresh
+    folder ``<root>/<prefix>-<timestamp>/``, plus ``runs.csv`` (one row per run: its axes, key, id,
+    status, best test accuracy, the wall seconds the store recorded). Every point must be finished.
+    Returns (folder, summary)."""
+    from datetime import datetime
+
+    from ..run.config import RunConfig
+    from ..run.grid import group_label
+    from ..run.store import write_csv
+
+    groups: dict[str, list] = {}
+    run_rows = []
+    for p in points:
+        cfg = RunConfig.from_dict(p["config"])
+        res = store.result(store.find(cfg.key())["id"])
+        label = group_label(p)
+        groups.setdefault(label, []).append(res)
+        run_rows.append({"group": label, **{a: v for a, v in p["axes"].items()}, "method": cfg.label, "seed": cfg.seed,
+                         "key": cfg.key(), "run_id": res.run_id, "status": res.status,
+                         "best_test_acc": res.best_test_acc, "best_epoch": res.best_epoch,
+                         "seconds": res.seconds + res.noise_seconds})
+    root = Path(root)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder, i = root / f"{prefix}-{stamp}", 1
+    while folder.exists():
+        folder, i = root / f"{prefix}-{stamp}-{i}", i + 1
+    summary = write_compare_report(folder, groups, settings, wall_seconds)
+    write_csv(folder / "runs.csv", run_rows)
+    summary["files"]["runs.csv"] = str(folder / "runs.csv")
+    write_json(folder / "summary.json", summary)
+    return folder, summary
+
+
+__all__ = ["summarize", "table", "write_compare_report", "write_grid_outputs", "write_json", "budget_line", "settings_of"]
