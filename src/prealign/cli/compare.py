@@ -126,7 +126,7 @@ def main(args) -> int:
     if threads and workers <= 1:
         torch.set_num_threads(threads)
     try:  # the sweep machinery: resumable, compatible runs trained batched (--batch-models), failures isolated
-        sweep_grid(points, store, workers=workers, batch_models=args.batch_models)
+        sweep_grid(configs, store, workers=workers, batch_models=args.batch_models)
     finally:
         torch.set_num_threads(previous_threads)
     wall = time.perf_counter() - start

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .args import IN_FILE, POSITIVE, STORE
+from .args import IN_FILE, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE
 
 
 def register(sub) -> None:
@@ -39,7 +39,29 @@ def register(sub) -> None:
     p.add_argument("--out", type=STORE, default=None,
                    help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout (the summary, or the run list with --dry-run)")
+    _resource_options(p)
     p.set_defaults(func=main)
+
+
+RESOURCE_OPTIONS = {  # run_sweep keyword -> (option, type, help): issue 15's cluster resources
+    "gpus_per_run": ("--gpus-per-run", NONNEG_FLOAT, "GPUs per run, fractional (0.25: four runs share a GPU); default: "
+                                                     "a whole GPU for big models, a fraction for small MLPs"),
+    "cpus_per_run": ("--cpus-per-run", POSITIVE_FLOAT, "CPU cores per run (Ray)"),
+    "storage": ("--storage", str, "where checkpoints go, as a URI: a local folder (default) or s3://, gs://... (fsspec)"),
+}
+
+
+def _resource_options(p) -> None:
+    """The resource options this prealign's :func:`prealign.run.sweep.run_sweep` takes (by its signature:
+    the sweep passes them through unchanged, so they appear exactly where the machinery has them)."""
+    import inspect
+
+    from ..run.sweep import run_sweep
+
+    params = inspect.signature(run_sweep).parameters
+    for name, (flag, typ, text) in RESOURCE_OPTIONS.items():
+        if name in params:
+            p.add_argument(flag, type=typ, default=None, help=text)
 
 
 def _dry_run(grid, points, store, as_json: bool) -> int:
@@ -96,8 +118,9 @@ def main(args) -> int:
     if not args.json:
         print(f"prealign sweep: {len(points)} runs from {args.grid}; {budget_line(settings)}", file=sys.stderr)
     start = time.perf_counter()
-    sweep_grid(points, store, executor=args.executor, workers=args.workers, address=args.address,
-               batch_models=args.batch_models)
+    resources = {k: getattr(args, k) for k in RESOURCE_OPTIONS if getattr(args, k, None) is not None}
+    sweep_grid(configs, store, executor=args.executor, workers=args.workers, address=args.address,
+               batch_models=args.batch_models, **resources)
     wall = time.perf_counter() - start
     folder, summary = write_grid_outputs(root, "sweep", points, store, settings, wall)
     if args.json:

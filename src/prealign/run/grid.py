@@ -185,9 +185,10 @@ class Grid:
                     _check_key(axis, where)
                 for key in sorted(keys):
                     _check_key(key, where)
-                    if key in setters and setters[key] != axis:
-                        raise ConfigError(f"{where}: key {key!r} is also set by axis {setters[key]!r}; vary a key on one axis only")
-                    setters[key] = axis
+                    if key in setters and setters[key] != (section, axis):
+                        raise ConfigError(f"{where}: key {key!r} is also set by axis [{setters[key][0]}] {setters[key][1]}; "
+                                          "vary a key on one axis only")
+                    setters[key] = (section, axis)
         lengths = {axis: len(v) for axis, v in self.zipped.items()}
         if len(set(lengths.values())) > 1:
             raise ConfigError(f"{self.name} [zip]: zipped axes must have the same length, got "
@@ -302,15 +303,13 @@ def _fmt(v) -> str:
 
 
 
-def sweep_grid(points: list[dict], store, **kwargs) -> list:
-    """Train every point of a grid through :func:`prealign.run.sweep.run_sweep` (resumable:
-    finished runs are skipped, killed ones resume from their last epoch) and return its outcomes;
-    ``kwargs`` go to ``run_sweep`` as they are. A run that failed is a PrealignError naming the
-    first failure, after the others finished and were stored."""
-    from .config import RunConfig
+def sweep_grid(configs: list, store, **kwargs) -> list:
+    """Train the RunConfigs of a grid (:meth:`Grid.configs`) through :func:`prealign.run.sweep.run_sweep`
+    (resumable: finished runs are skipped, killed ones resume from their last epoch) and return its
+    outcomes; ``kwargs`` go to ``run_sweep`` as they are. A run that failed is a PrealignError naming
+    the first failure, after the others finished and were stored."""
     from .sweep import run_sweep
 
-    configs = [RunConfig.from_dict(p["config"]) for p in points]
     outcomes = run_sweep(configs, store, **kwargs)
     failed = [o for o in outcomes if not o.done]
     if failed:
