@@ -6,7 +6,7 @@
 Steps (each timed; a failure is reported and the others still run):
 
 ``rules``    every feedback rule (bp fa ifa rnp dfa usf brsf frsf kp) trains 2 epochs of mnist5k on
-             ``cuda`` through :func:`prealign.run.config.run`; each must beat chance (> 30 %) and, after
+             ``cuda`` through :func:`prealign.run.config.run`; each must reach 60 % (on the CPU all reach 84-92 %) and, after
              1 epoch, agree with the same run on the CPU (test accuracy within 2 points).
 ``batched``  bp/fa/ifa/rnp × 2 seeds as batched groups (:mod:`prealign.run.sweep_batched`) on ``cuda``
              against the same runs trained one by one: best test accuracy within 2 points.
@@ -69,7 +69,7 @@ def step_rules(out: Path) -> dict:
         diff = abs(one_gpu.best_test_acc - one_cpu.best_test_acc)
         details[m] = {"best_test_acc": round(res.best_test_acc, 4), "seconds": round(res.seconds, 2),
                       "cuda_memory_used": used, "cpu_vs_cuda_acc_diff": round(diff, 4)}
-        if not (res.status == "finished" and res.best_test_acc > 0.3 and used and diff <= 0.02):
+        if not (res.status == "finished" and res.best_test_acc > 0.6 and used and diff <= 0.02):
             bad.append(m)
     if bad:
         raise AssertionError(f"rules failing on cuda: {bad} ({ {m: details[m] for m in bad} })")
