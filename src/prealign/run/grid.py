@@ -123,6 +123,8 @@ def desugar(fields_: dict) -> dict:
     method = d.get("method")
     if isinstance(method, str) and "@" in method:
         name, _, angle = method.partition("@")
+        if d.get("angle") is not None and float(d["angle"]) != float(angle):
+            raise ConfigError(f"method {method!r} and angle={d['angle']} disagree; give the angle once")
         d["method"], d["angle"] = name, float(angle)
     return d
 
@@ -137,7 +139,7 @@ class Grid:
     axes: dict = field(default_factory=dict)
     zipped: dict = field(default_factory=dict)
     name: str = "grid"
-    collapsed: int = 0  # combinations merged by the method-specific-key rule in the last points()
+    collapsed: int = field(default=0, init=False)  # combinations merged by the method-specific-key rule in the last points()
 
     def __post_init__(self):
         self.validate()
@@ -234,7 +236,10 @@ class Grid:
                         fields_[key], from_axis[key] = v, axis
                 if "@" in str(fields_.get("method", "")) and "method" in from_axis:
                     from_axis["angle"] = from_axis["method"]  # "ifa@30": the method axis sets the angle too
-                fields_ = desugar(fields_)
+                try:
+                    fields_ = desugar(fields_)
+                except ConfigError as err:
+                    raise ConfigError(f"{self.name}, point {_where(labels)}: {err}") from None
                 method = _method(fields_.get("method", RunConfig.method))
                 for key, uses in METHOD_KEYS.items():
                     if key in fields_ and not uses(method):
@@ -250,8 +255,7 @@ class Grid:
                 try:
                     RunConfig.from_dict(fields_)
                 except ConfigError as err:
-                    where = ", ".join(f"{a}={v}" for a, v in labels.items()) or "base"
-                    raise ConfigError(f"{self.name}, point {where}: {err}") from None
+                    raise ConfigError(f"{self.name}, point {_where(labels)}: {err}") from None
                 seen[ident] = True
                 out.append({"axes": labels, "config": fields_})
         self._check_applied(applied)
@@ -278,6 +282,11 @@ class Grid:
     def varying(self) -> list[str]:
         """Axis names, ``[grid]`` then ``[zip]``."""
         return [*self.axes, *self.zipped]
+
+
+def _where(labels: dict) -> str:
+    """A grid point in an error message: ``method=fa, lr=0.001`` (``base`` without axes)."""
+    return ", ".join(f"{a}={v}" for a, v in labels.items()) or "base"
 
 
 def _methods() -> dict:
