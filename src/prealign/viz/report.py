@@ -112,7 +112,8 @@ def write_json(path, obj) -> Path:
     return path
 
 
-def write_compare_report(folder, groups: dict[str, list], settings: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+def write_compare_report(folder, groups: dict[str, list], settings: dict[str, Any], wall_seconds: float,
+                         command: str = "compare") -> dict[str, Any]:
     """Write ``learning_curves.png``, ``alignment.png``, ``epochs.csv``, ``summary.json`` and
     ``report.md`` into ``folder``; return the summary (also what ``--json`` prints)."""
     from . import plots
@@ -140,7 +141,7 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
     write_json(folder / "summary.json", summary)
     budget = budget_line(settings)
     lines = [
-        f"# prealign compare — {title}", "",
+        f"# prealign {command} — {title}", "",
         budget, "",
         markdown_table(columns, cells), "",
         "Test acc: mean ± sample std (ddof = 1) over the n seeds of each run's test accuracy at its selected epoch. "
@@ -240,8 +241,10 @@ def write_grid_outputs(root, prefix: str, points: list[dict], store, settings: d
     folder, i = root / f"{prefix}-{stamp}", 1
     while folder.exists():
         folder, i = root / f"{prefix}-{stamp}-{i}", i + 1
-    summary = write_compare_report(folder, groups, settings, wall_seconds)
+    summary = write_compare_report(folder, groups, settings, wall_seconds, command=prefix)
     write_csv(folder / "runs.csv", run_rows)
+    with open(folder / "report.md", "a") as report:
+        report.write("One row per run (its grid axes, key, store id, status, the seconds the store recorded): `runs.csv`.\n")
     summary["files"]["runs.csv"] = str(folder / "runs.csv")
     write_json(folder / "summary.json", summary)
     return folder, summary
