@@ -151,7 +151,7 @@ def step_attack(out: Path) -> dict:
 
 def _prealign(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "prealign.cli", *args], capture_output=True, text=True, env=ENV,
-                          timeout=timeout, cwd=str(ROOT))
+                          timeout=timeout, cwd=str(ROOT), check=False)
 
 
 def step_ray(out: Path) -> dict:

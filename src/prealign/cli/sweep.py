@@ -44,8 +44,8 @@ def register(sub) -> None:
 
 
 RESOURCE_OPTIONS = {  # run_sweep keyword -> (option, type, help): issue 15's cluster resources
-    "gpus_per_run": ("--gpus-per-run", NONNEG_FLOAT, "GPUs per run, fractional (0.25: four runs share a GPU); default: "
-                                                     "a whole GPU for big models, a fraction for small MLPs"),
+    "gpus_per_run": ("--gpus-per-run", NONNEG_FLOAT, ("GPUs per run, fractional (0.25: four runs share a GPU); default: "
+                                                      "a whole GPU for big models, a fraction for small MLPs")),
     "cpus_per_run": ("--cpus-per-run", POSITIVE_FLOAT, "CPU cores per run (Ray)"),
     "storage": ("--storage", str, "where checkpoints go, as a URI: a local folder (default) or s3://, gs://... (fsspec)"),
 }

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import ConfigError, PrealignError, UnknownNameError
-from ..run.grid import desugar  # noqa: F401 - the documented import of the grid sugar
+from ..run.grid import desugar
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -42,17 +42,13 @@ import dataclasses
 import difflib
 import itertools
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, PrealignError
+import tomllib
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ..errors import ConfigError, PrealignError
 
 SECTIONS = ("base", "grid", "zip")
 SUGAR = ("depth", "width")  # keys that are not RunConfig fields
@@ -337,4 +333,4 @@ def stored_status(points: list[dict], store) -> list[str]:
         out.append(row["status"] if row else "new")
     return out
 
-__all__ = ["Grid", "METHOD_KEYS", "SECTIONS", "SUGAR", "desugar", "group_label", "stored_status", "sweep_grid", "valid_keys"]
+__all__ = ["METHOD_KEYS", "SECTIONS", "SUGAR", "Grid", "desugar", "group_label", "stored_status", "sweep_grid", "valid_keys"]
