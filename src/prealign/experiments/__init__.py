@@ -5,7 +5,10 @@ Each ``*.toml`` file beside this module is one figure or table of one paper. Its
 ``[paper]``      ``paper`` (``"ifa"`` = *One-Time Soft Alignment…*, ``"rnp"`` = *Pretraining with
                  Random Noise…*, supplement), ``ref`` (``"Fig. 3"``, ``"Table S5"``), ``title``,
                  ``caption`` (what the panel shows), ``data`` (the paper's data sets).
-``[base]``       :class:`~prealign.run.config.RunConfig` fields shared by every run.
+``[base]``       :class:`~prealign.run.config.RunConfig` fields shared by every run. The noise keys
+                 (``noise_samples``, ``noise_lr`` …) here set the budget of the runs that pretrain
+                 on noise (``rnp``, ``bp+noise`` …) only: ``bp``/``fa`` stay noise-free. A noise key
+                 in a ``[grid]`` entry applies to its run as given (RunConfig's rules).
 ``[grid]``       axes of the sweep, a cartesian product. Values are RunConfig fields, or:
                  ``depth`` (number of weight layers; ``hidden = [width] * (depth - 1)``),
                  ``width``, ``method = "ifa@30"`` (method and angle at once), or an inline table
@@ -98,16 +101,18 @@ class Experiment:
         out = []
         for combo in itertools.product(*(grid[a] for a in axes)):
             fields_ = {"val_fraction": 0.0, **base}  # the papers' protocol (select on test) unless the file sets it
-            labels = {}
+            labels, from_grid = {}, set()
             for axis, value in zip(axes, combo):
                 if isinstance(value, dict):
                     value = dict(value)
                     labels[axis] = value.pop("label", ",".join(f"{k}={v}" for k, v in value.items()))
                     fields_.update(value)
+                    from_grid.update(value)
                 else:
                     labels[axis] = value
                     fields_[axis] = value
-            out.append({"axes": labels, "config": desugar(fields_)})
+                    from_grid.add(axis)
+            out.append({"axes": labels, "config": desugar(_base_noise(fields_, from_grid))})
         return out
 
     def datasets(self, budget: str) -> list[str]:
@@ -131,6 +136,17 @@ class Experiment:
         return out
 
 
+def _base_noise(fields_: dict, from_grid: set) -> dict:
+    """``fields_`` without the ``[base]`` noise keys when the run's method does not pretrain on noise
+    (``bp``, ``fa``, ``ifa@30`` …): the shared noise budget is for ``rnp`` and ``X+noise`` runs."""
+    from ..methods import get_method
+    from ..run.config import NOISE_SETTINGS
+
+    if get_method(fields_.get("method", "fa")).noise_samples:
+        return fields_
+    return {k: v for k, v in fields_.items() if k not in ("noise_samples", *NOISE_SETTINGS) or k in from_grid}
+
+
 def desugar(fields_: dict) -> dict:
     """Turn ``depth``/``width``/``method="ifa@30"`` into RunConfig fields."""
     d = dict(fields_)
@@ -143,18 +159,25 @@ def desugar(fields_: dict) -> dict:
         d["hidden"] = [int(width)] * max(len(d.get("hidden") or [0]), 1)
     method = d.get("method")
     if isinstance(method, str) and "@" in method:
-        name, _, angle = method.partition("@")
-        d["method"], d["angle"] = name, float(angle)
+        from ..methods import WARMUP, parse_method_name
+
+        name, angle, warm = parse_method_name(method)
+        d["method"], d["angle"] = name + (WARMUP if warm else ""), angle
     return d
 
 
 def method_label(config: dict) -> str:
-    """``ifa@30`` for IFA at 30°, else the method name (how tables and legends name a run)."""
+    """``ifa@30`` for IFA at 30°, ``bp+noise`` for noise warm-up, else the method name (how tables
+    and legends name a run), from a RunConfig dict."""
+    from ..methods import get_method
+
     m = config.get("method", "?")
-    angle = config.get("angle")
-    if m == "ifa" and angle not in (None, 0, 0.0):
-        return f"ifa@{float(angle):g}"
-    return m
+    try:
+        method = get_method(m)
+    except PrealignError:
+        return m
+    angle = config.get("angle") if method.angle is not None else None
+    return method.with_options(angle=angle, noise_samples=config.get("noise_samples")).label
 
 
 # ----------------------------------------------------------------------------------- registry

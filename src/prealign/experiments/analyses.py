@@ -229,7 +229,7 @@ def cost_to_converge(ctx, p: dict) -> None:
     noise samples / training-set size, ``total_epochs`` = noise_epochs + best_epoch."""
     for run in _finished(ctx):
         n_train = len(ctx.data(run.config).y_train)
-        noise = float(run.config.get("noise_samples") or 0) if run.config.get("method") == "rnp" else 0.0
+        noise = float(run.config.get("noise_samples") or 0)  # rnp's, or an X+noise warm-up's
         run.row["noise_epochs"] = noise / n_train
         run.row["total_epochs"] = run.row["noise_epochs"] + float(run.row.get("best_epoch", math.nan))
 

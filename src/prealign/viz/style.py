@@ -62,6 +62,7 @@ def method_of(label) -> str | None:
     """The method label a series label names: the label itself (``fa``, ``ifa@30``) or its last word
     (``"3 ifa@30"``: run 3, under IFA at 30°); ``None`` for anything else (seeds, layers, conditions)."""
     for part in (str(label), str(label).rsplit(maxsplit=1)[-1] if str(label).strip() else ""):
+        part = part.removesuffix("+noise")  # noise warm-up (bp+noise): the method's colour, its next line style
         if part in BASE_COLORS or ifa_angle(part) is not None:
             return part
     return None
