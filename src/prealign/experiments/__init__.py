@@ -3,7 +3,8 @@
 Each ``*.toml`` file beside this module is one figure or table of one paper. Its sections:
 
 ``[paper]``      ``paper`` (``"ifa"`` = *One-Time Soft Alignment…*, ``"rnp"`` = *Pretraining with
-                 Random Noise…*, supplement), ``ref`` (``"Fig. 3"``, ``"Table S5"``), ``title``,
+                 Random Noise…*, supplement, ``"rnpu"`` = its follow-up on uncertainty
+                 calibration), ``ref`` (``"Fig. 3"``, ``"Table S5"``), ``title``,
                  ``caption`` (what the panel shows), ``data`` (the paper's data sets).
 ``[base]``       :class:`~prealign.run.config.RunConfig` fields shared by every run. The noise keys
                  (``noise_samples``, ``noise_lr`` …) here set the budget of the runs that pretrain
@@ -45,6 +46,7 @@ BUDGETS = ("smoke", "quick", "paper")
 PAPERS = {
     "ifa": "One-Time Soft Alignment Enables Resilient Learning without Weight Transport",
     "rnp": "Pretraining with Random Noise for Fast and Robust Learning without Weight Transport (supplement)",
+    "rnpu": "Pretraining with Random Noise for Uncertainty Calibration (Cheon & Paik, arXiv 2412.17411)",
 }
 SECTIONS = {"paper", "base", "grid", "budget", "analysis", "output", "claim", "reference"}
 SUGAR = ("depth", "width")  # grid/base keys that are not RunConfig fields
@@ -137,12 +139,16 @@ class Experiment:
 
 
 def _base_noise(fields_: dict, from_grid: set) -> dict:
-    """``fields_`` without the ``[base]`` noise keys when the run's method does not pretrain on noise
-    (``bp``, ``fa``, ``ifa@30`` …): the shared noise budget is for ``rnp`` and ``X+noise`` runs."""
+    """``fields_`` without the ``[base]`` noise keys when the run does not pretrain on noise: its
+    method has no noise (``bp``, ``fa``, ``ifa@30`` …; ``rnp`` and ``X+noise`` do), or its grid entry
+    sets ``noise_samples = 0``. A grid-given ``noise_samples > 0`` keeps them (noise warm-up)."""
     from ..methods import get_method
     from ..run.config import NOISE_SETTINGS
 
-    if get_method(fields_.get("method", "fa")).noise_samples:
+    if "noise_samples" in from_grid:  # the point says itself whether it pretrains on noise
+        if fields_["noise_samples"]:
+            return fields_
+    elif get_method(fields_.get("method", "fa")).noise_samples:
         return fields_
     return {k: v for k, v in fields_.items() if k not in ("noise_samples", *NOISE_SETTINGS) or k in from_grid}
 
