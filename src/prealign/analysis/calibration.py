@@ -7,9 +7,9 @@ Confidence = the largest softmax probability, ``conf_i = max_k p_ik``; correct =
   first also holding 0); ``ECE = Σ_b (n_b / N) · |acc_b − conf_b|`` with ``conf_b`` the *mean
   confidence* of the samples in bin ``b`` (not the bin centre) and ``acc_b`` their accuracy.
 * **MCE** (maximum calibration error, Guo et al. 2017): ``max_b |acc_b − conf_b|`` over non-empty bins.
-* **Adaptive ECE** (equal-mass bins; Nguyen & O'Connor 2015, Nixon et al. 2019): the samples sorted
-  by confidence and split into ``n_bins`` groups of (nearly) equal size (``numpy.array_split``), then
-  the ECE formula.
+* **Adaptive ECE** (equal-mass bins; Nguyen & O'Connor 2015, Nixon et al. 2019): bin edges at the
+  ``b/n_bins`` quantiles of the confidences, so each bin holds about ``N/n_bins`` samples (tied
+  confidences never split across bins), then the ECE formula.
 * **NLL**: mean ``−log p_{i,y_i}`` (nats). **Brier** (Brier 1950, multi-class): mean over samples of
   ``Σ_k (p_ik − [y_i = k])²`` (in [0, 2]).
 
@@ -94,10 +94,14 @@ def mce(probs, labels, n_bins: int = N_BINS) -> float:
 
 
 def adaptive_ece(probs, labels, n_bins: int = N_BINS) -> float:
-    """ECE over ``n_bins`` equal-mass bins (samples sorted by confidence, split by ``numpy.array_split``)."""
+    """ECE over ``n_bins`` equal-mass bins: edges at the confidence quantiles ``b/M``
+    (``numpy.quantile``), bins ``(lo, hi]`` (the first closed), so tied confidences share a bin
+    (coinciding edges merge bins: fewer, never split ties)."""
     conf, corr = confidence_and_correct(probs, labels)
-    order = np.argsort(conf, kind="stable")
-    return _ece_of_groups(np.array_split(conf[order], n_bins), np.array_split(corr[order], n_bins), len(conf))[0]
+    edges = np.unique(np.quantile(conf, np.linspace(0.0, 1.0, n_bins + 1)))
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, max(len(edges) - 2, 0))
+    groups = [np.flatnonzero(idx == b) for b in range(max(len(edges) - 1, 1))]
+    return _ece_of_groups([conf[g] for g in groups], [corr[g] for g in groups], len(conf))[0]
 
 
 def nll(probs, labels) -> float:
