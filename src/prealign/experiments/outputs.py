@@ -31,7 +31,7 @@ from ..viz.style import (integer_epochs, legend_outside, method_styles, shared_c
                           shared_norm)
 from .analyses import Unavailable
 
-PERCENT = ("acc",)  # metrics with these substrings are fractions shown in percent
+PERCENT = ("acc", "ece", "confidence")  # metrics with these substrings are fractions shown in percent
 
 
 def _is_pct(metric: str) -> bool:
