@@ -34,7 +34,6 @@ from .feedback import convert
 from .init import align
 from .pretrain import NoisePretrainResult, pretrain_noise
 
-
 DEFAULT_NOISE_SAMPLES = 500_000  # the noise paper's budget (A.1), also the warm-up's default
 WARMUP = "+noise"  # method-name suffix asking for noise warm-up
 NOISE_VERSION = {"fa": "rnp"}  # methods whose noise-pretrained version is a registered method of its own

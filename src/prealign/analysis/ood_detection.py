@@ -86,7 +86,8 @@ def ood_sets(data, dataset: str, n: int | None = 1000, seed: int = 0) -> tuple[d
     module docstring for in-distribution ``data`` (named ``dataset``), each at most ``n`` images
     drawn with ``seed``; ``skipped`` = ``{name: reason}`` for the sets not available here."""
     from ..data import load
-    from ..data.transforms import ood_sets as shifted, resize
+    from ..data.transforms import ood_sets as shifted
+    from ..data.transforms import resize
 
     shape = tuple(data.x_test.shape[1:])
     gen = torch.Generator().manual_seed(seed)

@@ -148,7 +148,11 @@ def plot_confidence_histograms(path, per_method: Mapping[str, Sequence[Mapping]]
     bins = np.linspace(0, 1, 21)
     for j, (label, style) in enumerate(styles.items()):
         ax = axes[0][j]
-        pooled = lambda key: np.concatenate([np.asarray(r[key]["msp"]) for r in per_method[label]])  # noqa: E731
+        runs = per_method[label]
+
+        def pooled(key, runs=runs):
+            return np.concatenate([np.asarray(r[key]["msp"]) for r in runs])
+
         ax.hist(pooled("in"), bins=bins, density=True, color=style.color, alpha=0.35, label="in-distribution")
         for name in sets:
             ax.hist(pooled(name), bins=bins, density=True, histtype="step", lw=1.3, color=set_styles[name].color,
