@@ -28,7 +28,7 @@ EXPECTED_REFS = {
 def test_every_paper_figure_and_table_is_covered():
     covered = {"ifa": set(), "rnp": set()}
     for exp in load_all():
-        covered[exp.paper["paper"]].update([exp.paper["ref"], *exp.paper.get("also", [])])
+        covered.setdefault(exp.paper["paper"], set()).update([exp.paper["ref"], *exp.paper.get("also", [])])
     for paper, refs in EXPECTED_REFS.items():
         missing = [r for r in refs if r not in covered[paper]]
         assert not missing, f"{paper}: no experiment for {missing}"

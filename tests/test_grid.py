@@ -56,7 +56,7 @@ def test_every_shipped_experiment_expands_to_the_same_runs_as_before_the_grid_mo
     from prealign.experiments import BUDGETS, load_all
 
     golden = json.loads(FIXTURE.read_text())
-    exps = load_all()
+    exps = [e for e in load_all() if e.name in golden]  # experiments added after the fixture have no "before"
     assert sorted(e.name for e in exps) == sorted(golden)
     for exp in exps:
         for b in BUDGETS:
@@ -67,14 +67,16 @@ def test_every_shipped_experiment_expands_to_the_same_runs_as_before_the_grid_mo
 
 
 def test_compare_configs_keep_their_keys():
-    """compare builds its configs through the grid now; they are the configs it built by hand before."""
+    """compare builds its configs through the grid now; they are the configs it built by hand before
+    (where the old RunConfig dropped a noise budget on a method without noise; it is now a warm-up, so
+    the hand-built reference gives it to rnp only)."""
     from prealign.cli import build_parser
     from prealign.cli.compare import build_configs
 
     args = build_parser().parse_args(["compare", "--methods", "bp,fa,rnp", "--angles", "30", "--seeds", "2",
                                       "--dataset", "digits", "--epochs", "3", "--noise-samples", "2000"])
     old = [RunConfig(method=m, dataset="digits", model="mlp", hidden=(100,), epochs=3, batch_size=64, lr=1e-4,
-                     optimizer="adam", weight_decay=0.0, noise_samples=2000, patience=None, seed=s, same_init=True,
+                     optimizer="adam", weight_decay=0.0, noise_samples=2000 if m == "rnp" else None, patience=None, seed=s, same_init=True,
                      device="auto") for m in ("bp", "fa", "rnp", "ifa@30") for s in (0, 1)]
     assert [c.key() for c in build_configs(args)] == [c.key() for c in old]
 

@@ -165,7 +165,7 @@ def _train_one(method: str, data, hidden: Sequence[int], *, epochs: int, seed: i
     n_in = math.prod(data.x_train.shape[1:])
     model = mlp([n_in, *hidden, data.num_classes], rule="bp", input_shape=data.x_train.shape[1:], generator=gen)
     m = get_method(method)
-    if noise_samples is not None:
+    if noise_samples is not None and m.noise_samples:  # the budget of methods with noise; bp/fa stay noise-free
         m = m.with_options(noise_samples=noise_samples)
     m.prepare(model, generator=gen, progress=False)
     result = train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,

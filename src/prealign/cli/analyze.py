@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-PARTS = ("prealign.cli.analyze_geometry", "prealign.cli.analyze_robustness")
+PARTS = ("prealign.cli.analyze_geometry", "prealign.cli.analyze_robustness", "prealign.cli.analyze_uncertainty")
 
 
 def register(sub) -> None:

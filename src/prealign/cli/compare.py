@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--dataset", default=DEFAULTS["dataset"], help="data set name (default mnist5k, offline)")
     p.add_argument("--model", default="mlp", help="mlp (default), lenet or alexnet")
     p.add_argument("--hidden", type=Widths(), default=DEFAULTS["hidden"], help="mlp hidden widths, e.g. 100 or 100,100 (default 100)")
-    p.add_argument("--methods", default=DEFAULTS["methods"], help="comma-separated methods (default bp,fa,ifa,rnp)")
+    p.add_argument("--methods", default=DEFAULTS["methods"],
+                   help="comma-separated methods (default bp,fa,ifa,rnp); X+noise adds noise warm-up, e.g. bp+noise")
     p.add_argument("--angles", type=ANGLES, default=[], help="IFA angles in degrees: adds ifa@θ for each, e.g. 15,45")
     p.add_argument("--seeds", type=Seeds(), default=DEFAULTS["seeds"], help="number of seeds (3 → 0,1,2) or a list 0,5,7 (default 3)")
     p.add_argument("--epochs", type=NONNEG, default=DEFAULTS["epochs"], help="maximum epochs (default 30)")
@@ -37,7 +38,8 @@ def register(sub) -> None:
     p.add_argument("--optimizer", default="adam", help="adam (default), adamw or sgd")
     p.add_argument("--weight-decay", type=NONNEG_FLOAT, default=0.0)
     p.add_argument("--noise-samples", type=NONNEG, default=DEFAULTS["noise_samples"],
-                   help="noise-pretraining samples for rnp (default 500000, the noise paper's)")
+                   help="noise-pretraining samples of rnp and of X+noise warm-up methods such as bp+noise "
+                        "(default 500000, the noise paper's); bp, fa, ifa ... stay noise-free")
     p.add_argument("--patience", type=POSITIVE, default=None, help="stop after this many epochs without a better test accuracy")
     p.add_argument("--same-init", action=argparse.BooleanOptionalAction, default=True,
                    help="every method of a seed starts from the same network (noise paper B.6; default on)")

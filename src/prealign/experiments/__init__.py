@@ -3,9 +3,13 @@
 Each ``*.toml`` file beside this module is one figure or table of one paper. Its sections:
 
 ``[paper]``      ``paper`` (``"ifa"`` = *One-Time Soft Alignment…*, ``"rnp"`` = *Pretraining with
-                 Random Noise…*, supplement), ``ref`` (``"Fig. 3"``, ``"Table S5"``), ``title``,
+                 Random Noise…*, supplement, ``"rnpu"`` = its follow-up on uncertainty
+                 calibration), ``ref`` (``"Fig. 3"``, ``"Table S5"``), ``title``,
                  ``caption`` (what the panel shows), ``data`` (the paper's data sets).
-``[base]``       :class:`~prealign.run.config.RunConfig` fields shared by every run.
+``[base]``       :class:`~prealign.run.config.RunConfig` fields shared by every run. The noise keys
+                 (``noise_samples``, ``noise_lr`` …) here set the budget of the runs that pretrain
+                 on noise (``rnp``, ``bp+noise`` …) only: ``bp``/``fa`` stay noise-free. A noise key
+                 in a ``[grid]`` entry applies to its run as given (RunConfig's rules).
 ``[grid]``       axes of the sweep, a cartesian product; ``[zip]`` axes varied together. The one grid
                  format of :mod:`prealign.run.grid` (``prealign sweep`` reads it too): RunConfig fields,
                  ``depth``, ``width``, ``method = "ifa@30"``, inline tables ``{label = "He", alpha_w = 2}``.
@@ -41,6 +45,7 @@ BUDGETS = ("smoke", "quick", "paper")
 PAPERS = {
     "ifa": "One-Time Soft Alignment Enables Resilient Learning without Weight Transport",
     "rnp": "Pretraining with Random Noise for Fast and Robust Learning without Weight Transport (supplement)",
+    "rnpu": "Pretraining with Random Noise for Uncertainty Calibration (Cheon & Paik, arXiv 2412.17411)",
 }
 SECTIONS = {"paper", "base", "grid", "zip", "budget", "analysis", "output", "claim", "reference"}
 
@@ -117,12 +122,17 @@ class Experiment:
 
 
 def method_label(config: dict) -> str:
-    """``ifa@30`` for IFA at 30°, else the method name (how tables and legends name a run)."""
+    """``ifa@30`` for IFA at 30°, ``bp+noise`` for noise warm-up, else the method name (how tables
+    and legends name a run), from a RunConfig dict."""
+    from ..methods import get_method
+
     m = config.get("method", "?")
-    angle = config.get("angle")
-    if m == "ifa" and angle not in (None, 0, 0.0):
-        return f"ifa@{float(angle):g}"
-    return m
+    try:
+        method = get_method(m)
+    except PrealignError:
+        return m
+    angle = config.get("angle") if method.angle is not None else None
+    return method.with_options(angle=angle, noise_samples=config.get("noise_samples")).label
 
 
 # ----------------------------------------------------------------------------------- registry

@@ -229,7 +229,7 @@ def cost_to_converge(ctx, p: dict) -> None:
     noise samples / training-set size, ``total_epochs`` = noise_epochs + best_epoch."""
     for run in _finished(ctx):
         n_train = len(ctx.data(run.config).y_train)
-        noise = float(run.config.get("noise_samples") or 0) if run.config.get("method") == "rnp" else 0.0
+        noise = float(run.config.get("noise_samples") or 0)  # rnp's, or an X+noise warm-up's
         run.row["noise_epochs"] = noise / n_train
         run.row["total_epochs"] = run.row["noise_epochs"] + float(run.row.get("best_epoch", math.nan))
 
@@ -368,6 +368,10 @@ def callbacks_for(track: list[dict]) -> list:
             from ..analysis.landscape import TrajectoryRecorder
 
             out.append(TrajectoryRecorder(max_in_memory=64))
+        elif kind == "calibration":
+            from ..run.callbacks import CalibrationTracker
+
+            out.append(CalibrationTracker(n_bins=spec.get("n_bins", 15), n_train=spec.get("n_train", 2000)))
         else:
             raise Unavailable(f"analysis '{kind}' cannot be tracked during training")
     return out
@@ -380,3 +384,64 @@ def trackable(spec: dict) -> bool:
     except (Unavailable, ImportError, AttributeError, TypeError):
         return False
     return True
+
+
+# --------------------------------------------------------------------------- uncertainty (issue 17)
+def calibration(ctx, p: dict) -> None:
+    """Calibration of each trained run on its test set (:func:`prealign.analysis.calibration.model_summary`,
+    ``n_bins`` equal-width bins, default 15): columns ``ece``, ``mce``, ``adaptive_ece``, ``nll``,
+    ``brier``, ``final_confidence`` (mean max-softmax probability). From the per-epoch values of the
+    ``calibration`` tracker where the run has them: ``init_confidence`` (epoch 0: after any noise
+    warm-up, before data), ``init_confidence_excess`` (= init_confidence − 1/classes, 0 at chance),
+    ``init_ece`` and ``mean_ece`` (test ECE averaged over the training epochs 1…E)."""
+    mod = _module("prealign.analysis.calibration")
+    n_bins = int(p.get("n_bins", mod.N_BINS))
+    for run in _finished(ctx):
+        data = ctx.data(run.config)
+        s = mod.model_summary(ctx.model(run), data.x_test, data.y_test, n_bins)
+        for key in ("ece", "mce", "adaptive_ece", "nll", "brier"):
+            run.row[key] = s[key]
+        run.row["final_confidence"] = s["mean_confidence"]
+        tracked = [c for c in run.curves if c.get("test_confidence") is not None]
+        if tracked and tracked[0].get("epoch") == 0:
+            run.row["init_confidence"] = float(tracked[0]["test_confidence"])
+            run.row["init_confidence_excess"] = run.row["init_confidence"] - 1.0 / int(data.num_classes)
+            run.row["init_ece"] = float(tracked[0]["test_ece"])
+            trained = [float(c["test_ece"]) for c in tracked if c.get("epoch", 0) >= 1]
+            run.row["mean_ece"] = sum(trained) / len(trained) if trained else math.nan
+        ctx.artifacts.setdefault("calibration", []).append((run.row, s))
+
+
+def ood_detection(ctx, p: dict) -> None:
+    """OOD detection of each trained run (:mod:`prealign.analysis.ood_detection`): ``n_samples``
+    test images (default 1000) vs each offline OOD set. Columns ``auroc_msp@<set>``,
+    ``auroc_energy@<set>``, ``fpr95_msp@<set>``, ``ood_confidence@<set>`` (mean MSP on the set),
+    ``in_confidence``; and over the far-OOD sets (other data sets, noise images — not the shifted
+    test sets translated/scaled/rotated): ``ood_confidence`` and ``auroc_msp`` (means)."""
+    mod = _module("prealign.analysis.ood_detection")
+    import torch
+
+    n, seed, cache = p.get("n_samples", 1000), p.get("seed", 0), {}
+    shifted = ("translated", "scaled", "rotated")
+    for run in _finished(ctx):
+        data, dataset = ctx.data(run.config), run.config.get("dataset")
+        if dataset not in cache:
+            cache[dataset] = mod.ood_sets(data, dataset, n, seed)
+            sets, skipped = cache[dataset]
+            ctx.note(f"OOD sets for {dataset}: {', '.join(sets)}" + "".join(f"; {k} skipped ({v})" for k, v in skipped.items()))
+        sets, _ = cache[dataset]
+        idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(seed))[:n]
+        res = mod.detect(ctx.model(run), data.x_test[idx], sets)
+        run.row["in_confidence"] = res["in_confidence"]
+        for name, e in res["sets"].items():
+            run.row[f"auroc_msp@{name}"] = e["auroc_msp"]
+            run.row[f"auroc_energy@{name}"] = e["auroc_energy"]
+            run.row[f"fpr95_msp@{name}"] = e["fpr95_msp"]
+            run.row[f"ood_confidence@{name}"] = e["mean_confidence"]
+        far = [name for name in res["sets"] if name not in shifted]
+        run.row["ood_confidence"] = sum(res["sets"][k]["mean_confidence"] for k in far) / len(far)
+        run.row["auroc_msp"] = sum(res["sets"][k]["auroc_msp"] for k in far) / len(far)
+        ctx.artifacts.setdefault("ood_detection", []).append((run.row, res["scores"]))
+
+
+ANALYSES.update({"calibration": calibration, "ood_detection": ood_detection})

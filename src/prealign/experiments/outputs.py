@@ -10,6 +10,10 @@ Each ``[[output]]`` of an experiment file is one of:
 ``series``    columns ``<prefix>@<value>`` (e.g. ``fgsm@0.03``) as a curve over the value, per ``group``
 ``density``   the Hessian spectral densities, per ``group``
 ``landscape`` the perturbed-loss surfaces, one panel per ``group``
+``reliability`` / ``ood_roc`` / ``confidence_histograms``
+              reliability diagram per ``group`` (needs the ``calibration`` analysis), ROC curves
+              per OOD set and MSP histograms per ``group`` (need ``ood_detection``), from
+              :mod:`prealign.viz.uncertainty`
 ``table``     markdown: ``metric`` mean ± sample std (n) per ``rows`` × ``cols``, with the exact
               two-sided rank-sum p against ``reference`` (a ``{field = value}`` table) in the same
               row/column cell, and the model-selection protocol of the runs
@@ -27,7 +31,7 @@ from ..viz.style import (integer_epochs, legend_outside, method_styles, shared_c
                           shared_norm)
 from .analyses import Unavailable
 
-PERCENT = ("acc",)  # metrics with these substrings are fractions shown in percent
+PERCENT = ("acc", "ece", "confidence")  # metrics with these substrings are fractions shown in percent
 
 
 def _is_pct(metric: str) -> bool:
@@ -406,6 +410,39 @@ def meta(out, ctx, path: Path) -> str:
 FIGURES = {"order": order, "erank": erank, "spectra": spectra, "meta": meta, "curves": curves, "alignment": alignment, "line": line, "heatmap": heatmap, "series": series,
            "density": density, "landscape": landscape,
            "trajectory": trajectory}
+
+
+def _artifact_groups(out, ctx, artifact: str, analysis: str) -> dict:
+    found = ctx.artifacts.get(artifact)
+    if not found:
+        raise Unavailable(f"no {artifact} results (add [[analysis]] kind = \"{analysis}\")")
+    groups = defaultdict(list)
+    for row, value in found:
+        groups[str(row.get(out.get("group", "method"), "all"))].append(value)
+    return dict(groups)
+
+
+def reliability(out, ctx, path: Path) -> str:
+    from ..viz.uncertainty import plot_reliability
+
+    return plot_reliability(path, _artifact_groups(out, ctx, "calibration", "calibration"), title=out.get("title")).name
+
+
+def ood_roc(out, ctx, path: Path) -> str:
+    from ..viz.uncertainty import plot_roc
+
+    groups = _artifact_groups(out, ctx, "ood_detection", "ood_detection")
+    return plot_roc(path, groups, kind=out.get("score", "msp"), title=out.get("title")).name
+
+
+def confidence_histograms(out, ctx, path: Path) -> str:
+    from ..viz.uncertainty import plot_confidence_histograms
+
+    groups = _artifact_groups(out, ctx, "ood_detection", "ood_detection")
+    return plot_confidence_histograms(path, groups, title=out.get("title")).name
+
+
+FIGURES.update({"reliability": reliability, "ood_roc": ood_roc, "confidence_histograms": confidence_histograms})
 
 
 SELECTION = {"test": "test (papers' protocol: best test accuracy, patience on test)",

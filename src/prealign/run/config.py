@@ -28,11 +28,12 @@ import torch
 
 from ..errors import ConfigError, PrealignError
 from ..feedback import get_rule
-from ..methods import get_method
+from ..methods import get_method, parse_method_name
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 MODEL_NAMES = ("mlp", "lenet", "alexnet")
 NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
+NOISE_SETTINGS = ("noise_batch_size", "noise_lr", "noise_distribution", "noise_std")  # apply only with noise_samples > 0
 # fields that do not change the result, so they are left out of key()
 _NOT_IN_KEY = ("device", "name")
 
@@ -41,9 +42,9 @@ _NOT_IN_KEY = ("device", "name")
 class RunConfig:
     """One training run. Angles in degrees; accuracies in the result are fractions."""
 
-    method: str = "fa"  # bp, fa, ifa, rnp, dfa, usf, brsf, frsf, kp; "ifa@30" sets angle=30
+    method: str = "fa"  # bp, fa, ifa, rnp, dfa, usf, brsf, frsf, kp; "ifa@30" sets angle=30; "bp+noise": warm-up
     angle: float | None = None  # IFA alignment angle (degrees); default: the method's (0 for ifa)
-    noise_samples: int | None = None  # RNP noise samples; default: the method's (5e5 for rnp)
+    noise_samples: int | None = None  # noise pretraining samples; default: the method's (5e5 for rnp and X+noise, else 0)
     dataset: str = "mnist5k"
     train_subset: int | None = None  # use only the first N training samples
     model: str = "mlp"
@@ -76,14 +77,16 @@ class RunConfig:
     # -- validation / normalisation -------------------------------------------------------
     def validate(self) -> RunConfig:
         """Check types and ranges, and normalise the method: ``ifa@30`` → ``ifa`` + ``angle=30``;
-        angle and noise samples resolved to the method's defaults (``None``/``0`` where unused)."""
+        ``bp+noise`` → ``bp`` + ``noise_samples`` (default 5×10⁵); angle and noise samples resolved to
+        the method's defaults (``None``/``0`` where unused). ``noise_samples > 0`` on any method is a
+        noise warm-up before data (``fa`` with noise is ``rnp``); the other ``noise_*`` keys set to a
+        non-default value while ``noise_samples`` is 0 raise ConfigError (they could not apply)."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
-        base, _, at = self.method.partition("@")
-        method = get_method(self.method)  # UnknownNameError lists the valid methods
-        if at and self.angle is not None and float(at) != self.angle:
+        base, at, warm = parse_method_name(self.method)
+        method = get_method(self.method)  # UnknownNameError lists the valid methods; rnp+noise: ConfigError
+        if at is not None and self.angle is not None and at != self.angle:
             raise ConfigError(f"method {self.method!r} and angle={self.angle} disagree; give the angle once")
-        self.method = base
         if method.angle is None:
             if self.angle is not None:
                 raise ConfigError(f"key 'angle' applies only to methods with an alignment angle (ifa); method is {base!r}")
@@ -91,12 +94,22 @@ class RunConfig:
             self.angle = float(self.angle if self.angle is not None else method.angle)
             if not 0 <= self.angle <= 180:
                 raise ConfigError(f"key 'angle' must be in [0, 180] degrees, got {self.angle}")
-        if method.noise_samples:
-            self.noise_samples = int(self.noise_samples if self.noise_samples is not None else method.noise_samples)
-            if self.noise_samples < 0:
-                raise ConfigError(f"key 'noise_samples' must be >= 0, got {self.noise_samples}")
-        else:
-            self.noise_samples = 0
+        if warm and self.noise_samples == 0:
+            raise ConfigError(f"method {self.method!r} asks for noise warm-up but noise_samples = 0; "
+                              f"give noise_samples > 0 or method {base!r}")
+        self.noise_samples = int(self.noise_samples if self.noise_samples is not None else method.noise_samples)
+        if self.noise_samples < 0:
+            raise ConfigError(f"key 'noise_samples' must be >= 0, got {self.noise_samples}")
+        # noise on any method is a warm-up (bp + noise_samples = bp+noise); fa with noise is rnp
+        self.method = get_method(base).with_options(noise_samples=self.noise_samples).name
+        if not self.noise_samples:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for key in NOISE_SETTINGS:
+                if getattr(self, key) != defaults[key]:
+                    warmup = "" if method.noise_samples else f" (or method '{self.method}+noise')"
+                    raise ConfigError(f"key {key!r} = {getattr(self, key)!r} applies only with noise pretraining, "
+                                      f"but noise_samples is 0 (method {self.method!r}); set noise_samples > 0"
+                                      f"{warmup} or drop {key}")
         if self.kp_decay is not None and not get_rule(method.rule).learns_feedback:
             raise ConfigError(f"key 'kp_decay' applies only to method kp (its feedback learns W's updates); method is {base!r}")
         checks = [
@@ -127,8 +140,9 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        """Method label as shown in tables: ``ifa@30`` for IFA at 30°, else the method name."""
-        return get_method(self.method).with_options(angle=self.angle).label
+        """Method label as shown in tables: ``ifa@30`` for IFA at 30°, ``bp+noise`` for noise
+        warm-up on a method without noise of its own, else the method name."""
+        return self.method_object().label
 
     def method_object(self):
         return get_method(self.method).with_options(angle=self.angle, noise_samples=self.noise_samples)

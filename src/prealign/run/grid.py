@@ -23,8 +23,13 @@ Rules (each violation is a :class:`~prealign.errors.ConfigError` of one line):
 
 - an unknown section or key, an axis that is not a non-empty list, a value listed twice on one
   axis, ``[zip]`` axes of different lengths, or one key set by two axes is an error;
+- **noise keys** (``noise_samples``, ``noise_lr``, ``noise_batch_size``, ``noise_distribution``,
+  ``noise_std``): every method can be warmed up on noise (``bp+noise``). In ``[base]`` they set the
+  budget of the points that pretrain on noise only (``rnp``, ``X+noise``, or a point whose axis
+  gives ``noise_samples > 0``); ``bp``/``fa`` points stay noise-free. Given on an axis they apply to
+  that point as given (``noise_samples = [0, 100000]`` × ``method = [bp, fa]`` is a warm-up study);
 - **method-specific keys** (``angle``: methods with an alignment angle, i.e. ``ifa``;
-  ``noise_samples``: ``rnp``; ``kp_decay``: ``kp``) apply only where the point's method uses them.
+  ``kp_decay``: ``kp``) apply only where the point's method uses them.
   At a point whose method does not, the value (from ``[base]`` or an axis) is *dropped*, and the points that then coincide are
   one run (``method = [bp, fa, ifa]`` × ``angle = [0, 45, 90]`` × 2 seeds = 2 + 2 + 6 = 10 runs, not 18).
   :attr:`Grid.collapsed` says how many combinations were merged and ``prealign sweep --dry-run``
@@ -57,15 +62,11 @@ SUGAR = ("depth", "width")  # keys that are not RunConfig fields
 def _method(name: str):
     from ..methods import get_method
 
-    return get_method(str(name).partition("@")[0])
+    return get_method(str(name))
 
 
 def _uses_angle(m) -> bool:
     return m.angle is not None
-
-
-def _uses_noise(m) -> bool:
-    return bool(m.noise_samples)
 
 
 def _uses_kp_decay(m) -> bool:
@@ -75,7 +76,23 @@ def _uses_kp_decay(m) -> bool:
 
 
 # method-specific keys -> does method object m use it
-METHOD_KEYS = {"angle": _uses_angle, "noise_samples": _uses_noise, "kp_decay": _uses_kp_decay}
+METHOD_KEYS = {"angle": _uses_angle, "kp_decay": _uses_kp_decay}
+
+
+def _base_noise(fields_: dict, from_axis: dict) -> dict:
+    """``fields_`` without the ``[base]`` noise keys when the point does not pretrain on noise: its
+    method has no noise (``bp``, ``fa``, ``ifa@30`` …; ``rnp`` and ``X+noise`` do) or its axis sets
+    ``noise_samples = 0``. An axis-given ``noise_samples > 0`` keeps them (noise warm-up)."""
+    from ..methods import get_method
+    from .config import NOISE_SETTINGS
+
+    if from_axis.get("noise_samples", "[base]") != "[base]":  # the point says itself whether it pretrains on noise
+        if fields_["noise_samples"]:
+            return fields_
+    elif get_method(fields_.get("method", "fa")).noise_samples:
+        return fields_
+    return {k: v for k, v in fields_.items()
+            if k not in ("noise_samples", *NOISE_SETTINGS) or from_axis.get(k, "[base]") != "[base]"}
 
 
 def valid_keys() -> list[str]:
@@ -118,10 +135,12 @@ def desugar(fields_: dict) -> dict:
         d["hidden"] = [int(width)] * max(len(d.get("hidden") or [0]), 1)
     method = d.get("method")
     if isinstance(method, str) and "@" in method:
-        name, _, angle = method.partition("@")
+        from ..methods import WARMUP, parse_method_name
+
+        name, angle, warm = parse_method_name(method)
         if d.get("angle") is not None and float(d["angle"]) != float(angle):
             raise ConfigError(f"method {method!r} and angle={d['angle']} disagree; give the angle once")
-        d["method"], d["angle"] = name, float(angle)
+        d["method"], d["angle"] = name + (WARMUP if warm else ""), angle
     return d
 
 
@@ -233,7 +252,7 @@ class Grid:
                 if "@" in str(fields_.get("method", "")) and "method" in from_axis:
                     from_axis["angle"] = from_axis["method"]  # "ifa@30": the method axis sets the angle too
                 try:
-                    fields_ = desugar(fields_)
+                    fields_ = desugar(_base_noise(fields_, from_axis))
                 except ConfigError as err:
                     raise ConfigError(f"{self.name}, point {_where(labels)}: {err}") from None
                 method = _method(fields_.get("method", RunConfig.method))

@@ -20,6 +20,11 @@ import numpy as np
 BASE_COLORS = {"bp": "black", "fa": "tab:red", "rnp": "tab:orange", "dfa": "tab:brown", "kp": "tab:pink",
                "usf": "tab:gray", "brsf": "tab:olive", "frsf": "tab:cyan"}
 BASE_MARKERS = {"bp": "o", "fa": "s", "rnp": "^", "dfa": "v", "kp": "D", "usf": "P", "brsf": "X", "frsf": "*"}
+# noise warm-up (issue 17): X+noise has a colour of its own and X's marker
+WARMUP_COLORS = {"bp": "#1f4e9c", "dfa": "#b8860b", "kp": "#6a3d9a", "usf": "#4d4d4d", "brsf": "#8b8b00",
+                 "frsf": "#008b8b"}  # none of the fallback colours
+BASE_COLORS.update({f"{m}+noise": c for m, c in WARMUP_COLORS.items()})
+BASE_MARKERS.update({f"{m}+noise": BASE_MARKERS[m] for m in WARMUP_COLORS})
 FALLBACK_COLORS = ("tab:blue", "tab:green", "tab:purple", "#e7298a", "#66a61e", "#a6761d", "#1b9e77", "#7570b3")
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2, 2, 2)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
