@@ -6,6 +6,7 @@ References are computed independently of prealign's backward: plain autograd on 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -13,12 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prealign as pa
-from prealign.feedback import FeedbackLayer
-
-
-@pytest.fixture
-def gen():
-    return torch.Generator().manual_seed(0)
+from prealign.feedback import RULES, AttentionProjection, FeedbackLayer
 
 
 def _plain_twin(model: nn.Module) -> nn.Module:
@@ -182,3 +178,353 @@ def test_dfa_errors_are_one_line_and_name_the_fix(gen):
 
     with pytest.raises(pa.PrealignError, match=r"batch in dim 0.*\(4, 3\), \(\)"):
         pa.convert(Aux(), "dfa")(x)
+
+
+# ---- every layer type: FA with B = W is autograd; FA with random B sends δ B -------------------------------------
+
+def _set_feedback_to_weights(model):
+    with torch.no_grad():
+        for _, layer in pa.feedback_layers(model):
+            layer.feedback.copy_(layer.weight)
+
+
+class _Seq2(nn.Module):
+    """Wraps a module taking two inputs (attention: query and key/value; Bilinear; decoder layers)."""
+
+    def __init__(self, inner, call):
+        super().__init__()
+        self.inner, self.call = inner, call
+
+    def forward(self, a, b):
+        return self.call(self.inner, a, b)
+
+
+def _attn_out(m, a, b):
+    return m(a, b, b, need_weights=False)[0]
+
+
+def _attn_weights_out(m, a, b):  # sequence-first; need_weights path, masks, per-head weights
+    mask = torch.zeros(a.shape[0], b.shape[0], dtype=a.dtype)  # (L, S)
+    mask[0, -1] = float("-inf")
+    pad = torch.zeros(a.shape[1], b.shape[0], dtype=a.dtype)  # (N, S)
+    pad[0, 0] = float("-inf")
+    out, w = m(a, b, b, attn_mask=mask, key_padding_mask=pad, average_attn_weights=False)
+    return out + w.sum()
+
+
+def _self_attn(m, a, b):
+    return m(a, a, a, need_weights=False)[0] + 0 * b.sum()
+
+
+LAYERS = {  # name: (module factory, call(module, a, b), shapes of a and b)
+    "bilinear": (lambda: nn.Bilinear(4, 3, 5), lambda m, a, b: m(a, b), (6, 4), (6, 3)),
+    "convT1d": (lambda: nn.ConvTranspose1d(2, 3, 3, stride=2, padding=1, output_padding=1), lambda m, a, b: m(a), (2, 2, 5), (1,)),
+    "convT2d": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2), lambda m, a, b: m(a),
+                (2, 4, 4, 5), (1,)),
+    "convT3d": (lambda: nn.ConvTranspose3d(2, 2, 2, stride=2), lambda m, a, b: m(a), (2, 2, 2, 3, 2), (1,)),
+    "convT2d-output-size": (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2), lambda m, a, b: m(a, output_size=[10, 10]),
+                            (2, 2, 4, 4), (1,)),
+    "mha-self": (lambda: nn.MultiheadAttention(6, 2, batch_first=True), _self_attn, (2, 4, 6), (1,)),
+    "mha-cross": (lambda: nn.MultiheadAttention(6, 3, batch_first=True), _attn_out, (2, 4, 6), (2, 5, 6)),
+    "mha-kdim": (lambda: nn.MultiheadAttention(6, 2, kdim=3, vdim=5, batch_first=True),
+                 lambda m, a, b: m(a, b[..., :3], b, need_weights=False)[0], (2, 4, 6), (2, 5, 5)),
+    "mha-seq-first-weights": (lambda: nn.MultiheadAttention(6, 2, add_bias_kv=True, add_zero_attn=True), _attn_weights_out,
+                              (4, 2, 6), (5, 2, 6)),
+    "encoder-layer": (lambda: nn.TransformerEncoderLayer(6, 2, 8, dropout=0.0, batch_first=True),
+                      lambda m, a, b: m(a, src_mask=nn.Transformer.generate_square_subsequent_mask(4, dtype=a.dtype),
+                                        is_causal=True), (2, 4, 6), (1,)),
+    "decoder-layer": (lambda: nn.TransformerDecoderLayer(6, 2, 8, dropout=0.0, batch_first=True, norm_first=True),
+                      lambda m, a, b: m(a, b), (2, 4, 6), (2, 5, 6)),
+    "transformer": (lambda: nn.Transformer(6, 2, 1, 1, 8, dropout=0.0, batch_first=True), lambda m, a, b: m(b, a),
+                    (2, 4, 6), (2, 5, 6)),
+}
+
+
+def _inputs(name, gen):
+    _, _, sa, sb = LAYERS[name]
+    a = torch.randn(sa, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(sb, dtype=torch.float64, generator=gen, requires_grad=True)
+    return a, b
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_fa_with_b_equal_w_is_autograd(name, gen):
+    make, call, _, _ = LAYERS[name]
+    torch.manual_seed(0)
+    plain = _Seq2(make(), call).double()
+    model = pa.convert(copy.deepcopy(plain), "fa", generator=gen)
+    assert pa.rule_of(model) == "fa" and pa.feedback_layers(model)
+    _set_feedback_to_weights(model)
+    a, b = _inputs(name, gen)
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    out, ref = model(a, b), plain(a2, b2)
+    torch.testing.assert_close(out, ref)
+    delta = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    out.backward(delta)
+    ref.backward(delta)
+    torch.testing.assert_close(a.grad, a2.grad)
+    torch.testing.assert_close(b.grad, b2.grad)
+    for (n, p), q in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def _vjp_x(fn, x, delta):
+    return torch.func.vjp(fn, x.detach())[1](delta)[0]
+
+
+@pytest.mark.parametrize("name", ["bilinear", "convT1d", "convT2d", "convT3d", "convT2d-output-size"])
+def test_fa_single_op_layers_send_delta_through_b(name, gen):
+    """Input errors are the op's vjp with B in place of W (torch.func.vjp); the weight gradient is autograd's."""
+    make, call, _, _ = LAYERS[name]
+    layer = pa.convert(make(), "fa", generator=gen).double()
+    a, b = _inputs(name, gen)
+    out = call(layer, a, b)
+    delta = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    out.backward(delta)
+    w, fb = layer.weight.detach(), layer.feedback
+
+    def op(weight, x1, x2):
+        if name == "bilinear":
+            return F.bilinear(x1, x2, weight)
+        conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[weight.dim() - 2]
+        pad = layer._output_padding(x1, [10, 10] if "size" in name else None, layer.stride, layer.padding,
+                                    layer.kernel_size, weight.dim() - 2, layer.dilation)
+        return conv(x1, weight, None, layer.stride, layer.padding, pad, layer.groups, layer.dilation)
+
+    torch.testing.assert_close(a.grad, _vjp_x(lambda x: op(fb, x, b.detach()), a, delta))
+    assert not torch.allclose(a.grad, _vjp_x(lambda x: op(w, x, b.detach()), a, delta))
+    if name == "bilinear":
+        torch.testing.assert_close(b.grad, _vjp_x(lambda x: op(fb, a.detach(), x), b, delta))
+    torch.testing.assert_close(layer.weight.grad, _vjp_x(lambda v: op(v, a.detach(), b.detach()), w, delta))
+    torch.testing.assert_close(layer.bias.grad, delta.sum([d for d in range(delta.dim()) if d != (1 if name != "bilinear" else delta.dim() - 1)]))
+
+
+@pytest.mark.parametrize("name", ["mha-self", "mha-cross", "mha-kdim"])
+def test_fa_attention_projections_send_delta_through_b(name, gen):
+    """Each projection's input receives its δ times its B (the vjp of x ↦ x Bᵀ); out_proj's input likewise."""
+    make, call, _, _ = LAYERS[name]
+    model = pa.convert(_Seq2(make(), call), "fa", generator=gen).double()
+    attn = model.inner
+    seen = {}
+
+    def capture(key):
+        def hook(m, inputs, output):
+            rows = inputs[1] if len(inputs) > 1 else None
+            rec = seen.setdefault(key, [])
+            entry = {"x": inputs[0], "rows": rows}
+            rec.append(entry)
+            output.register_hook(lambda g: entry.__setitem__("delta", g))
+            if key == "out_proj":
+                inputs[0].register_hook(lambda g: entry.__setitem__("grad_x", g))
+        return hook
+
+    for n, m in attn.named_children():
+        m.register_forward_hook(capture(n))
+    a, b = _inputs(name, gen)
+    out = model(a, b)
+    out.backward(torch.randn(out.shape, dtype=torch.float64, generator=gen))
+    if name == "mha-self":
+        (e,) = seen["in_proj"]
+        torch.testing.assert_close(a.grad, _vjp_x(lambda x: F.linear(x, attn.in_proj.feedback), a, e["delta"]))
+    elif name == "mha-cross":  # three calls on row blocks of the packed weight: q from a, k and v from b
+        q, k, v = seen["in_proj"]
+        fb = attn.in_proj.feedback
+        torch.testing.assert_close(a.grad, _vjp_x(lambda x: F.linear(x, fb[q["rows"]]), a, q["delta"]))
+        torch.testing.assert_close(b.grad, _vjp_x(lambda x: F.linear(x, fb[k["rows"]]), b, k["delta"])
+                                   + _vjp_x(lambda x: F.linear(x, fb[v["rows"]]), b, v["delta"]))
+        torch.testing.assert_close(attn.in_proj_weight.grad, torch.cat(  # the packed weight's gradient, block by block
+            [t["delta"].flatten(0, 1).t() @ t["x"].flatten(0, 1) for t in (q, k, v)]))
+    else:
+        (k,), (v,) = seen["k_proj"], seen["v_proj"]
+        assert attn.k_proj.feedback.shape == (6, 3) and attn.v_proj.feedback.shape == (6, 5)
+        expected = _vjp_x(lambda x: F.linear(x, attn.v_proj.feedback), b, v["delta"])
+        expected[..., :3] += _vjp_x(lambda x: F.linear(x, attn.k_proj.feedback), b[..., :3], k["delta"])
+        torch.testing.assert_close(b.grad, expected)
+    (o,) = seen["out_proj"]
+    torch.testing.assert_close(o["grad_x"], _vjp_x(lambda x: F.linear(x, attn.out_proj.feedback), o["x"], o["delta"]))
+    assert not torch.allclose(o["grad_x"], _vjp_x(lambda x: F.linear(x, attn.out_proj.weight), o["x"], o["delta"]))
+
+
+def test_transformer_eval_fast_path_gives_the_same_output(gen):
+    """Under no_grad in eval, torch's fused encoder path may run: same weights, same output; no gradient is involved."""
+    layer = pa.convert(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), "fa", generator=gen).double()
+    x = torch.randn(3, 5, 8, dtype=torch.float64, generator=gen)
+    layer.eval()
+    with torch.no_grad():
+        fast = layer(x)
+    slow = layer(x.requires_grad_())  # grad needed: prealign's path
+    torch.testing.assert_close(fast, slow.detach())
+    slow.sum().backward()
+    assert layer.self_attn.in_proj_weight.grad is not None
+
+
+# ---- strict conversion, lazy layers, summary, unconvert --------------------------------------------------------
+
+class _Rnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.LSTM(4, 5, batch_first=True)
+        self.gru = nn.GRU(5, 5)
+        self.head = nn.Linear(5, 2)
+
+
+def test_strict_convert_names_recurrent_layers():
+    net = _Rnn()
+    with pytest.raises(pa.PrealignError, match=r"encoder \(LSTM\), gru \(GRU\).*strict=False") as err:
+        pa.convert(net, "fa")
+    assert "\n" not in str(err.value) and type(net.head) is nn.Linear  # one line; nothing changed
+    with pytest.warns(UserWarning, match=r"encoder \(LSTM\)"):
+        pa.convert(net, "fa", strict=False)
+    rows = {r["name"]: r["rule"] for r in pa.summary(net)}
+    assert rows == {"encoder": "backprop: not converted", "gru": "backprop: not converted", "head": "fa"}
+    assert pa.rule_of(net) == "mixed"
+
+
+def test_lazy_layers_need_one_forward_first(gen):
+    net = nn.Sequential(nn.LazyConv2d(3, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(pa.PrealignError, match=r"0 \(LazyConv2d\), 3 \(LazyLinear\) have no weights yet: run one forward"):
+        pa.convert(net, "fa")
+    net(torch.randn(1, 1, 5, 5))
+    pa.convert(net, "fa", generator=gen)
+    assert pa.rule_of(net) == "fa" and net[0].feedback.shape == (3, 1, 3, 3) and net[3].feedback.shape == (2, 27)
+
+
+def test_summary_lists_a_transformer_block(gen):
+    block = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    plain_rows = pa.summary(block)
+    assert {r["rule"] for r in plain_rows if r["name"] != "norm1" and r["name"] != "norm2"} == {"backprop: not converted"}
+    pa.convert(block, "fa", generator=gen)
+    pa.convert(block.linear2, "usf")  # one layer under a rule that does not read B
+    rows = pa.summary(block)
+    by_name = {r["name"]: r for r in rows}
+    assert [r["name"] for r in rows] == ["self_attn", "self_attn.out_proj", "self_attn.in_proj", "linear1", "linear2",
+                                         "norm1", "norm2"]
+    assert by_name["self_attn.in_proj"]["rule"] == "fa" and by_name["self_attn.in_proj"]["weight_shape"] == [24, 8]
+    assert by_name["linear2"]["rule"] == "usf" and by_name["linear2"]["angle_deg"] is None
+    assert by_name["norm1"]["rule"] == "local gradient" and by_name["self_attn"]["rule"] == "local gradient"
+    angles = pa.alignment_angles(block)
+    assert by_name["linear1"]["angle_deg"] == angles["linear1"] and 60 < angles["self_attn.in_proj"] < 120
+    json.dumps(rows)  # JSON-able rows
+    text = str(rows)
+    assert "self_attn.in_proj" in text and "AttentionProjection[in_proj_weight]" in text and "24×8" in text
+    assert text.splitlines()[0].split() == ["name", "type", "rule", "weight", "shape", "∠(W,B)", "°"]
+    assert next(line for line in text.splitlines() if line.startswith("linear2")).rstrip().endswith("—")
+
+
+class _Everything(nn.Module):
+    """One of every convertible layer type (batch-first), plus norms and an embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.enc = nn.TransformerEncoderLayer(6, 2, 8, dropout=0.0, batch_first=True)
+        self.cross = nn.MultiheadAttention(6, 2, kdim=3, vdim=3, batch_first=True)
+        self.bil = nn.Bilinear(6, 6, 4)
+        self.up = nn.ConvTranspose1d(1, 2, 3, stride=2)
+        self.bn = nn.BatchNorm1d(2)
+        self.conv = nn.Conv1d(2, 2, 3)
+        self.head = nn.Linear(2 * 7, 3)
+
+    def forward(self, tokens):
+        h = self.enc(self.emb(tokens))  # (N, 4, 6)
+        memory = h[..., :3]
+        a = self.cross(h, memory, memory, need_weights=False)[0]
+        z = self.bil(h.mean(1), a.mean(1)).unsqueeze(1)  # (N, 1, 4)
+        z = self.conv(torch.relu(self.bn(self.up(z))))  # (N, 2, 7)
+        return self.head(z.flatten(1))
+
+
+def test_unconvert_round_trip_and_plain_state_dict(gen):
+    torch.manual_seed(0)
+    plain0 = _Everything().double()
+    model = pa.convert(copy.deepcopy(plain0), "kp", generator=gen)
+    tokens = torch.randint(0, 10, (5, 4), generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    F.cross_entropy(model(tokens), torch.arange(5) % 3).backward()
+    opt.step()  # trained weights, B moved by KP
+    model.eval()
+    before = copy.deepcopy(model.state_dict())
+    plain = pa.unconvert(model)
+    assert not pa.feedback_layers(plain) and not any(isinstance(m, AttentionProjection) for m in plain.modules())
+    assert type(plain.enc.self_attn) is nn.MultiheadAttention and type(plain.bil) is nn.Bilinear
+    assert type(plain.up) is nn.ConvTranspose1d and type(plain.head) is nn.Linear
+    assert type(plain.cross.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert set(plain.state_dict()) == set(plain0.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(tokens), model(tokens), rtol=0, atol=0)
+    for k, v in model.state_dict().items():  # the original is untouched and still converted
+        assert torch.equal(v, before[k])
+    assert pa.rule_of(model) == "kp"
+    fresh = copy.deepcopy(plain0)  # loading a converted model's weights into a plain model
+    fresh.load_state_dict(pa.plain_state_dict(model))
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(tokens), model(tokens), rtol=0, atol=0)
+    fresh2 = copy.deepcopy(plain0)
+    result = fresh2.load_state_dict(model.state_dict(), strict=False)
+    assert not result.missing_keys and all(k.endswith(("feedback", "dfa_feedback")) for k in result.unexpected_keys)
+    F.cross_entropy(plain(tokens), torch.arange(5) % 3).backward()  # an ordinary torch model from here on
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_every_rule_trains_every_layer_type(rule, gen, one_thread):
+    """Every rule on a model with every layer type: gradients on all weights, B fixed (kp: B' - B = ΔW - d(B - W)),
+    angles exactly where the rule reads B, and IFA's align() reaches 0° on every layer (attention projections too)."""
+    torch.manual_seed(0)
+    model = pa.convert(_Everything(), rule, generator=gen).double()
+    names = [n for n, _ in pa.feedback_layers(model)]
+    assert {"enc.self_attn.in_proj", "cross.q_proj", "cross.k_proj", "cross.v_proj", "bil", "up"} <= set(names)
+    if RULES[rule].learns_feedback:
+        pa.set_kp_decay(model, 0.1)
+    layers = [layer for _, layer in pa.feedback_layers(model)]
+    before = [(layer.weight.detach().clone(), layer.feedback.clone()) for layer in layers]
+    tokens, y = torch.randint(0, 10, (6, 4), generator=gen), torch.randint(0, 3, (6,), generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    F.cross_entropy(model(tokens), y).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    opt.step()
+    for layer, (w, b) in zip(layers, before):
+        if RULES[rule].learns_feedback:
+            torch.testing.assert_close(layer.feedback - b, (layer.weight - w) - 0.1 * (b - w), rtol=1e-9, atol=1e-12)
+        else:
+            assert torch.equal(layer.feedback, b)
+    assert set(pa.alignment_angles(model)) == (set(names) if RULES[rule].reads_feedback else set())
+    pa.convert(model, "fa")
+    pa.init_weights(model, generator=gen)
+    pa.align(model, 0.0, generator=gen)
+    assert max(pa.alignment_angles(model).values()) < 1e-5
+    model.zero_grad()
+    F.cross_entropy(model(tokens), y).backward()
+
+
+def test_dfa_bilinear_splits_d_over_both_inputs(gen):
+    model = pa.convert(nn.ModuleDict({"a": nn.Linear(3, 4), "b": nn.Linear(3, 2), "bil": nn.Bilinear(4, 2, 5)}), "dfa",
+                       generator=gen).double()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m["bil"](self.m["a"](x), self.m["b"](x))
+
+    net = pa.convert(Net(), "dfa")
+    x = torch.randn(5, 3, dtype=torch.float64, generator=gen)
+    ins = {}
+    net.m["bil"].register_forward_hook(lambda m, i, o: ins.update(x1=i[0], x2=i[1]))
+    out = net(x)
+    for t in ins.values():
+        t.retain_grad()
+    e = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    out.backward(e)
+    d = net.m["bil"].dfa_feedback
+    assert d.shape == (5, 4 + 2)
+    torch.testing.assert_close(ins["x1"].grad, e @ d[:, :4])
+    torch.testing.assert_close(ins["x2"].grad, e @ d[:, 4:])
+
+
+def test_dfa_refuses_sequence_first_attention():
+    with pytest.raises(pa.PrealignError, match=r"self_attn \(MultiheadAttention\) use batch_first=False"):
+        pa.convert(nn.TransformerEncoderLayer(8, 2, 16), "dfa")
+    pa.convert(nn.TransformerEncoderLayer(8, 2, 16), "fa")  # other rules do not care about the layout
