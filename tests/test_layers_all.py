@@ -397,7 +397,7 @@ def test_summary_lists_a_transformer_block(gen):
     pa.convert(block.linear2, "usf")  # one layer under a rule that does not read B
     rows = pa.summary(block)
     by_name = {r["name"]: r for r in rows}
-    assert [r["name"] for r in rows] == ["self_attn", "self_attn.out_proj", "self_attn.in_proj", "linear1", "linear2",
+    assert [r["name"] for r in rows] == ["self_attn", "self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2",
                                          "norm1", "norm2"]
     assert by_name["self_attn.in_proj"]["rule"] == "fa" and by_name["self_attn.in_proj"]["weight_shape"] == [24, 8]
     assert by_name["linear2"]["rule"] == "usf" and by_name["linear2"]["angle_deg"] is None
@@ -528,3 +528,22 @@ def test_dfa_refuses_sequence_first_attention():
     with pytest.raises(pa.PrealignError, match=r"self_attn \(MultiheadAttention\) use batch_first=False"):
         pa.convert(nn.TransformerEncoderLayer(8, 2, 16), "dfa")
     pa.convert(nn.TransformerEncoderLayer(8, 2, 16), "fa")  # other rules do not care about the layout
+
+
+def test_attention_exact_gradients_and_gradient_alignment(gen, one_thread):
+    """exact_gradients on attention is autograd, and the trainer's gradient alignment sees every projection."""
+    from prealign.run.trainer import gradient_alignment
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.TransformerEncoderLayer(6, 2, 8, dropout=0.0, batch_first=True), nn.Flatten(),
+                          nn.Linear(24, 3)).double()
+    model = pa.convert(copy.deepcopy(plain), "fa", generator=gen)
+    x, y = torch.randn(5, 4, 6, dtype=torch.float64, generator=gen), torch.randint(0, 3, (5,), generator=gen)
+    with pa.exact_gradients(model):
+        F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(plain(x), y).backward()
+    for (n, p), q in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+    angles = gradient_alignment(model, x, y)
+    assert set(angles) == {"0.self_attn.out_proj", "0.self_attn.in_proj", "0.linear1", "0.linear2"}
+    assert all(0 < a < 180 for a in angles.values())  # finite, and FA is not backprop

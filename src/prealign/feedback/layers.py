@@ -316,9 +316,11 @@ class FeedbackMultiheadAttention(nn.MultiheadAttention):
     ``in_proj``, or ``q_proj``/``k_proj``/``v_proj``) and output projection (``out_proj``, a
     :class:`FeedbackLinear`) follow the rule; ``softmax(QKᵀ/√d)V`` itself has no weights and
     back-propagates exactly. Same arguments, masks and outputs as ``nn.MultiheadAttention.forward``.
-    When no projection needs its feedback (``bp``, :func:`~prealign.exact_gradients`, ``torch.no_grad``)
-    it *is* ``nn.MultiheadAttention.forward`` — torch's inference fast path included, which reads the
-    same weights; otherwise the batch-first path below, which calls the projections as modules.
+    Under ``torch.no_grad`` it *is* ``nn.MultiheadAttention.forward`` (torch's inference fast path
+    included: the same weights, the same output, and no backward for a rule to change); with
+    gradients, under every rule (``bp`` and :func:`~prealign.exact_gradients` too, so that hooks on the
+    projections see every training forward), the batch-first path below, which calls the projections
+    as modules. It equals torch's up to floating-point reassociation (~1e-16 relative in float64).
     """
 
     _plain = nn.MultiheadAttention
@@ -333,6 +335,7 @@ class FeedbackMultiheadAttention(nn.MultiheadAttention):
             proj = AttentionProjection(self, weight_name, rows)
             proj._setup_feedback(rule, generator, alpha_b)
             self.add_module(name, proj)
+        self._modules["out_proj"] = self._modules.pop("out_proj")  # module order = forward order: in, then out
 
     def _project(self, query, key, value):
         e = self.embed_dim
@@ -344,8 +347,7 @@ class FeedbackMultiheadAttention(nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        projections = [m for m in self.children() if isinstance(m, FeedbackLayer)]
-        if not any(m._uses_feedback() for m in projections):  # bp, exact_gradients, no_grad: torch's own attention
+        if not torch.is_grad_enabled():  # no backward: torch's own attention (and its inference fast path)
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
                                    is_causal)
         batched = query.dim() == 3
