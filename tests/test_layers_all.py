@@ -547,3 +547,47 @@ def test_attention_exact_gradients_and_gradient_alignment(gen, one_thread):
     angles = gradient_alignment(model, x, y)
     assert set(angles) == {"0.self_attn.out_proj", "0.self_attn.in_proj", "0.linear1", "0.linear2"}
     assert all(0 < a < 180 for a in angles.values())  # finite, and FA is not backprop
+
+
+def test_attention_hessian_vector_products_under_exact_gradients(gen):
+    """Inside exact_gradients attention is twice differentiable (torch's SDPA CPU kernel is not): Hv matches
+    central differences of the gradient."""
+    torch.manual_seed(0)
+    model = pa.convert(nn.TransformerEncoderLayer(6, 2, 8, dropout=0.0, batch_first=True), "fa", generator=gen).double()
+    x = torch.randn(3, 4, 6, dtype=torch.float64, generator=gen)
+    params = list(model.parameters())
+    v = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params]
+
+    def grads():
+        return torch.autograd.grad(model(x).pow(2).sum(), params, create_graph=True)
+
+    with pa.exact_gradients(model):
+        hv = torch.autograd.grad(sum((g * w).sum() for g, w in zip(grads(), v)), params)
+        eps = 1e-5
+        with torch.no_grad():
+            for p, w in zip(params, v):
+                p.add_(eps * w)
+        plus = [g.detach() for g in grads()]
+        with torch.no_grad():
+            for p, w in zip(params, v):
+                p.sub_(2 * eps * w)
+        minus = [g.detach() for g in grads()]
+    for h, a, b in zip(hv, plus, minus):
+        torch.testing.assert_close(h, (a - b) / (2 * eps), rtol=1e-5, atol=1e-7)
+
+
+def test_attention_deepcopy_and_state_dict(gen):
+    """A deep copy's projections stand for the copy's weights; a converted state_dict loads into a fresh conversion."""
+    model = pa.convert(nn.MultiheadAttention(6, 2, kdim=3, vdim=3, batch_first=True), "kp", generator=gen)
+    clone = copy.deepcopy(model)
+    assert clone.q_proj.weight is clone.q_proj_weight and clone.q_proj._owner is clone
+    w0 = model.q_proj_weight.detach().clone()
+    q, kv = torch.randn(2, 4, 6, generator=gen), torch.randn(2, 5, 3, generator=gen)
+    opt = torch.optim.SGD(clone.parameters(), lr=0.1)
+    clone(q, kv, kv)[0].sum().backward()
+    opt.step()
+    assert torch.equal(model.q_proj_weight, w0) and not torch.equal(clone.q_proj_weight, w0)
+    assert not torch.equal(clone.q_proj.feedback, model.q_proj.feedback)  # kp moved the copy's B only
+    fresh = pa.convert(nn.MultiheadAttention(6, 2, kdim=3, vdim=3, batch_first=True), "kp")
+    fresh.load_state_dict(clone.state_dict())
+    assert torch.equal(fresh.q_proj.feedback, clone.q_proj.feedback) and torch.equal(fresh.q_proj_weight, clone.q_proj_weight)

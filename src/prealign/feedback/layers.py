@@ -321,6 +321,9 @@ class FeedbackMultiheadAttention(nn.MultiheadAttention):
     gradients, under every rule (``bp`` and :func:`~prealign.exact_gradients` too, so that hooks on the
     projections see every training forward), the batch-first path below, which calls the projections
     as modules. It equals torch's up to floating-point reassociation (~1e-16 relative in float64).
+    Inside :func:`~prealign.exact_gradients` it forms the attention weights explicitly instead of
+    calling ``scaled_dot_product_attention``, whose CPU kernel has no double backward: Hessian-vector
+    products (``prealign analyze hessian``) work on attention models.
     """
 
     _plain = nn.MultiheadAttention
@@ -383,13 +386,14 @@ class FeedbackMultiheadAttention(nn.MultiheadAttention):
             mask = pad if mask is None else mask + pad
         dropout = self.dropout if self.training else 0.0
         weights = None
-        if need_weights:
+        exact = any(m._exact for m in self.children() if isinstance(m, FeedbackLayer))
+        if need_weights or exact:  # exact_gradients (Hessians, attacks): a path that is twice differentiable
             scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
             weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
             if dropout > 0:
                 weights = F.dropout(weights, p=dropout)
             out = weights @ v
-            weights = weights.mean(dim=1) if average_attn_weights else weights
+            weights = None if not need_weights else weights.mean(dim=1) if average_attn_weights else weights
         else:
             out = F.scaled_dot_product_attention(q, k, v, mask, dropout, is_causal=causal_only)
         out = self.out_proj(out.transpose(1, 2).flatten(2))  # (N, L, E)
