@@ -106,7 +106,7 @@ def test_dfa_residual_batchnorm_matches_reference(gen):
     model = pa.convert(_ResidualBN(), "dfa", generator=gen).double()
     x = torch.randn(5, 1, 4, 4, dtype=torch.float64, generator=gen)
     y = torch.randint(0, 3, (5,), generator=gen)
-    loss_fn = lambda out: F.cross_entropy(out, y)  # noqa: E731
+    loss_fn = lambda out: F.cross_entropy(out, y)
     loss_fn(model(x)).backward()
     # every converted layer but the stem (whose input needs no error) drew a D from the output error's width
     assert [tuple(layer.dfa_feedback.shape) for _, layer in pa.feedback_layers(model)] == [

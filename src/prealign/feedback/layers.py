@@ -14,12 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
-from .functional import FeedbackBilinearFunction, FeedbackConvFunction, FeedbackLinearFunction
 from ..errors import PrealignError
 from .dfa import DirectRoute
+from .functional import FeedbackBilinearFunction, FeedbackConvFunction, FeedbackLinearFunction
 from .kp import _LEARNING
 from .rules import RULES, get_rule
 
@@ -261,7 +260,7 @@ class FeedbackConvTranspose3d(_FeedbackConvTranspose, nn.ConvTranspose3d):
 class _ReturnTo:
     """Hands the whole per-step feedback buffer back to its pool when a backward that used a slice of it is done."""
 
-    __slots__ = ("pool", "buffer")
+    __slots__ = ("buffer", "pool")
 
     def __init__(self, pool: list, buffer: torch.Tensor):
         self.pool, self.buffer = pool, buffer
