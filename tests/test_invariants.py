@@ -1,4 +1,5 @@
-"""The invariants matrix: every rule × every optimizer path × an MLP and a small CNN (plus 1-D/3-D convolutions).
+"""The invariants matrix: every rule × every optimizer path × an MLP and a small CNN (plus 1-D/3-D convolutions,
+a transposed convolution and batch-first self-attention).
 
 Each training step is checked against the rule's defining property, computed independently of
 prealign's backward (plain ``F.linear``/``F.conv2d`` autograd on the tensors the layer saw):
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prealign as pa
-from prealign.feedback import RULES, FeedbackLayer
+from prealign.feedback import RULES, AttentionProjection, FeedbackLayer
 from prealign.run.trainer import TensorData, _make_optimizer
 
 KP_DECAY = 0.1
@@ -54,7 +55,25 @@ def _cnn3d() -> nn.Module:
                          nn.Conv3d(2, 2, 2, stride=2, dilation=1), nn.Flatten(), nn.Linear(16, 4))
 
 
-MODELS = {"mlp": (_mlp, (12,)), "cnn": (_cnn, (1, 8, 8)), "cnn1d": (_cnn1d, (2, 13)), "cnn3d": (_cnn3d, (1, 4, 4, 4))}
+def _cnn_transposed() -> nn.Module:
+    return nn.Sequential(nn.ConvTranspose2d(1, 2, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+                         nn.Conv2d(2, 2, 3, stride=2), nn.Flatten(), nn.Linear(8, 4))
+
+
+class _Attention(nn.Module):
+    """Token embedding → batch-first self-attention (packed in_proj, out_proj) → head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Linear(4, 6), nn.MultiheadAttention(6, 2, batch_first=True), nn.Linear(18, 4)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0].flatten(1))
+
+
+MODELS = {"mlp": (_mlp, (12,)), "cnn": (_cnn, (1, 8, 8)), "cnn1d": (_cnn1d, (2, 13)), "cnn3d": (_cnn3d, (1, 4, 4, 4)),
+          "cnn-transposed": (_cnn_transposed, (1, 3, 3)), "attention": (_Attention, (3, 4))}
 
 # (name, optimizer name for prealign.train, weight_decay, momentum)
 TRAINER_PATHS = {"train-adam": ("adam", 0.0, 0.0), "train-adamw": ("adamw", 1e-2, 0.0),
@@ -80,8 +99,11 @@ def _build(model_name: str, rule: str, seed: int = 0) -> tuple[nn.Module, tuple[
 
 def _op(layer, x, weight):
     """The layer's forward with ``weight`` in place of ``W`` (no bias), plain PyTorch autograd."""
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, (nn.Linear, AttentionProjection)):
         return F.linear(x, weight)
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        conv = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}[weight.dim()]
+        return conv(x, weight, None, layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
     if layer.padding_mode != "zeros":
         return layer._conv_forward(x, weight, None)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
@@ -141,7 +163,9 @@ class Checker:
             x, delta = rec["x"], rec["delta"]
             # every rule: the local weight update δᵀx and bias Σ δ (grads are still there after step())
             torch.testing.assert_close(layer.weight.grad, _vjp(layer, x, rec["w"], delta, "w"))
-            torch.testing.assert_close(layer.bias.grad, delta.sum(dim=[d for d in range(delta.dim()) if d != 1]))
+            bias_grad = layer._owner.in_proj_bias.grad if isinstance(layer, AttentionProjection) else layer.bias.grad
+            channel = delta.dim() - 1 if isinstance(layer, (nn.Linear, AttentionProjection)) else 1
+            torch.testing.assert_close(bias_grad, delta.sum(dim=[d for d in range(delta.dim()) if d != channel]))
             grad_x = rec.get("grad_x")
             assert (grad_x is not None) == (i > 0), "only the first layer's input error is never formed"
             if grad_x is not None:
@@ -195,12 +219,9 @@ def _batches(shape, seed=1):
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
-    """An independent plain-PyTorch twin: every feedback layer turned back into its nn class."""
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        m._forward_hooks.clear()
-        if isinstance(m, FeedbackLayer):
-            m.__class__ = next(c for c in type(m).__mro__ if c.__module__.startswith("torch.nn"))
+    """An independent plain-PyTorch twin: every feedback layer turned back into its nn class (prealign.unconvert)."""
+    twin = pa.unconvert(model)
+    assert not any(isinstance(m, FeedbackLayer) or m._forward_hooks for m in twin.modules())
     return twin
 
 
@@ -216,7 +237,7 @@ def _user_loop(model, make_opt, x, y, after_step=None):
 
 
 CASES = ([(m, p) for m in ("mlp", "cnn") for p in [*TRAINER_PATHS, *USER_OPTIMIZERS]]
-         + [(m, p) for m in ("cnn1d", "cnn3d") for p in ("train-adam", "user-sgd-nesterov-decay")])
+         + [(m, p) for m in ("cnn1d", "cnn3d", "cnn-transposed", "attention") for p in ("train-adam", "user-sgd-nesterov-decay")])
 
 
 @pytest.mark.parametrize("model_name,path", CASES)
@@ -246,9 +267,10 @@ def test_rule_invariants(rule, path, model_name, one_thread):
         if twin is not None:
             _user_loop(twin, USER_OPTIMIZERS[path], x, y)
     checker.finish()
-    if twin is not None:  # bp trains exactly as plain PyTorch does
+    if twin is not None:  # bp trains exactly as plain PyTorch does (attention: prealign's own path, reassociated sums)
+        tol = {"rtol": 1e-9, "atol": 1e-12} if model_name == "attention" else {"rtol": 1e-12, "atol": 1e-14}
         for p, q in zip(model.parameters(), twin.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(p, q, **tol)
 
 
 def test_kp_gradient_accumulation_and_frozen_layers(one_thread):

@@ -14,13 +14,15 @@ from .feedback import CONVERTIBLE, RULES, FeedbackLayer, feedback_layers
 
 
 def _weight_layers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, CONVERTIBLE)]
+    """Weight layers: convertible ones (converted or not) and feedback layers (attention projections too)."""
+    return [m for m in model.modules() if isinstance(m, (*CONVERTIBLE, FeedbackLayer))]
 
 
 @torch.no_grad()
 def init_weights(model: nn.Module, alpha_w: float = 2.0, alpha_b: float = 2.0,
                  generator: torch.Generator | None = None) -> nn.Module:
-    """``W ~ N(0, α_W / n_in)``, ``B ~ N(0, α_B / n_in)``, biases 0, for every Linear/Conv1d/2d/3d.
+    """``W ~ N(0, α_W / n_in)``, ``B ~ N(0, α_B / n_in)``, biases 0, for every weight layer (Linear, Bilinear,
+    Conv*, ConvTranspose*, and attention projections once converted).
 
     ``n_in`` is the fan-in (``in_features``, or ``in_channels/groups`` times the kernel size). ``α = 1`` is
     LeCun, ``α = 2`` He (the default, as both papers use). Draws on the CPU from ``generator``

@@ -1,9 +1,16 @@
 """How the error travels backward: learning rules as drop-in layers (SPEC §1)."""
-from .convert import CONVERTIBLE, LOCAL_GRADIENT_MODULES, convert, exact_gradients, feedback_layers, rule_of, unconverted_layers
+from .convert import (CONVERTIBLE, CONVERTIBLE_TYPES, LOCAL_GRADIENT_MODULES, convert, exact_gradients, feedback_layers,
+                      plain_state_dict, rule_of, unconvert, unconverted_layers)
 from .kp import set_kp_decay
-from .layers import KP_DECAY, FeedbackConv1d, FeedbackConv2d, FeedbackConv3d, FeedbackLayer, FeedbackLinear
+from .layers import (KP_DECAY, AttentionProjection, FeedbackBilinear, FeedbackConv1d, FeedbackConv2d, FeedbackConv3d,
+                     FeedbackConvTranspose1d, FeedbackConvTranspose2d, FeedbackConvTranspose3d, FeedbackLayer,
+                     FeedbackLinear, FeedbackMultiheadAttention, FeedbackOutProjection)
 from .rules import RULES, Rule, get_rule, register_rule
+from .summary import Summary, summary
 
-__all__ = ["FeedbackLinear", "FeedbackConv1d", "FeedbackConv2d", "FeedbackConv3d", "FeedbackLayer", "CONVERTIBLE", "convert", "exact_gradients",
+__all__ = ["FeedbackLinear", "FeedbackBilinear", "FeedbackConv1d", "FeedbackConv2d", "FeedbackConv3d",
+           "FeedbackConvTranspose1d", "FeedbackConvTranspose2d", "FeedbackConvTranspose3d", "FeedbackMultiheadAttention",
+           "AttentionProjection", "FeedbackOutProjection", "FeedbackLayer", "CONVERTIBLE", "CONVERTIBLE_TYPES", "convert",
+           "unconvert", "plain_state_dict", "summary", "Summary", "exact_gradients",
            "feedback_layers", "rule_of", "unconverted_layers", "LOCAL_GRADIENT_MODULES", "set_kp_decay", "KP_DECAY",
            "RULES", "Rule", "get_rule", "register_rule"]
