@@ -59,6 +59,11 @@ class RunConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0
     kp_decay: float | None = None  # kp only: per-step decay of (B - W); default: the rule's (see prealign.feedback)
+    wm_lr: float | None = None  # wm only (weight mirror, prealign.feedback.wm): mirror learning rate; default decay/std^2
+    wm_noise_std: float | None = None  # wm only: std of the mirror noise; default prealign.feedback.wm.WM_NOISE_STD
+    wm_decay: float | None = None  # wm only: decay of B per mirror step; default WM_DECAY
+    wm_steps: int | None = None  # wm only: mirror steps per optimizer step; default WM_STEPS
+    wm_batch: int | None = None  # wm only: noise samples per mirror step; default WM_BATCH
     val_fraction: float = 0.1  # training samples held out for model selection; 0 = select on test (papers)
     patience: int | None = None
     seed: int = 0
@@ -99,6 +104,11 @@ class RunConfig:
             self.noise_samples = 0
         if self.kp_decay is not None and not get_rule(method.rule).learns_feedback:
             raise ConfigError(f"key 'kp_decay' applies only to method kp (its feedback learns W's updates); method is {base!r}")
+        for key, value in self.wm_settings().items():
+            if not get_rule(method.rule).mirrors:
+                raise ConfigError(f"key {key!r} applies only to method wm (weight mirror); method is {base!r}")
+            from ..feedback.wm import check_wm_setting
+            check_wm_setting(f"key {key!r}", key, value)
         checks = [
             ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
@@ -124,6 +134,11 @@ class RunConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"key 'activation' has unknown value {self.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
         return self
+
+    def wm_settings(self) -> dict[str, float | int]:
+        """The weight-mirror keys that are set (``{"wm_decay": 0.01, ...}``; empty for the defaults)."""
+        return {k: getattr(self, k) for k in ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch")
+                if getattr(self, k) is not None}
 
     @property
     def label(self) -> str:
@@ -363,7 +378,8 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
             model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
             weight_decay=config.weight_decay, momentum=config.momentum, patience=config.patience, seed=config.seed,
             device=device, callbacks=cbs, progress=progress, checkpoint=ckpt, grad_alignment=config.grad_alignment,
-            val_fraction=config.val_fraction, description=f"{config.label} seed {config.seed}", kp_decay=config.kp_decay)
+            val_fraction=config.val_fraction, description=f"{config.label} seed {config.seed}", kp_decay=config.kp_decay,
+            wm={k.removeprefix("wm_"): v for k, v in config.wm_settings().items()} or None)
         result.noise_seconds = noise_seconds
         result.config = config.to_dict()
         result.run_id = run_id

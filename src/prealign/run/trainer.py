@@ -49,7 +49,8 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import ConfigError, PrealignError
-from ..feedback import RULES, FeedbackLayer, exact_gradients, feedback_layers, set_kp_decay
+from ..feedback import RULES, FeedbackLayer, exact_gradients, feedback_layers, set_kp_decay, set_wm
+from ..feedback.wm import wm_settings
 from ..init import alignment_angles
 from ..progress import progress_bar
 
@@ -227,13 +228,15 @@ def _as_checkpoint(checkpoint):
 
 def _model_fingerprint(model: nn.Module) -> str:
     """Hash of the architecture: every module's name, class and ``extra_repr`` (sizes, rule,
-    dropout rate...), a learned-feedback layer's ``kp_decay``, and every parameter's name, shape
+    dropout rate...), a learned-feedback layer's ``kp_decay``, a weight-mirror layer's settings, and every parameter's name, shape
     and dtype. Not the weights' values."""
     h = hashlib.sha256()
     for name, module in model.named_modules():
         h.update(f"{name}|{type(module).__name__}|{module.extra_repr()}\n".encode())
         if isinstance(module, FeedbackLayer) and RULES[module.rule].learns_feedback:
             h.update(f"kp_decay={float(module.kp_decay)!r}\n".encode())  # changes the result, as lr does
+        if isinstance(module, FeedbackLayer) and RULES[module.rule].mirrors:
+            h.update(f"wm={sorted(wm_settings(module).items())!r}\n".encode())
     for name, p in model.named_parameters():
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}\n".encode())
     return h.hexdigest()[:16]
@@ -454,7 +457,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
           weight_decay: float = 0.0, momentum: float = 0.0, patience: int | None = None, seed: int = 0,
           device: str | torch.device = "auto", callbacks: Sequence[Any] = (), progress: bool | None = None,
           eval_batch_size: int = 4096, checkpoint=None, grad_alignment: bool = True, description: str = "train",
-          val_fraction: float = 0.0, kp_decay: float | None = None) -> TrainResult:
+          val_fraction: float = 0.0, kp_decay: float | None = None, wm: dict | None = None) -> TrainResult:
     """Train ``model`` on ``data`` (``x_train, y_train, x_test, y_test`` tensors) with cross-entropy.
 
     ``epochs``: maximum epochs; ``patience``: stop once the selection accuracy has not improved for
@@ -487,8 +490,10 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     the new ``epochs`` is refused. The weights come from the checkpoint, not from ``model``.
 
     ``kp_decay``: the per-step Kolen–Pollack decay of ``B − W`` for ``kp`` layers (None: each layer's
-    own, default :data:`prealign.feedback.KP_DECAY`; a model without ``kp`` layers raises). Never
-    raises on divergence.
+    own, default :data:`prealign.feedback.KP_DECAY`; a model without ``kp`` layers raises).
+    ``wm``: weight-mirror settings for ``wm`` layers, keyword arguments of :func:`prealign.set_wm`
+    (``{"lr", "noise_std", "decay", "steps", "batch"}``; None: each layer's own, defaults in
+    :mod:`prealign.feedback.wm`; a model without ``wm`` layers raises). Never raises on divergence.
     """
     from ..data.base import holdout_validation
 
@@ -502,6 +507,8 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     data = _move_data(data, dev)
     if kp_decay is not None:
         set_kp_decay(model, kp_decay)
+    if wm is not None:
+        set_wm(model, **wm)
     settings = checkpoint_settings(model, data, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                    weight_decay=weight_decay, momentum=momentum, seed=seed, patience=patience,
                                    val_fraction=val_fraction)
