@@ -99,7 +99,7 @@ def test_optimizer_object_and_factory_are_the_ones_used():
     data = _data()
     model, twin, fact = _model("bp"), _model("bp"), _model("bp")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    res = train(model, data, optimizer=opt, **_kw())
+    train(model, data, optimizer=opt, **_kw())
     train(fact, data, optimizer=lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True), **_kw())
     plain = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     gen = torch.Generator().manual_seed(5)
@@ -174,7 +174,7 @@ def test_loss_fn_is_used_for_training_and_measurement():
 def test_loader_checkpoint_records_what_it_can(tmp_path):
     data = _data()
     batches = [(data.x_train[i:i + B], data.y_train[i:i + B]) for i in range(0, N, B)]
-    kw = dict(test=[(data.x_test, data.y_test)], lr=1e-2, loss_fn=F.cross_entropy, checkpoint=tmp_path / "c.pt")
+    kw = {"test": [(data.x_test, data.y_test)], "lr": 1e-2, "loss_fn": F.cross_entropy, "checkpoint": tmp_path / "c.pt"}
     straight = _model()
     train(straight, batches, **{**kw, "checkpoint": None}, **_kw())
     train(_model(), batches, **kw, **_kw(epochs=1))
