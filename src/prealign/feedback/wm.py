@@ -32,7 +32,7 @@ defaults were tuned on the 784-100-100-10 MLP on mnist5k (Adam, lr 1e-4, batch 6
 final ∠(W, B) ≈ 5.2°, 1.9°, 1.9° per layer (KP: 0.1°), test accuracy as KP's, training ≈ 6× FA's
 time. The angle is limited by the noise's sampling error, ``∝ sqrt(λ / (batch · steps))``: a
 smaller λ lets ``B`` lag behind the moving ``W`` (λ = 0.003 gave ≈ 10°), more samples cost time
-(batch 4096: 2.3°, 0.9°, 0.9° at ≈ 60× FA's time).
+(batch 4096: 2.3°, 0.9°, 0.9° at ≈ 65× FA's time).
 
 Mechanism: a global ``torch.optim.Optimizer.step`` post-hook (as :mod:`prealign.feedback.kp`);
 the layers join the same weakly held registry when their rule is set. A layer mirrors after a
