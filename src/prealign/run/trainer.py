@@ -38,7 +38,7 @@ import pickle
 import time
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,7 +508,7 @@ class Batches:
         if isinstance(source, torch.Tensor) or not hasattr(source, "__iter__"):
             raise ConfigError(f"{name} must be prealign data (x_train, y_train, x_test, y_test tensors), a DataLoader or "
                               f"an iterable of (x, y) batches; got a {type(source).__name__}")
-        if iter(source) is source:
+        if isinstance(source, Iterator):  # (not iter(source) is source: that would start a DataLoader's workers)
             raise ConfigError(f"{name} is a one-shot iterator ({type(source).__name__}); give something iterable once "
                               "per epoch: a DataLoader, a list of (x, y) batches or an object with __iter__")
         self.source, self.name, self.device, self.dtype = source, name, device, dtype
