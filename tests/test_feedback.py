@@ -349,11 +349,11 @@ def test_lazy_linear_converts_once_materialized(gen):
 
 
 def test_angles_only_for_rules_that_read_feedback(gen, one_thread):
-    """∠(W, B) is reported only where the error travels through B (fa, kp), also per epoch in train()."""
+    """∠(W, B) is reported only where the error travels through B (fa, kp, wm), also per epoch in train()."""
     from prealign.run.callbacks import MatrixAngles
     from prealign.run.trainer import TensorData, train
 
-    assert {name for name, r in pa.RULES.items() if r.reads_feedback} == {"fa", "kp"}
+    assert {name for name, r in pa.RULES.items() if r.reads_feedback} == {"fa", "kp", "wm"}
     model = pa.mlp([6, 5, 4, 3], generator=gen)
     model[3].rule = "usf"  # one hidden layer under a sign rule
     assert set(pa.alignment_angles(model)) == {"1", "5"}

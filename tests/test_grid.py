@@ -45,7 +45,7 @@ def _toml(base: dict, grid: dict, zipped: dict | None = None) -> str:
 # ------------------------------------------------------------------------------ experiments unchanged
 def _config_hash(config: dict) -> str:
     """The run key without the data fingerprint (as the fixture was computed: data-independent)."""
-    d = {k: v for k, v in RunConfig.from_dict(config).to_dict().items() if k not in ("device", "name")}
+    d = RunConfig.from_dict(config).key_fields()
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

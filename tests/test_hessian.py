@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from prealign.analysis import (HessianTracker, hessian_operator, hessian_summary, hutchinson_trace, lanczos_quadrature,
                                power_iteration, spectral_density, top_eigen)
+from prealign.analysis.hessian import deflated_trace, lanczos_top_eigen
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny workloads: 1 thread is fastest on shared cores
@@ -242,3 +243,64 @@ def test_bad_arguments_are_user_errors(tiny):
     with pytest.raises(PrealignError):
         hessian_operator(model, None, x, y, method="newton")
     assert isinstance(hessian_operator(model, None, x, y), scipy.sparse.linalg.LinearOperator)
+
+
+def test_batched_products_and_batched_hutchinson_match_one_at_a_time(tiny):
+    """hvp_batch = hvp per row; hutchinson_trace gives the same estimate whatever its batch size."""
+    model, x, y, _, _ = tiny
+    op = hessian_operator(copy.deepcopy(model).double(), None, x.double(), y)
+    vs = torch.randn(5, op.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(op.hvp_batch(vs), torch.stack([op.hvp(v) for v in vs]))
+    one = hutchinson_trace(op, probes=40, seed=3, batch=1)
+    many = hutchinson_trace(op, probes=40, seed=3, batch=16)
+    assert one == pytest.approx(many, rel=1e-10)
+
+
+def test_lanczos_top_eigen_meets_its_bound(tiny):
+    model, x, y, _, eigs = tiny
+    op = hessian_operator(copy.deepcopy(model).double(), None, x.double(), y)
+    for rtol in (1e-3, 1e-6):
+        top = lanczos_top_eigen(op, rtol=rtol)
+        assert abs(top.value - eigs[-1]) <= max(top.bound, 1e-12) + 1e-12
+        assert abs(top.value - eigs[-1]) <= rtol * abs(eigs[-1])
+        assert top.products == len(top.alpha) == len(top.basis) <= len(eigs)
+    mat = np.diag(np.linspace(1.0, 2.0, 200))  # a dense operator; tight cluster: maxiter runs out, bound NaN
+    assert np.isnan(lanczos_top_eigen(mat, rtol=1e-12, maxiter=3).bound)
+
+
+def test_deflated_trace_is_unbiased_and_exact_when_the_basis_spans(tiny):
+    """With a basis spanning the whole space the deflated part is the whole trace (no probe left to
+    vary); with a partial basis the estimate lies within a few standard errors of the exact trace."""
+    model, x, y, hess, _ = tiny
+    op = hessian_operator(copy.deepcopy(model).double(), None, x.double(), y)
+    est, se, _ = deflated_trace(op, rel_stderr=1e-3, deflate=len(hess), max_probes=4)
+    assert est == pytest.approx(np.trace(hess), rel=1e-8) and se == pytest.approx(0.0, abs=1e-8)
+    est, se, products = deflated_trace(op, rel_stderr=0.02, deflate=5, seed=1)
+    assert abs(est - np.trace(hess)) <= 4 * se and se <= 0.021 * abs(est) and products > 5
+
+
+def test_bench_row_accuracy_check_compares_with_the_exact_hessian(tiny):
+    """The Hessian bench row's check: exact_hessian is the true Hessian; a deliberately loose
+    tolerance cannot meet the 1e-3 eigenvalue accuracy (the row refuses it), and answers off by
+    more than the tolerances are listed as failures."""
+    from prealign import bench
+    from prealign.errors import PrealignError
+
+    model, x, y, hess, eigs = tiny
+    np.testing.assert_allclose(bench.exact_hessian(model, x, y).numpy(), hess, rtol=1e-10, atol=1e-12)
+    ref = {"eig": float(eigs[-1]), "trace": float(np.trace(hess))}
+    op = hessian_operator(copy.deepcopy(model).double(), None, x.double(), y)
+
+    def solve(tol):
+        return {"eig": power_iteration(op, tol=tol, maxiter=10_000)[0]}
+
+    with pytest.raises(PrealignError, match="no stopping tolerance in \\[0.5\\] gives the top eigenvalue to 0.001"):
+        bench.loosest_accurate([0.5], solve, ref, eig_rtol=1e-3)
+    tol, answer = bench.loosest_accurate(bench.TOL_LADDER, solve, ref, eig_rtol=1e-3)
+    assert abs(answer["eig"] - ref["eig"]) <= 1e-3 * ref["eig"]
+    good = {"eig": ref["eig"] * (1 + 5e-4), "trace": ref["trace"] + 0.01, "trace_se": 0.01}
+    assert bench.hessian_answer_failures(good, ref, eig_rtol=1e-3, trace_rse=0.01) == []
+    for bad, what in (({"eig": ref["eig"] * (1 + 2e-3)}, "top eigenvalue"), ({"trace_se": ref["trace"]}, "standard error"),
+                      ({"trace": ref["trace"] + 0.05}, "more than 4 standard errors")):
+        fails = bench.hessian_answer_failures({**good, **bad}, ref, eig_rtol=1e-3, trace_rse=0.01)
+        assert len(fails) == 1 and what in fails[0]

@@ -9,6 +9,9 @@ prealign's backward (plain ``F.linear``/``F.conv2d`` autograd on the tensors the
 - ``fa``: the input error is ``δ B`` and ``B`` never changes;
 - ``kp``: the input error is ``δ B`` and per optimizer step ``B' − B = ΔW − d (B − W)`` exactly,
   so the angle ∠(W, B) shrinks;
+- ``wm``: the input error is ``δ B`` and per optimizer step each mirror step is exactly
+  ``B ← (1 − λ) B + (η/N) yᵀ x`` with ``x`` the noise replayed from the RNG and ``y`` the layer's
+  output on it with the *new* ``W`` (plain ``F.linear``/``F.conv`` autograd), so ∠(W, B) shrinks;
 - ``usf``/``frsf``/``brsf``: the feedback's signs equal ``sign(W)`` (usf/frsf: exact magnitudes);
 - ``dfa``: the input error of every layer is ``e D`` (``e`` the output error), ``D`` fixed.
 
@@ -25,12 +28,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import prealign as pa
 from prealign.feedback import RULES, AttentionProjection, FeedbackLayer
 from prealign.run.trainer import TensorData, _make_optimizer
 
 KP_DECAY = 0.1
+WM = {"lr": 0.3, "noise_std": 0.5, "decay": 0.1, "steps": 2, "batch": 16}  # wm settings under test
 LR = 1e-2
 STEPS = 3
 BATCH = 8
@@ -94,6 +99,8 @@ def _build(model_name: str, rule: str, seed: int = 0) -> tuple[nn.Module, tuple[
     model = pa.convert(make(), rule, generator=torch.Generator().manual_seed(seed)).double()
     if RULES[rule].learns_feedback:
         pa.set_kp_decay(model, KP_DECAY)
+    if RULES[rule].mirrors:
+        pa.set_wm(model, **WM)
     return model, shape
 
 
@@ -108,6 +115,13 @@ def _op(layer, x, weight):
         return layer._conv_forward(x, weight, None)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
     return conv(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def _single_position(layer):
+    """A conv layer's op on one receptive field: no padding, stride 1 (groups and kernel kept)."""
+    plain = next(c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn"))  # no feedback buffer drawn
+    return layer if isinstance(layer, nn.Linear) else plain(
+        layer.in_channels, layer.out_channels, layer.kernel_size, groups=layer.groups, bias=False, device="meta")
 
 
 def _vjp(layer, x, weight, delta, wrt: str) -> torch.Tensor:
@@ -136,6 +150,9 @@ class Checker:
         self.d0 = None
         self.prev = [(layer.weight.detach().clone(), layer.feedback.clone()) for layer in self.layers]
         self.angle0 = [_matrix_angle(w, b) for w, b in self.prev]
+        self.rng = None  # wm: the global RNG state before each optimizer step (the mirror noise is replayed from it)
+        if RULES[rule].mirrors:
+            self._hook = register_optimizer_step_pre_hook(lambda *_: setattr(self, "rng", torch.get_rng_state()))
         for i, layer in enumerate(self.layers):
             layer.register_forward_hook(self._layer_hook(i))
         model.register_forward_hook(self._output_hook)  # after convert: sees the model's final output
@@ -155,9 +172,26 @@ class Checker:
         if torch.is_grad_enabled() and output.requires_grad:
             output.register_hook(lambda g: setattr(self, "e", g.detach().clone()))
 
+    def _mirrored(self) -> list[torch.Tensor]:
+        """wm: ``B`` after this step's mirror steps, recomputed from the replayed noise and each layer's
+        own output on it (plain autograd: ``Δ B`` is the weight-VJP of ``y`` at the noise ``x``)."""
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng)
+            for layer, (_, b) in zip(self.layers, self.prev):  # the optimizer's parameter order
+                w = layer.weight.detach()
+                for _ in range(WM["steps"]):
+                    shape = (w.shape[1],) if w.dim() == 2 else (w.shape[1] * layer.groups, *w.shape[2:])
+                    x = torch.randn(WM["batch"], *shape, dtype=w.dtype) * WM["noise_std"]
+                    y = F.linear(x, w) if w.dim() == 2 else _op(_single_position(layer), x, w)
+                    b = (1 - WM["decay"]) * b + WM["lr"] / WM["batch"] * _vjp(_single_position(layer), x, w, y, "w")
+                out.append(b)
+        return out
+
     def check(self, *_):
         self.steps += 1
         rule = self.rule
+        mirrored = self._mirrored() if RULES[rule].mirrors else None
         for i, layer in enumerate(self.layers):
             rec = self.seen[i]
             x, delta = rec["x"], rec["delta"]
@@ -175,6 +209,8 @@ class Checker:
             if RULES[rule].learns_feedback:  # kp: B' - B = ΔW - d (B - W), after this optimizer step
                 torch.testing.assert_close(b - b_prev, (w - w_prev) - KP_DECAY * (b_prev - w_prev), rtol=1e-9, atol=1e-12)
                 assert not torch.equal(b, b_prev)
+            elif mirrored is not None:  # wm: B' from the noise and W' x only
+                torch.testing.assert_close(b, mirrored[i], rtol=1e-9, atol=1e-12)
             else:
                 assert torch.equal(b, self.b0[i]), "B never changes"
             self.prev[i] = (w.clone(), b.clone())
@@ -188,7 +224,7 @@ class Checker:
         rule, x, delta, w, b = self.rule, rec["x"], rec["delta"], rec["w"], rec["b"]
         if rule == "bp":
             torch.testing.assert_close(grad_x, _vjp(layer, x, w, delta, "x"))
-        elif rule in ("fa", "kp"):
+        elif rule in ("fa", "kp", "wm"):
             torch.testing.assert_close(grad_x, _vjp(layer, x, b, delta, "x"))
             assert not torch.allclose(grad_x, _vjp(layer, x, w, delta, "x"))  # really not backprop
         elif rule == "dfa":
@@ -207,7 +243,9 @@ class Checker:
 
     def finish(self):
         assert self.steps == STEPS
-        if RULES[self.rule].learns_feedback:
+        if RULES[self.rule].mirrors:
+            self._hook.remove()
+        if RULES[self.rule].learns_feedback or RULES[self.rule].mirrors:
             for layer, before in zip(self.layers, self.angle0):
                 assert _matrix_angle(layer.weight, layer.feedback) < before - 1.0
 

@@ -13,6 +13,7 @@ import importlib
 _EXPORTS = {
     "hessian": ("HessianOperator", "HessianTracker", "hessian_operator", "hessian_summary", "hutchinson_trace",
                 "lanczos", "lanczos_quadrature", "power_iteration", "spectral_density", "top_eigen",
+                "lanczos_top_eigen", "LanczosTop", "deflated_trace",
                 "trainable_parameters"),
     "landscape": ("TrajectoryRecorder", "evaluate_loss", "flat_parameters", "loss_surface", "path_grid",
                   "perturbed_surface", "set_flat_parameters", "trajectory_pca", "trajectory_surface"),

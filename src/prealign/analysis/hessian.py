@@ -190,6 +190,36 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
         self.n_products += 1
         return torch.cat([t.reshape(-1) for t in total])
 
+    def hvp_batch(self, vs: torch.Tensor) -> torch.Tensor:
+        """``H vᵢ`` for the rows of ``vs`` ``(k, P)`` at once: with the ``"graph"`` method one batched
+        backward pass through the stored graph (``is_grads_batched``: the k products share every
+        kernel launch), else :meth:`hvp` row by row. Returns ``(k, P)`` in the parameters' dtype/device;
+        equal to :meth:`hvp` per row up to floating-point summation order."""
+        from prealign import exact_gradients
+
+        vs = vs.to(device=self.device, dtype=self.param_dtype).reshape(len(vs), -1)
+        if self.method != "graph" or len(vs) == 1:
+            return torch.stack([self.hvp(v) for v in vs])
+        parts = [chunk.view(len(vs), *p.shape) for chunk, p in zip(torch.split(vs, self.sizes, dim=1), self.params)]
+        total = [torch.zeros(len(vs), *p.shape, device=self.device, dtype=self.param_dtype) for p in self.params]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with exact_gradients(self.model), torch.enable_grad():
+                if self._graphs is None or self._versions != [p._version for p in self.params]:
+                    self._build_graphs()
+                for grads, live, weight in self._graphs:
+                    if not grads:
+                        continue
+                    hs = torch.autograd.grad(grads, self.params, [parts[i] for i in live], retain_graph=True,
+                                             allow_unused=True, materialize_grads=True, is_grads_batched=True)
+                    for t, h in zip(total, hs):
+                        t.add_(h, alpha=weight)
+        finally:
+            self.model.train(was_training)
+        self.n_products += len(vs)
+        return torch.cat([t.reshape(len(vs), -1) for t in total], dim=1)
+
     def release(self) -> None:
         """Free the stored gradient graphs (``"graph"`` method); the next product rebuilds them."""
         self._graphs = None
@@ -291,23 +321,37 @@ def power_iteration(op, *, tol: float = 1e-4, maxiter: int = 200, seed: int = 0)
     return value, v.cpu().double().numpy(), maxiter
 
 
-def hutchinson_trace(op, probes: int = 100, *, seed: int = 0) -> tuple[float, float]:
+def hutchinson_trace(op, probes: int = 100, *, seed: int = 0, batch: int = 32,
+                     rel_stderr: float | None = None) -> tuple[float, float]:
     """Hutchinson's estimate of ``tr H`` with Rademacher probes ``v ∈ {−1, +1}ᴾ`` (IFA B.7; Avron & Toledo 2011).
 
     ``tr H = E[vᵀ H v]``. Returns ``(estimate, standard error)``, the standard error being the
     sample standard deviation of ``vᵢᵀ H vᵢ`` over ``√probes`` (0 for a single probe). Probes are
-    drawn from ``torch.Generator().manual_seed(seed)``.
+    drawn from ``torch.Generator().manual_seed(seed)`` in sequence, ``batch`` at a time: a
+    :class:`HessianOperator` multiplies each batch in one batched product (:meth:`HessianOperator.hvp_batch`;
+    the same probes and estimate as one at a time, up to summation order). ``rel_stderr``: stop early,
+    after a whole batch, once the standard error is at most ``rel_stderr · |estimate|`` (at most
+    ``probes`` probes either way); None uses all ``probes``.
     """
     if probes < 1:
         raise ConfigError(f"hutchinson_trace needs at least one probe; got {probes}")
+    if batch < 1:
+        raise ConfigError(f"hutchinson_trace needs batch >= 1; got {batch}")
     matvec, n, device, dtype = _torch_matvec(op)
+    batched = op.hvp_batch if isinstance(op, HessianOperator) else None
     gen = torch.Generator().manual_seed(seed)
-    quads = []
-    for _ in range(probes):
-        v = _rademacher(n, gen, device, dtype)
-        quads.append(torch.dot(v, matvec(v)))
-    samples = torch.stack(quads).double().cpu().numpy()  # one host sync for all probes
-    sem = samples.std(ddof=1) / np.sqrt(probes) if probes > 1 else 0.0
+    quads: list[torch.Tensor] = []
+    while len(quads) < probes:
+        vs = torch.stack([_rademacher(n, gen, device, dtype) for _ in range(min(batch, probes - len(quads)))])
+        hv = batched(vs) if batched is not None else torch.stack([matvec(v) for v in vs])
+        quads.extend((vs * hv).sum(1))
+        if rel_stderr is not None and len(quads) > 1:
+            samples = torch.stack(quads).double()
+            if samples.std() / len(quads) ** 0.5 <= rel_stderr * samples.mean().abs():
+                break
+    samples = torch.stack(quads).double().cpu().numpy()  # one host sync per batch at most
+    k = len(samples)
+    sem = samples.std(ddof=1) / np.sqrt(k) if k > 1 else 0.0
     return float(samples.mean()), float(sem)
 
 
@@ -320,6 +364,14 @@ def lanczos(op, v0, steps: int) -> tuple[np.ndarray, np.ndarray]:
     cancelled more than half the norm: Daniel–Gragg–Kaufman–Stewart); the basis (``steps × P``) stays
     on the operator's device in its dtype (float32 for a model's Hessian).
     """
+    alpha, beta, _ = _lanczos(op, v0, steps)
+    return alpha, beta
+
+
+def _lanczos(op, v0, steps: int, stop: Callable[[list, list, float], bool] | None = None):
+    """:func:`lanczos`, also returning the orthonormal basis ``V`` ``(m, P)`` (torch, the operator's
+    device/dtype); ``stop(alpha, beta, b)`` is asked after each step with the next off-diagonal ``b``
+    and ends the iteration when true."""
     matvec, n, device, dtype = _torch_matvec(op)
     steps = int(min(steps, n))
     basis = torch.empty(steps, n, device=device, dtype=dtype)
@@ -346,9 +398,94 @@ def lanczos(op, v0, steps: int) -> tuple[np.ndarray, np.ndarray]:
             b = float(torch.linalg.vector_norm(w))
         if b <= (1e-10 if dtype == torch.float64 else 1e-5) * scale:
             break  # invariant subspace (to the working precision): T is exact
+        if stop is not None and stop(alpha, beta, b):
+            break
         beta.append(b)
         v = w / b
-    return np.array(alpha), np.array(beta)
+    return np.array(alpha), np.array(beta), basis[:len(alpha)]
+
+
+class LanczosTop:
+    """What :func:`lanczos_top_eigen` found: ``value`` (the top Ritz value), ``bound`` (its residual
+    ``‖H V s − θ V s‖ = β_m |s_m|``: an eigenvalue of ``H`` lies within it), ``products``, and the
+    Krylov ``basis`` ``(m, P)`` with ``T``'s diagonal ``alpha`` (``Σ α = tr(Vᵀ H V)``), reusable by
+    :func:`deflated_trace`."""
+
+    def __init__(self, value: float, bound: float, products: int, basis: torch.Tensor, alpha: np.ndarray):
+        self.value, self.bound, self.products, self.basis, self.alpha = value, bound, products, basis, alpha
+
+
+def lanczos_top_eigen(op, *, rtol: float = 1e-3, maxiter: int = 300, seed: int = 0, min_steps: int = 2) -> LanczosTop:
+    """The largest (algebraic) eigenvalue by Lanczos with full reorthogonalisation, stopped as soon as
+    the residual bound of the top Ritz pair is at most ``rtol · |θ|`` (at most ``maxiter`` products).
+
+    The same Krylov method as :func:`top_eigen` (ARPACK) without restarts or the numpy round trip
+    per product, and with an error bound as stopping rule: power iteration (PyHessian,
+    :func:`power_iteration`) stops on the change between iterates, which says little about the
+    error and takes ``O(λ₁/(λ₁−λ₂))`` products. Starts from a seeded Gaussian vector. ``bound`` is
+    NaN when ``maxiter`` ran out before the bound was met.
+    """
+    if not 0 < rtol < 1:
+        raise ConfigError(f"lanczos_top_eigen needs 0 < rtol < 1; got {rtol}")
+    _, n, _, _ = _torch_matvec(op)
+    v0 = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    found = {}
+
+    def stop(alpha, beta, b):
+        if len(alpha) < min_steps:
+            return False
+        vals, vecs = scipy.linalg.eigh_tridiagonal(np.array(alpha), np.array(beta)) if len(alpha) > 1 else (
+            np.array(alpha), np.ones((1, 1)))
+        found["steps"], found["bound"] = len(alpha), float(b * abs(vecs[-1, -1]))
+        return found["bound"] <= rtol * abs(float(vals[-1]))
+
+    alpha, beta, basis = _lanczos(op, v0, maxiter, stop)
+    value = float((scipy.linalg.eigh_tridiagonal(alpha, beta, eigvals_only=True) if len(alpha) > 1 else alpha)[-1])
+    if found.get("steps") == len(alpha):  # stopped on the bound
+        bound = found["bound"]
+    else:  # the Krylov space became invariant (T exact: bound 0) or maxiter ran out (bound unknown)
+        bound = float("nan") if len(alpha) >= min(maxiter, n) else 0.0
+    return LanczosTop(value, bound, len(alpha), basis, alpha)
+
+
+def deflated_trace(op, *, rel_stderr: float = 0.01, max_probes: int = 10_000, deflate: LanczosTop | int = 30,
+                   seed: int = 0, batch: int = 32) -> tuple[float, float, int]:
+    """``tr H`` as ``tr(Vᵀ H V) + tr(P H P)`` with ``P = I − V Vᵀ``: the first term exact from a Lanczos
+    basis ``V`` (``Σ α``), the second by Hutchinson with Rademacher probes projected by ``P``, drawn
+    ``batch`` at a time until the standard error is at most ``rel_stderr · |estimate|`` (or
+    ``max_probes``). Unbiased like :func:`hutchinson_trace` (``tr(VVᵀ H P) = 0``), with the variance
+    of the top eigen-directions — where a Hessian's outliers put most of ``‖H‖_F``, and so most of
+    Hutchinson's variance — removed (deflated Hutchinson; cf. Hutch++, Meyer et al. 2021).
+
+    ``deflate``: a :class:`LanczosTop` (reuses its basis: no extra products) or a number of Lanczos
+    steps from a seeded start. Returns ``(estimate, standard error, products)``; the standard error
+    is that of the stochastic part (the deflated part is exact).
+    """
+    if not rel_stderr > 0 or max_probes < 2 or batch < 1:
+        raise ConfigError(f"deflated_trace needs rel_stderr > 0, max_probes >= 2 and batch >= 1; "
+                          f"got {rel_stderr}, {max_probes}, {batch}")
+    matvec, n, device, dtype = _torch_matvec(op)
+    products = 0
+    if not isinstance(deflate, LanczosTop):
+        v0 = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+        alpha, _, basis = _lanczos(op, v0, int(deflate))
+        deflate, products = LanczosTop(float("nan"), float("nan"), len(alpha), basis, alpha), len(alpha)
+    basis, exact = deflate.basis, float(np.sum(deflate.alpha))
+    batched = op.hvp_batch if isinstance(op, HessianOperator) else None
+    gen = torch.Generator().manual_seed(seed)
+    quads: list[torch.Tensor] = []
+    while len(quads) < max_probes:
+        g = torch.stack([_rademacher(n, gen, device, dtype) for _ in range(min(batch, max_probes - len(quads)))])
+        vs = g - (g @ basis.T) @ basis  # P g
+        hv = batched(vs) if batched is not None else torch.stack([matvec(v) for v in vs])
+        quads.extend((vs * hv).sum(1))
+        products += len(vs)
+        samples = torch.stack(quads).double()
+        if len(quads) > 1 and samples.std() / len(quads) ** 0.5 <= rel_stderr * abs(exact + float(samples.mean())):
+            break
+    samples = torch.stack(quads).double().cpu().numpy()
+    sem = samples.std(ddof=1) / np.sqrt(len(samples))
+    return exact + float(samples.mean()), float(sem), products
 
 
 def lanczos_quadrature(op, v0, steps: int) -> tuple[np.ndarray, np.ndarray]:

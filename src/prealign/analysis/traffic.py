@@ -13,6 +13,8 @@ Counted from the model's layer shapes and the rule metadata in
 ``frsf``    reads ``sign(W)`` and the fixed magnitudes ``|B|``
 ``brsf``    reads ``sign(W)``; the magnitudes are drawn afresh (``numel`` random numbers)
 ``kp``      reads ``B`` and writes ``B`` (it receives ``W``'s update every step)
+``wm``      reads ``B`` and writes ``B`` (the mirror step after each optimizer step), drawing
+            ``steps · batch · fan-in`` noise numbers per layer (:mod:`prealign.feedback.wm`)
 ==========  ===================================================================================
 
 Only layers whose input error is needed count: the first layer's error would go to the
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from ..feedback import RULES, feedback_layers, get_rule
+from ..feedback.wm import wm_settings
 
 BYTES_PER_ELEMENT = 4  # float32
 
@@ -96,8 +99,11 @@ def traffic_table(model: nn.Module, rules: Sequence[str] | None = None) -> list[
                     fb_reads += n
             else:
                 fb_reads += n
-            if r.learns_feedback:
+            if r.learns_feedback or r.mirrors:
                 fb_writes += n
+            if r.mirrors:  # wm: the mirror's noise, one fan-in-sized sample per noise sample and step
+                s = wm_settings(layer)
+                draws += s["wm_steps"] * s["wm_batch"] * layer.weight[0].numel() * getattr(layer, "groups", 1)
         rows.append({"rule": name, "weight_transport": r.transports, "w_reads": w_reads, "feedback_reads": fb_reads,
                      "feedback_writes": fb_writes, "random_draws": draws,
                      "backward_bytes": (w_reads + fb_reads + fb_writes) * BYTES_PER_ELEMENT, "sign_bits": signs,

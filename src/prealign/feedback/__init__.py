@@ -7,10 +7,11 @@ from .layers import (KP_DECAY, AttentionProjection, FeedbackBilinear, FeedbackCo
                      FeedbackLinear, FeedbackMultiheadAttention, FeedbackOutProjection)
 from .rules import RULES, Rule, get_rule, register_rule
 from .summary import Summary, summary
+from .wm import set_wm
 
 __all__ = ["FeedbackLinear", "FeedbackBilinear", "FeedbackConv1d", "FeedbackConv2d", "FeedbackConv3d",
            "FeedbackConvTranspose1d", "FeedbackConvTranspose2d", "FeedbackConvTranspose3d", "FeedbackMultiheadAttention",
            "AttentionProjection", "FeedbackOutProjection", "FeedbackLayer", "CONVERTIBLE", "CONVERTIBLE_TYPES", "convert",
            "unconvert", "plain_state_dict", "summary", "Summary", "exact_gradients",
-           "feedback_layers", "rule_of", "unconverted_layers", "LOCAL_GRADIENT_MODULES", "set_kp_decay", "KP_DECAY",
+           "feedback_layers", "rule_of", "unconverted_layers", "LOCAL_GRADIENT_MODULES", "set_kp_decay", "KP_DECAY", "set_wm",
            "RULES", "Rule", "get_rule", "register_rule"]

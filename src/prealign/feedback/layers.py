@@ -57,12 +57,12 @@ class FeedbackLayer:
     @rule.setter
     def rule(self, name: str) -> None:
         self._rule = name
-        if (r := RULES.get(name)) is not None and r.learns_feedback:
-            _LEARNING.add(self)  # from now on the optimizer-step hooks (prealign.feedback.kp) carry W's updates to B
+        if (r := RULES.get(name)) is not None and (r.learns_feedback or r.mirrors):
+            _LEARNING.add(self)  # from now on the optimizer-step hooks (prealign.feedback.kp / .wm) update B
 
     def __setstate__(self, state):  # copy.deepcopy / pickle: a copy under kp follows its own optimizer too
         super().__setstate__(state)
-        if (r := RULES.get(self._rule)) is not None and r.learns_feedback:
+        if (r := RULES.get(self._rule)) is not None and (r.learns_feedback or r.mirrors):
             _LEARNING.add(self)
 
     def reseed_direct_feedback(self, generator: torch.Generator | None) -> None:

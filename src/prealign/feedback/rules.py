@@ -13,6 +13,8 @@ error travels back through:
 ``brsf``   ``δ (|R|·sign(W))``, ``R`` re-drawn every batch at the scale of ``B`` (Xiao et al. 2019)
 ``frsf``   ``δ (|B|·sign(W))``, fixed random magnitudes (Xiao et al. 2019)
 ``kp``     ``δ B`` where ``B`` receives the same update as ``W`` (Kolen & Pollack 1994, Akrout 2019)
+``wm``     ``δ B`` where ``B`` learns ``W`` from noise-driven activity after every optimizer step
+           (weight mirror, Akrout et al. 2019 §4); see :mod:`prealign.feedback.wm`
 =========  ====================================================================
 
 Kolen–Pollack decay. Per optimizer step ``B ← B + ΔW − d·(B − W)`` (``W`` before the step), so
@@ -49,6 +51,8 @@ class Rule:
     ``reads_feedback`` says whether the error travels back through ``B`` itself (fa, kp): only then
     does the angle ∠(W, B) (:func:`prealign.alignment_angles`) describe the rule; bp never reads
     ``B``, dfa reads its own ``D``, the sign rules read ``sign(W)`` (with ``|B|`` magnitudes at most).
+    ``mirrors`` marks rules whose ``B`` learns ``W`` from the layer's noise-driven activity after
+    each optimizer step (weight mirror, :mod:`prealign.feedback.wm`).
     """
 
     name: str
@@ -59,6 +63,7 @@ class Rule:
     learns_feedback: bool = False
     transports: str = "nothing"
     reads_feedback: bool = True
+    mirrors: bool = False
 
 
 RULES: dict[str, Rule] = {}
@@ -118,3 +123,5 @@ register_rule(Rule("frsf", "fixed random-magnitude sign-concordant feedback: |B|
                    transports="signs", reads_feedback=False))
 register_rule(Rule("kp", "Kolen-Pollack: B receives W's update minus a decay d·(B - W) per optimizer step, so B -> W", _fixed,
                    learns_feedback=True))
+register_rule(Rule("wm", "weight mirror: after each optimizer step B learns W from the layer's noise-driven activity "
+                   "(B <- (1 - decay) B + lr y x^T, y = W x)", _fixed, mirrors=True))

@@ -36,6 +36,9 @@ NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
 NOISE_SETTINGS = ("noise_batch_size", "noise_lr", "noise_distribution", "noise_std")  # apply only with noise_samples > 0
 # fields that do not change the result, so they are left out of key()
 _NOT_IN_KEY = ("device", "name")
+# Fields added after run keys were first stored enter the key only when set (not None), so every run
+# stored before they existed keeps its key (a stored run is never orphaned by an upgrade).
+_KEY_WHEN_SET = ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch")
 
 
 @dataclass
@@ -60,6 +63,11 @@ class RunConfig:
     weight_decay: float = 0.0
     momentum: float = 0.0
     kp_decay: float | None = None  # kp only: per-step decay of (B - W); default: the rule's (see prealign.feedback)
+    wm_lr: float | None = None  # wm only (weight mirror, prealign.feedback.wm): mirror learning rate; default decay/std^2
+    wm_noise_std: float | None = None  # wm only: std of the mirror noise; default prealign.feedback.wm.WM_NOISE_STD
+    wm_decay: float | None = None  # wm only: decay of B per mirror step; default WM_DECAY
+    wm_steps: int | None = None  # wm only: mirror steps per optimizer step; default WM_STEPS
+    wm_batch: int | None = None  # wm only: noise samples per mirror step; default WM_BATCH
     val_fraction: float = 0.1  # training samples held out for model selection; 0 = select on test (papers)
     patience: int | None = None
     seed: int = 0
@@ -112,6 +120,11 @@ class RunConfig:
                                       f"{warmup} or drop {key}")
         if self.kp_decay is not None and not get_rule(method.rule).learns_feedback:
             raise ConfigError(f"key 'kp_decay' applies only to method kp (its feedback learns W's updates); method is {base!r}")
+        for key, value in self.wm_settings().items():
+            if not get_rule(method.rule).mirrors:
+                raise ConfigError(f"key {key!r} applies only to method wm (weight mirror); method is {base!r}")
+            from ..feedback.wm import check_wm_setting
+            check_wm_setting(f"key {key!r}", key, value)
         checks = [
             ("epochs", self.epochs >= 0, ">= 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
@@ -137,6 +150,11 @@ class RunConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"key 'activation' has unknown value {self.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
         return self
+
+    def wm_settings(self) -> dict[str, float | int]:
+        """The weight-mirror keys that are set (``{"wm_decay": 0.01, ...}``; empty for the defaults)."""
+        return {k: getattr(self, k) for k in ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch")
+                if getattr(self, k) is not None}
 
     @property
     def label(self) -> str:
@@ -204,13 +222,17 @@ class RunConfig:
         from ..data import DataNotFoundError, fingerprint
         from ..errors import UnknownNameError
 
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY}
+        d = self.key_fields()
         try:
             d["data_fingerprint"] = fingerprint(self.dataset, self.train_subset)
         except (DataNotFoundError, UnknownNameError):
             d["data_fingerprint"] = "unavailable"
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def key_fields(self) -> dict:
+        """The fields :meth:`key` hashes (before the data fingerprint is added)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and not (k in _KEY_WHEN_SET and v is None)}
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -377,7 +399,8 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
             model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
             weight_decay=config.weight_decay, momentum=config.momentum, patience=config.patience, seed=config.seed,
             device=device, callbacks=cbs, progress=progress, checkpoint=ckpt, grad_alignment=config.grad_alignment,
-            val_fraction=config.val_fraction, description=f"{config.label} seed {config.seed}", kp_decay=config.kp_decay)
+            val_fraction=config.val_fraction, description=f"{config.label} seed {config.seed}", kp_decay=config.kp_decay,
+            wm={k.removeprefix("wm_"): v for k, v in config.wm_settings().items()} or None)
         result.noise_seconds = noise_seconds
         result.config = config.to_dict()
         result.run_id = run_id
