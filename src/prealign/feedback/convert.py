@@ -84,11 +84,11 @@ def convert(model: nn.Module, rule: str = "fa", *, generator: torch.Generator | 
         elif type(module) in _FEEDBACK_CLASS:
             module.__class__ = _FEEDBACK_CLASS[type(module)]
             module._setup_feedback(rule, generator, alpha_b)
-    sink = dfa.install(model) if r.direct else None
+    hook = dfa.install(model) if r.direct else None
     if not r.direct:
         dfa.remove(model)
     for _, layer in feedback_layers(model):
-        layer._dfa_sink = sink
+        layer._dfa_hook = hook
     return model
 
 

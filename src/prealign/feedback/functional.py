@@ -8,13 +8,22 @@ Forward is the ordinary op. Backward computes, with the same FLOPs as autograd:
 - weight gradient ``δᵀ x`` and bias gradient ``Σ δ`` exactly as backprop would.
 
 ``W`` is never saved for backward: nothing in the backward pass reads it (no weight transport).
-``pool``: when given (a list), ``B`` is appended to it once the backward pass has used it, so the
+A layer whose output does not reach the loss gets no gradient and sends no error (``grad_out``
+is not materialised as zeros). ``pool``: when given (a list), ``B`` is appended to it once the backward pass has used it, so the
 layer can compute the next step's per-step feedback (sign rules) into the same memory.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def _unused(ctx, feedback, n_inputs: int) -> tuple[None, ...]:
+    """Backward of a layer whose output the loss does not use: no gradient, no error sent (as under
+    backprop, where such a layer's parameters keep ``grad = None``); a per-step ``B`` returns to its pool."""
+    if ctx.pool is not None:
+        ctx.pool.append(feedback)
+    return (None,) * n_inputs
 
 
 class FeedbackLinearFunction(torch.autograd.Function):
@@ -25,11 +34,14 @@ class FeedbackLinearFunction(torch.autograd.Function):
         ctx.save_for_backward(x, feedback)
         ctx.route, ctx.pool = route, pool
         ctx.has_bias = bias is not None
+        ctx.set_materialize_grads(False)
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, feedback = ctx.saved_tensors
+        if grad_out is None:
+            return _unused(ctx, feedback, 6)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             if ctx.route is None:
@@ -61,11 +73,14 @@ class FeedbackConvFunction(torch.autograd.Function):
         ctx.conf = (stride, padding, dilation, groups)
         ctx.route, ctx.pool = route, pool
         ctx.has_bias = bias is not None
+        ctx.set_materialize_grads(False)
         return _CONV[weight.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, feedback = ctx.saved_tensors
+        if grad_out is None:
+            return _unused(ctx, feedback, 10)
         stride, padding, dilation, groups = ctx.conf
         need_x = ctx.needs_input_grad[0] and ctx.route is None
         mask = [need_x, ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]

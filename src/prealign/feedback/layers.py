@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .functional import FeedbackConvFunction, FeedbackLinearFunction
+from ..errors import PrealignError
+from .dfa import DirectRoute
 from .kp import _LEARNING
 from .rules import RULES, get_rule
 
@@ -40,7 +42,7 @@ class FeedbackLayer:
         self.register_buffer("dfa_feedback", torch.empty(0, device=w.device, dtype=w.dtype))
         self.rule = rule
         self._exact = False
-        self._dfa_sink = None
+        self._dfa_hook = None  # the model's DirectFeedbackHook under dfa (set by convert)
         self.reseed_direct_feedback(generator)
         self._kp_gap = None  # scratch for prealign.feedback.kp: B - W before an optimizer step
 
@@ -86,23 +88,30 @@ class FeedbackLayer:
             out = torch.empty_like(w, requires_grad=False)
         return rule.feedback(self, out), pool
 
-    def _route(self):
-        rule = RULES[self.rule]
-        return self if rule.direct else None
+    def _route(self) -> DirectRoute | None:
+        """Under a direct rule: the route to this forward's output error (:mod:`prealign.feedback.dfa`)."""
+        if not RULES[self.rule].direct:
+            return None
+        hook = self._dfa_hook
+        return DirectRoute(self, hook.current if hook is not None else None)
 
     # -- DFA: the output error projected straight to this layer's input ----------------
-    def direct_error(self, x: torch.Tensor) -> torch.Tensor:
-        """``e D`` reshaped like ``x``; ``e``: the model's output error ``(N, n_out)``."""
-        sink = self._dfa_sink
-        if sink is None or sink.error is None:
-            raise RuntimeError("dfa layer has no output error: convert the whole model with convert(model, 'dfa')")
-        e = sink.error
-        n_in = x[0].numel()
-        if self.dfa_feedback.shape != (e.shape[1], n_in):
+    def direct_error(self, error: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``e D`` split and reshaped like ``xs``: ``e`` the model's output error ``(N, n_out)``, ``D`` this
+        layer's fixed ``(n_out, n_in)`` matrix, ``n_in`` = the per-sample numel of all ``xs`` together
+        (one input for most layers, two for ``Bilinear``). ``D`` is drawn from the layer's seed at the
+        scale (std) of ``B`` when first needed and again if ``n_out`` or ``n_in`` change."""
+        sizes = [x[0].numel() if x.dim() else 0 for x in xs]
+        if any(x.dim() == 0 or x.shape[0] != error.shape[0] for x in xs):
+            raise PrealignError(f"dfa treats dim 0 as the batch: the output error has batch {error.shape[0]} but a "
+                                f"{type(self).__name__} got input of shape {[tuple(x.shape) for x in xs]}; make the "
+                                "model and its layers batch-first (e.g. batch_first=True for attention)")
+        if self.dfa_feedback.shape != (error.shape[1], sum(sizes)):
             gen = torch.Generator().manual_seed(self._dfa_seed)
-            d = torch.randn(e.shape[1], n_in, generator=gen) * self.feedback.std().item()
-            self.dfa_feedback = d.to(device=x.device, dtype=x.dtype)
-        return (e.to(x.dtype) @ self.dfa_feedback).view_as(x)
+            d = torch.randn(error.shape[1], sum(sizes), generator=gen) * self.feedback.std().item()
+            self.dfa_feedback = d.to(device=xs[0].device, dtype=xs[0].dtype)
+        out = error.to(xs[0].dtype) @ self.dfa_feedback
+        return tuple(part.reshape(x.shape) for part, x in zip(out.split(sizes, 1), xs))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "dfa_feedback"
