@@ -183,3 +183,13 @@ def test_bad_model_is_one_line_exit_2(tmp_path, capsys, model, words):
 def test_strict_conversion_of_a_custom_model_names_the_layer():
     with pytest.raises(PrealignError, match=r"lstm \(LSTM\)"):
         build_model("custom_nets:recurrent", (1, 4, 4), 3, rule="fa")
+
+
+def test_bench_zoo_rows_compare_fa_and_dfa_with_bp(one_thread):
+    from prealign import bench
+
+    rows = bench.bench_zoo(torch.device("cpu"), quick=True)
+    assert [r.key for r in rows] == ["zoo/resnet20/fa", "zoo/resnet20/dfa", "zoo/vit/fa", "zoo/vit/dfa"]
+    for r in rows:  # the ratio is the median paired ratio of the rule's and BP's times (timings themselves are noise)
+        assert r.ratio > 0 and r.reps == 3 and r.details["bp_ms_per_step"] > 0 and r.target == "<= 1.05"
+    assert "zoo" in bench.ROWS
