@@ -193,3 +193,41 @@ def test_bench_zoo_rows_compare_fa_and_dfa_with_bp(one_thread):
     for r in rows:  # the ratio is the median paired ratio of the rule's and BP's times (timings themselves are noise)
         assert r.ratio > 0 and r.reps == 3 and r.details["bp_ms_per_step"] > 0 and r.target == "<= 1.05"
     assert "zoo" in bench.ROWS
+
+
+def test_custom_model_in_a_reproduce_experiment(tmp_path, capsys):
+    exp = tmp_path / "my_exp.toml"
+    exp.write_text('''[paper]
+paper = "ifa"
+ref = "custom"
+title = "A custom network by import path"
+caption = "BP and FA on a user CNN."
+data = ["digits"]
+
+[base]
+dataset = "digits"
+model = "custom_nets:build"
+epochs = 1
+train_subset = 128
+
+[grid]
+method = ["bp", "fa"]
+seed = [0]
+
+[budget.smoke]
+
+[budget.quick]
+
+[budget.paper]
+
+[[output]]
+kind = "table"
+panel = "T"
+metric = "best_test_acc"
+''')
+    code, out, err = _cli(capsys, ["--quiet", "reproduce", str(exp), "--budget", "smoke", "--workers", "1",
+                                   "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    runs = Store(tmp_path / "out" / "store").runs()
+    assert len(runs) == 2 and {r["config"]["model"] for r in runs} == {"custom_nets:build"}
+    assert all(r["status"] == "finished" for r in runs)
