@@ -231,3 +231,27 @@ metric = "best_test_acc"
     runs = Store(tmp_path / "out" / "store").runs()
     assert len(runs) == 2 and {r["config"]["model"] for r in runs} == {"custom_nets:build"}
     assert all(r["status"] == "finished" for r in runs)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vit"])
+def test_fa_with_feedback_equal_to_weights_is_backprop_on_the_zoo(name, one_thread):
+    """With B = W, FA's gradients are autograd's in every layer (attention's 3-D projections, strided
+    convolutions, BatchNorm and residual paths included); with B independent they differ."""
+    g = torch.Generator().manual_seed(0)
+    model = build_model(name, CIFAR, 10, rule="fa", generator=g).double()
+    x, y = torch.rand(4, *CIFAR, generator=g, dtype=torch.float64), torch.tensor([0, 3, 7, 9])
+
+    def grads():
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    with pa.exact_gradients(model):
+        exact = grads()
+    random_b = grads()
+    assert not torch.allclose(random_b[0], exact[0])  # the first layer's weight gradient depends on B above it
+    with torch.no_grad():
+        for _, layer in feedback_layers(model):
+            layer.feedback.copy_(layer.weight)
+    for got, want in zip(grads(), exact):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
