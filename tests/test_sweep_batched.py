@@ -278,7 +278,7 @@ def test_cli_rejects_a_bad_batch_option(capsys, tmp_path):
 def test_grouping_rule():
     base = tiny("fa", 0)
     assert sb.group_key(base) is not None
-    for c in (tiny("dfa"), tiny("usf"), tiny("kp"), tiny("fa", model="lenet")):
+    for c in (tiny("dfa"), tiny("usf"), tiny("kp"), tiny("fa", model="lenet", hidden=[100])):
         assert sb.group_key(c) is None, c.method
     for change in ({"lr": 1e-2}, {"hidden": [16]}, {"batch_size": 16}, {"optimizer": "sgd"}, {"train_subset": 100},
                    {"grad_alignment": False}, {"activation": "tanh"}, {"momentum": 0.5}, {"val_fraction": 0.2}):

@@ -26,6 +26,8 @@ paired ratios. Rows:
                 ``batch_models`` off / ``"auto"``.
 6. ``batched``  S sequential :func:`prealign.train` runs / one :func:`prealign.run.batched.train_batched`
                 run of the same S models (speedup of vectorized multi-seed training).
+7. ``zoo``      FA / BP and DFA / BP step time (as row 1) of ResNet-20 and the small ViT
+                (:mod:`prealign.models`) on CIFAR-shaped 3×32×32 batches of 128. Target ≤ 1.05.
 
 ``run_bench(quick=True)`` uses reduced sizes and repetitions (well under a minute). Every row uses
 only the embedded data sets (MNIST-5k), so the suite runs on a fresh machine.
@@ -694,8 +696,33 @@ def bench_batched(device: torch.device, quick: bool) -> list[BenchRow]:
     return rows
 
 
+# -- row 7: step time of the model zoo per rule / BP ----------------------------------------------------
+ZOO = (("resnet20", "ResNet-20"), ("vit", "ViT"))
+
+
+def bench_zoo(device: torch.device, quick: bool) -> list[BenchRow]:
+    """FA and DFA vs BP on ResNet-20 and the ViT: same weights, same batch, same Adam (as row 1)."""
+    from ..models import build_model
+
+    batch = 8 if quick else 128
+    reps, n = (3, 1) if quick else (9, 3)
+    x = torch.rand(batch, 3, 32, 32, generator=_gen(1)).to(device)
+    y = torch.randint(0, 10, (batch,), generator=_gen(2)).to(device)
+    rows = []
+    for key, label in ZOO:
+        fns = {rule: _steps(build_model(key, (3, 32, 32), 10, rule=rule, generator=_gen(0)).to(device), x, y, n)
+               for rule in ("bp", "fa", "dfa")}
+        times = interleaved(fns, reps, device)
+        for rule in ("fa", "dfa"):
+            rows.append(_row(f"zoo/{key}/{rule}", f"{rule.upper()} / BP step time, {label}, batch {batch}", "<= 1.05",
+                             times[rule], times["bp"], details={"steps_per_rep": n,
+                                                                "ms_per_step": statistics.median(times[rule]) / n * 1e3,
+                                                                "bp_ms_per_step": statistics.median(times["bp"]) / n * 1e3}))
+    return rows
+
+
 # -- the suite --------------------------------------------------------------------------------------------
-ROWS = ("step", "recipe", "flops", "hessian", "sweep", "batched")
+ROWS = ("step", "recipe", "flops", "hessian", "sweep", "batched", "zoo")
 
 
 def run_bench(quick: bool = False, device: str | torch.device = "auto", only=None, threads: int | None = None,
@@ -734,6 +761,7 @@ def _run(quick, dev, only, log) -> dict:
         "batched": lambda: bench_batched(dev, quick),
         "recipe": lambda: [bench_recipe(dev, quick)],
         "hessian": lambda: [bench_hessian(dev, quick)],
+        "zoo": lambda: bench_zoo(dev, quick),
     }
     for name in ROWS:
         if name not in only:

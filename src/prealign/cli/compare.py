@@ -25,7 +25,7 @@ def register(sub) -> None:
     p = sub.add_parser("compare", help="train methods side by side over seeds; table, figures, report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=DEFAULTS["dataset"], help="data set name (default mnist5k, offline)")
-    p.add_argument("--model", default="mlp", help="mlp (default), lenet or alexnet")
+    p.add_argument("--model", default="mlp", help="mlp (default), lenet, alexnet, resnet20, resnet56, vit, or a factory's import path package.module:function (docs/models.md)")
     p.add_argument("--hidden", type=Widths(), default=DEFAULTS["hidden"], help="mlp hidden widths, e.g. 100 or 100,100 (default 100)")
     p.add_argument("--methods", default=DEFAULTS["methods"],
                    help="comma-separated methods (default bp,fa,ifa,rnp); X+noise adds noise warm-up, e.g. bp+noise")

@@ -31,7 +31,6 @@ from ..feedback import get_rule
 from ..methods import get_method, parse_method_name
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-MODEL_NAMES = ("mlp", "lenet", "alexnet")
 NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
 NOISE_SETTINGS = ("noise_batch_size", "noise_lr", "noise_distribution", "noise_std")  # apply only with noise_samples > 0
 # fields that do not change the result, so they are left out of key()
@@ -50,7 +49,7 @@ class RunConfig:
     noise_samples: int | None = None  # noise pretraining samples; default: the method's (5e5 for rnp and X+noise, else 0)
     dataset: str = "mnist5k"
     train_subset: int | None = None  # use only the first N training samples
-    model: str = "mlp"
+    model: str = "mlp"  # a registered name (prealign.models.MODELS) or an import path "package.module:function"
     hidden: tuple[int, ...] = (100,)  # mlp hidden widths: (100,) on MNIST is 784-100-10
     activation: str = "relu"
     alpha_w: float = 2.0
@@ -142,13 +141,17 @@ class RunConfig:
         for key, ok, need in checks:
             if not ok:
                 raise ConfigError(f"key {key!r} must be {need}, got {getattr(self, key)!r}")
-        for key, value, valid in (("optimizer", self.optimizer, OPTIMIZERS), ("model", self.model, MODEL_NAMES),
+        for key, value, valid in (("optimizer", self.optimizer, OPTIMIZERS),
                                   ("noise_distribution", self.noise_distribution, NOISE_DISTRIBUTIONS)):
             if value not in valid:
                 raise ConfigError(f"key {key!r} has unknown value {value!r}; valid: {', '.join(valid)}")
-        from ..models import ACTIVATIONS
+        from ..models import ACTIVATIONS, model_options
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"key 'activation' has unknown value {self.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+        try:  # a registered name or an importable "package.module:function", taking the options set
+            model_options(self.model, hidden=self.hidden, activation=self.activation)
+        except ConfigError as err:
+            raise ConfigError(f"key 'model': {err}") from None
         return self
 
     def wm_settings(self) -> dict[str, float | int]:
@@ -322,16 +325,14 @@ def _seed_for(*parts) -> int:
 
 def build(config: RunConfig, data) -> torch.nn.Module:
     """The config's initial network, converted to the method's rule but not yet prepared."""
-    from ..feedback import convert
     from ..models import build_model
 
     model_seed = config.seed if config.same_init else _seed_for(config.seed, config.label, "model")
     torch.manual_seed(model_seed)  # anything drawn outside the generator (e.g. DFA seeds) is seeded too
     gen = torch.Generator().manual_seed(model_seed)
-    model = build_model(config.model, data.x_train.shape[1:], int(data.num_classes), hidden=config.hidden,
-                        rule="fa", activation=config.activation, generator=gen,
-                        alpha_w=config.alpha_w, alpha_b=config.alpha_b)
-    return convert(model, config.method_object().rule)
+    return build_model(config.model, data.x_train.shape[1:], int(data.num_classes), hidden=config.hidden,
+                       rule=config.method_object().rule, activation=config.activation, generator=gen,
+                       alpha_w=config.alpha_w, alpha_b=config.alpha_b)
 
 
 def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, noise: bool = True,
