@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
+from .args import add_tensorboard, with_loggers
 from .args import console as _console
 
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
@@ -52,6 +53,7 @@ def register(sub) -> None:
                         "(default; where it was measured to win), off, or a group size G")
     p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
+    add_tensorboard(p)
     p.set_defaults(func=main)
 
 
@@ -72,7 +74,7 @@ def build_configs(args) -> list:
                 batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                 noise_samples=args.noise_samples, patience=args.patience, seed=seed, same_init=args.same_init,
                 device=args.device))
-    return configs
+    return with_loggers(configs, args)  # --tensorboard
 
 
 def main(args) -> int:
