@@ -150,7 +150,8 @@ def test_runs_export_has_the_config_columns_and_filters(store_dir, capsys):
 
     assert main(["runs", "export", "--out", "st", "--csv", "all.csv", "--method", "fa", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 3
-    rows = list(csv.DictReader(open(store_dir / "all.csv")))
+    with open(store_dir / "all.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [(r["run_id"], r["method"], r["hidden"], r["lr"], r["epochs"], r["epoch"]) for r in rows] == [
         ("1", "fa", "8", "0.001", "2", str(e)) for e in range(3)]
     assert {"optimizer", "batch_size", "seed", "val_fraction", "test_acc", "train_loss"} <= set(rows[0])

@@ -15,7 +15,7 @@ from prealign.run.loggers import Logger, LogRecords, TensorBoardLogger, run_name
 from prealign.run.store import Store
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra (pip install 'prealign[tensorboard]')")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 TIMING = ("seconds", "eval_seconds")
 

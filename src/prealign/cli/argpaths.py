@@ -62,4 +62,4 @@ STORE = PathArg("store")
 OUT_FILE = PathArg("out_file")
 IN_FILE = PathArg("in_file")
 
-__all__ = ["Device", "PathArg", "DEVICE", "FOLDER", "STORE", "OUT_FILE", "IN_FILE"]
+__all__ = ["DEVICE", "FOLDER", "IN_FILE", "OUT_FILE", "STORE", "Device", "PathArg"]

@@ -19,8 +19,8 @@ import copy
 import sys
 
 from .argpaths import DEVICE, FOLDER, IN_FILE, OUT_FILE, STORE, Device, PathArg
-from .argtypes import (ANGLES, INT_MAX, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, SEED_MAX, Float, Floats,
-                       Int, Seeds, Widths)
+from .argtypes import (ANGLES, INT_MAX, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, SEED_MAX, Float,
+                       Floats, Int, Seeds, Widths)
 from .output import console, print_json, stdout_closed
 
 STORE_HELP = "output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)"
@@ -85,25 +85,32 @@ def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
 
 def add_tensorboard(parser: argparse.ArgumentParser) -> None:
     """``--tensorboard DIR``: every run's per-epoch records to TensorBoard event files under DIR (one
-    folder per run; :mod:`prealign.run.loggers`). Apply to the configs with :func:`with_loggers`."""
+    folder per run; :mod:`prealign.run.loggers`). Apply it with :func:`with_loggers` (a list of
+    RunConfigs) or :func:`logger_fields` (the config fields, e.g. for a grid's base)."""
     parser.add_argument("--tensorboard", type=FOLDER, default=None, metavar="DIR",
                         help="log every run's per-epoch record (losses, accuracies, angles, ...) to TensorBoard "
                              "event files in DIR/<run> (needs the tensorboard extra)")
 
 
-def with_loggers(configs: list, args) -> list:
-    """``configs`` (RunConfigs) with the loggers the command line asked for (``--tensorboard``); the
-    run keys do not change, so stored runs are found and resumed as before."""
+def logger_fields(args) -> dict:
+    """The RunConfig fields the command line's loggers set (``{"tensorboard": DIR}``, or ``{}``); they are
+    not part of the run key, so stored runs are found and resumed as before. A missing extra: one line."""
     folder = getattr(args, "tensorboard", None)
     if not folder:
-        return configs
+        return {}
     from ..run.loggers import require_tensorboard
 
-    require_tensorboard()  # missing extra: one line before anything runs
-    return [c.replace(tensorboard=str(folder)) for c in configs]
+    require_tensorboard()  # before anything runs
+    return {"tensorboard": str(folder)}
 
 
-__all__ = ["OneLineParser", "add_out", "add_json", "add_tensorboard", "with_loggers", "print_json", "stdout_closed",
-           "console", "STORE_HELP", "INT_MAX", "SEED_MAX", "Int", "Float", "Floats", "Widths", "Seeds", "Device",
-           "PathArg", "POSITIVE", "NONNEG", "SEED", "POSITIVE_FLOAT", "NONNEG_FLOAT", "ANGLES", "DEVICE", "FOLDER",
-           "STORE", "OUT_FILE", "IN_FILE"]
+def with_loggers(configs: list, args) -> list:
+    """``configs`` (RunConfigs) with the loggers the command line asked for (:func:`logger_fields`)."""
+    fields = logger_fields(args)
+    return [c.replace(**fields) for c in configs] if fields else configs
+
+
+__all__ = ["ANGLES", "DEVICE", "FOLDER", "INT_MAX", "IN_FILE", "NONNEG", "NONNEG_FLOAT", "OUT_FILE", "POSITIVE",
+           "POSITIVE_FLOAT", "SEED", "SEED_MAX", "STORE", "STORE_HELP", "Device", "Float", "Floats", "Int",
+           "OneLineParser", "PathArg", "Seeds", "Widths", "add_json", "add_out", "add_tensorboard", "console",
+           "logger_fields", "print_json", "stdout_closed", "with_loggers"]

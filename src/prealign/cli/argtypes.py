@@ -101,8 +101,8 @@ class Widths:
     """Hidden-layer widths: ``100`` or ``100,100`` (also ``100-100``), each a positive integer."""
 
     def __call__(self, text: str) -> tuple[int, ...]:
-        from ..run.config import _coerce
         from ..errors import ConfigError
+        from ..run.config import _coerce
 
         try:
             widths = _coerce("hidden", str(text), "tuple[int, ...]")
@@ -139,5 +139,5 @@ POSITIVE_FLOAT = Float(0.0, lo_open=True)
 NONNEG_FLOAT = Float(0.0)
 ANGLES = Floats(Float(0.0, 180.0))
 
-__all__ = ["INT_MAX", "SEED_MAX", "Int", "Float", "Floats", "Widths", "Seeds", "POSITIVE", "NONNEG", "SEED",
-           "POSITIVE_FLOAT", "NONNEG_FLOAT", "ANGLES"]
+__all__ = ["ANGLES", "INT_MAX", "NONNEG", "NONNEG_FLOAT", "POSITIVE", "POSITIVE_FLOAT", "SEED", "SEED_MAX", "Float",
+           "Floats", "Int", "Seeds", "Widths"]

@@ -130,4 +130,4 @@ def replay(config, result):
     return result
 
 
-__all__ = ["Logger", "TensorBoardLogger", "LogRecords", "run_logger", "run_name", "replay", "require_tensorboard"]
+__all__ = ["LogRecords", "Logger", "TensorBoardLogger", "replay", "require_tensorboard", "run_logger", "run_name"]
