@@ -172,3 +172,16 @@ def test_missing_tensorboard_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "prealign[tensorboard]" in err
     assert not (tmp_path / "st").exists()  # refused before anything was stored
+
+
+def test_reproduce_tensorboard_logs_every_run_of_the_experiment(tmp_path, capsys, one_thread):
+    """`prealign reproduce NAME --tensorboard DIR`: the experiment's runs carry the field (not their key)."""
+    assert main(["--quiet", "reproduce", "ifa_fig4", "--budget", "smoke", "--workers", "1", "--out", str(tmp_path / "rep"),
+                 "--tensorboard", str(tmp_path / "tb")]) == 0, capsys.readouterr().err
+    store = Store(tmp_path / "rep" / "store", read_only=True)
+    runs = store.runs()
+    assert len(runs) == 2 and all(r["status"] == "finished" for r in runs)
+    for r in runs:
+        cfg = RunConfig.from_dict(r["config"])
+        assert cfg.tensorboard == str(tmp_path / "tb") and cfg.key() == cfg.replace(tensorboard="").key() == r["key"]
+        _assert_holds_every_record(tmp_path / "tb" / run_name(cfg), store.epochs(r["id"]))

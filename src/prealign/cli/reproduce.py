@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import FOLDER, POSITIVE, STORE
+from .args import FOLDER, POSITIVE, STORE, add_tensorboard, logger_fields
 
 
 def register(sub) -> None:
@@ -43,6 +43,7 @@ def register(sub) -> None:
                    help="train nothing: report on the runs already finished in the store (e.g. while a sweep runs)")
     p.add_argument("--out", type=FOLDER, default="reproduction", help="folder for reports, figures and tables (default ./reproduction)")
     p.add_argument("--store", type=STORE, default=None, help="result store folder (default: <out>/store); finished runs in it are reused")
+    add_tensorboard(p)
     p.set_defaults(func=run)
 
 
@@ -84,6 +85,8 @@ def run(args) -> int:
     if not args.name:
         raise PrealignError("name an experiment (or 'all'); `prealign reproduce --list` shows them")
     experiments = select(args.name)
+    for exp in experiments:  # --tensorboard: a config field outside the run key
+        exp.base.update(logger_fields(args))
     only = _only(args.only)
     from ..run.sweep import check_options
     from ..run.sweep_batched import resolve_batch
