@@ -220,7 +220,7 @@ def test_runs_list_show_export_on_a_read_only_store(case):
         for name, (code, stdout, stderr) in got.items():
             assert code == 0, (name, stderr)
         n_runs = 3 if "writer" in case else 2
-        assert got["list"][1].count(" fa ") + got["list"][1].count(" bp ") == n_runs
+        assert got["list"][1].count("\tfa\t") + got["list"][1].count("\tbp\t") == n_runs  # tab-separated in a pipe
         assert json.loads(got["show"][1])["epochs"] == [{"epoch": 0, "test_acc": 0.5}]
         assert "wrote 2 rows" in got["export"][2]  # one epoch logged for each of the first two runs
         assert db.read_bytes() == before

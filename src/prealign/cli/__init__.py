@@ -2,8 +2,9 @@
 
 Each subcommand lives in its own module under ``prealign.cli`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
-A :class:`~prealign.errors.PrealignError` or a bad option (:mod:`prealign.cli.args`) becomes one line
-on stderr and exit status 2; a closed stdout (``| head``) ends the command quietly.
+Options go after the subcommand's name (``prealign runs list --out DIR --json``); the older places
+(``prealign --quiet runs --out DIR list``) work too. A :class:`~prealign.errors.PrealignError` or a bad
+option (:mod:`prealign.cli.args`) becomes one line on stderr and exit status 2; a closed stdout (``| head``) ends the command quietly.
 
 Interruptions: Ctrl-C (SIGINT) and SIGTERM stop the command the same way — the sweep ends its
 worker processes, runs in flight stay resumable (their last epoch checkpoint; the store is SQLite,
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
-    return parser
+    return parser.inherit()  # every option of a command group is accepted after its subcommands too
 
 
 class Terminated(KeyboardInterrupt):

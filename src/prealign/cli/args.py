@@ -1,239 +1,116 @@
-"""Option types shared by every ``prealign`` subcommand, the parser that reports errors in one line,
-and the handling of stdout every command shares (a rich console; a reader that went away).
+"""What every ``prealign`` subcommand shares on its command line: the parser that reports errors in
+one line, and the options every command accepts after its name (``--out``, ``--json``,
+``--tensorboard``, ``--quiet``). Printing is :mod:`prealign.cli.output` (re-exported here).
 
-Every numeric, device and path option takes one of the types below as ``type=``. The value is
-checked when the command line is parsed, so a bad one is refused before anything runs, with
-the option's name and what it allows, in one line and exit status 2::
+A bad option is refused while the command line is parsed, with the option's name and what it allows,
+in one line and exit status 2 (plus the subcommand's usage when stderr is a terminal)::
 
     prealign analyze landscape: error: argument --grid: must be an odd integer >= 3, got '0' (see prealign analyze landscape --help)
 
-The types keep their bounds as attributes (``lo``, ``hi``, ``kind``, ...), so the tests generate
-bad values for every option straight from the parser (``tests/test_cli_fuzz.py``): a new option
-declared with one of these types is covered without touching the tests.
+Options of a command group (``prealign --quiet``, ``prealign runs --out DIR``) are accepted after
+every subcommand below it too (``prealign runs list --out DIR --quiet``): :meth:`OneLineParser.inherit`.
+The option types (``POSITIVE``, ``STORE``, ...) live in :mod:`~prealign.cli.argtypes` and
+:mod:`~prealign.cli.argpaths` and are re-exported here.
 """
 from __future__ import annotations
 
 import argparse
-import math
-import os
+import copy
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-INT_MAX = 2**31 - 1  # counts (samples, epochs, threads, ...) beyond this are typos, and overflow torch
-SEED_MAX = 2**32 - 1  # seeds are 32-bit: every RNG in the stack (torch, numpy) takes them
+from .argpaths import DEVICE, FOLDER, IN_FILE, OUT_FILE, STORE, Device, PathArg
+from .argtypes import (ANGLES, INT_MAX, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, SEED_MAX, Float,
+                       Floats, Int, Seeds, Widths)
+from .output import console, print_json, stdout_closed
+
+STORE_HELP = "output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)"
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line on stderr, naming the command and its help."""
+    """An ``ArgumentParser`` whose errors are one line on stderr, naming the (sub)command and its help."""
+
+    strict = False  # set on subcommand parsers: an unknown argument is reported by the subcommand itself
 
     def error(self, message: str):
         message = " ".join(str(message).split())
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        usage = self.format_usage() if _isatty(sys.stderr) else ""  # a person at a terminal also sees the usage
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n{usage}")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self.strict:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def inherit(self) -> OneLineParser:
+        """Copy this parser's options into every subcommand below it, recursively (an option the
+        subcommand declares itself wins). Copies default to unset, so ``runs --out A list`` keeps A."""
+        for sub in _subparsers(self):
+            sub.strict = True
+            for action in self._actions:
+                if not action.option_strings or isinstance(action, argparse._HelpAction) or \
+                        any(s in sub._option_string_actions for s in action.option_strings) or \
+                        any(a.dest == action.dest for a in sub._actions):
+                    continue
+                inherited = copy.copy(action)
+                inherited.default, inherited.required = argparse.SUPPRESS, False
+                sub._add_action(inherited)
+            if isinstance(sub, OneLineParser):
+                sub.inherit()
+        return self
 
 
-def stdout_closed() -> int:
-    """The reader of stdout went away (``prealign runs show 1 --json | head``): stop quietly, as
-    Unix tools do, discarding the rest of the output; returns 141, the status a SIGPIPE death reports."""
-    try:  # later writes (and the interpreter's final flush) go to /dev/null instead of raising again
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (AttributeError, OSError, ValueError):  # not a real file (captured in tests): nothing to redirect
-        pass
-    return 141
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of ``parser``'s subcommands (each once)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return list({id(p): p for s in subs for p in s.choices.values()}.values())
 
 
-def console(**kwargs):
-    """A rich ``Console`` for a command's output on stdout (160 columns when it is not a terminal).
-    A closed stdout raises ``BrokenPipeError``, which :func:`prealign.cli.main` ends quietly (exit 141),
-    instead of rich's own exit."""
-    from rich.console import Console
-
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            raise BrokenPipeError(32, "Broken pipe")
-
-    return _Console(**kwargs) if sys.stdout.isatty() else _Console(width=160, **kwargs)
-
-
-def _fail(text: str, need: str):
-    raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
-
-
-@dataclass(frozen=True)
-class Int:
-    """An integer in ``[lo, hi]`` (odd if ``odd``); ``5e5`` is accepted as 500000."""
-
-    lo: int = 0
-    hi: int = INT_MAX
-    odd: bool = False
-
-    @property
-    def need(self) -> str:
-        kind = "an odd integer" if self.odd else "an integer"
-        return f"{kind} >= {self.lo}" if self.hi == INT_MAX else f"{kind} in [{self.lo}, {self.hi}]"
-
-    def __call__(self, text: str) -> int:
-        value = _integer(text)
-        if value is None or not self.lo <= value <= self.hi or (self.odd and value % 2 == 0):
-            _fail(text, self.need)
-        return value
-
-
-def _integer(text) -> int | None:
-    text = str(text).strip()
+def _isatty(stream) -> bool:
     try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return int(number) if math.isfinite(number) and number.is_integer() else None
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
-@dataclass(frozen=True)
-class Float:
-    """A finite number above ``lo`` (``lo`` itself allowed unless ``lo_open``) and at most ``hi``."""
-
-    lo: float = -math.inf
-    hi: float = math.inf
-    lo_open: bool = False
-
-    @property
-    def need(self) -> str:
-        parts = []
-        if self.lo > -math.inf:
-            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
-        if self.hi < math.inf:
-            parts.append(f"<= {self.hi:g}")
-        return "a finite number" + (" " + " and ".join(parts) if parts else "")
-
-    def __call__(self, text: str) -> float:
-        try:
-            value = float(str(text).strip())
-        except ValueError:
-            _fail(text, self.need)
-        if not math.isfinite(value) or value < self.lo or (self.lo_open and value == self.lo) or value > self.hi:
-            _fail(text, self.need)
-        return value
+def add_out(parser: argparse.ArgumentParser, help: str = STORE_HELP) -> None:
+    """``--out DIR``: the output root holding the result store (None: ``$PREALIGN_RUNS`` or ``./prealign-runs``)."""
+    parser.add_argument("--out", type=STORE, default=None, metavar="DIR", help=help)
 
 
-@dataclass(frozen=True)
-class Floats:
-    """Numbers separated by commas or spaces, each an ``item`` (at least one)."""
-
-    item: Float = Float()
-
-    def __call__(self, text: str) -> list[float]:
-        parts = str(text).replace(",", " ").split()
-        if not parts:
-            _fail(text, f"one or more numbers separated by commas, each {self.item.need}")
-        try:
-            return [self.item(p) for p in parts]
-        except argparse.ArgumentTypeError:
-            _fail(text, f"numbers separated by commas, each {self.item.need}")
+def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
+    """``--json``: ``what`` as JSON on stdout and nothing else there (progress and notes on stderr)."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout (nothing else there)")
 
 
-@dataclass(frozen=True)
-class Widths:
-    """Hidden-layer widths: ``100`` or ``100,100`` (also ``100-100``), each a positive integer."""
-
-    def __call__(self, text: str) -> tuple[int, ...]:
-        from ..run.config import _coerce
-        from ..errors import ConfigError
-
-        try:
-            widths = _coerce("hidden", str(text), "tuple[int, ...]")
-        except ConfigError:
-            widths = ()
-        if not widths or min(widths) < 1 or max(widths) > INT_MAX:
-            _fail(text, "positive integer widths separated by commas, e.g. 100 or 100,100")
-        return widths
+def add_tensorboard(parser: argparse.ArgumentParser) -> None:
+    """``--tensorboard DIR``: every run's per-epoch records to TensorBoard event files under DIR (one
+    folder per run; :mod:`prealign.run.loggers`). Apply it with :func:`with_loggers` (a list of
+    RunConfigs) or :func:`logger_fields` (the config fields, e.g. for a grid's base)."""
+    parser.add_argument("--tensorboard", type=FOLDER, default=None, metavar="DIR",
+                        help="log every run's per-epoch record (losses, accuracies, angles, ...) to TensorBoard "
+                             "event files in DIR/<run> (needs the tensorboard extra)")
 
 
-@dataclass(frozen=True)
-class Seeds:
-    """``3`` → seeds 0, 1, 2; ``0,5,7`` → exactly those seeds (each in [0, 2^32 - 1])."""
+def logger_fields(args) -> dict:
+    """The RunConfig fields the command line's loggers set (``{"tensorboard": DIR}``, or ``{}``); they are
+    not part of the run key, so stored runs are found and resumed as before. A missing extra: one line."""
+    folder = getattr(args, "tensorboard", None)
+    if not folder:
+        return {}
+    from ..run.loggers import require_tensorboard
 
-    def __call__(self, text: str) -> list[int]:
-        text = str(text).strip()
-        need = f"a count (3 → seeds 0,1,2) or a list of seeds (0,5,7), each in [0, {SEED_MAX}]"
-        if "," in text:
-            seeds = [_integer(s) for s in text.split(",") if s.strip()]
-            if not seeds or any(s is None or not 0 <= s <= SEED_MAX for s in seeds):
-                _fail(text, need)
-            return seeds
-        count = _integer(text)
-        if count is None or not 1 <= count <= 10_000:
-            _fail(text, need)
-        return list(range(count))
+    require_tensorboard()  # before anything runs
+    return {"tensorboard": str(folder)}
 
 
-@dataclass(frozen=True)
-class Device:
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
-
-    def __call__(self, text: str) -> str:
-        from ..device import resolve_device
-        from ..errors import PrealignError
-
-        text = str(text).strip()
-        if text != "auto":
-            try:
-                resolve_device(text)
-            except PrealignError as err:
-                raise argparse.ArgumentTypeError(str(err)) from None
-        return text
+def with_loggers(configs: list, args) -> list:
+    """``configs`` (RunConfigs) with the loggers the command line asked for (:func:`logger_fields`)."""
+    fields = logger_fields(args)
+    return [c.replace(**fields) for c in configs] if fields else configs
 
 
-@dataclass(frozen=True)
-class PathArg:
-    """A path of one ``kind``: ``"dir"`` (a folder, made if absent), ``"store"`` (a store folder, or
-    its ``.sqlite`` file), ``"out_file"`` (a file to write) or ``"in_file"`` (an existing file)."""
-
-    kind: str
-
-    def __call__(self, text: str) -> str:
-        if not str(text).strip() or "\0" in str(text):
-            _fail(text, "a path")
-        path = Path(text)
-        if self.kind == "in_file":
-            if not path.is_file():
-                _fail(text, "an existing file" + (" (this is a folder)" if path.is_dir() else ""))
-            return str(text)
-        if path.exists():
-            is_store_file = self.kind == "store" and path.suffix in (".sqlite", ".db") and path.is_file()
-            if self.kind == "out_file" and path.is_dir():
-                _fail(text, "a file to write (this is a folder)")
-            if self.kind in ("dir", "store") and not path.is_dir() and not is_store_file:
-                _fail(text, "a folder (this is a file)")
-            return str(text)
-        parent = path.absolute().parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            _fail(text, f"a path inside a folder ({str(parent)!r} is a file)")
-        return str(text)
-
-
-# the types every subcommand uses
-POSITIVE = Int(1)
-NONNEG = Int(0)
-SEED = Int(0, SEED_MAX)
-POSITIVE_FLOAT = Float(0.0, lo_open=True)
-NONNEG_FLOAT = Float(0.0)
-ANGLES = Floats(Float(0.0, 180.0))
-DEVICE = Device()
-FOLDER = PathArg("dir")
-STORE = PathArg("store")
-OUT_FILE = PathArg("out_file")
-IN_FILE = PathArg("in_file")
-
-
-__all__ = ["OneLineParser", "stdout_closed", "console", "Int", "Float", "Floats", "Widths", "Seeds", "Device", "PathArg",
-           "POSITIVE", "NONNEG", "SEED", "POSITIVE_FLOAT", "NONNEG_FLOAT", "ANGLES", "DEVICE", "FOLDER", "STORE",
-           "OUT_FILE", "IN_FILE"]
+__all__ = ["ANGLES", "DEVICE", "FOLDER", "INT_MAX", "IN_FILE", "NONNEG", "NONNEG_FLOAT", "OUT_FILE", "POSITIVE",
+           "POSITIVE_FLOAT", "SEED", "SEED_MAX", "STORE", "STORE_HELP", "Device", "Float", "Floats", "Int",
+           "OneLineParser", "PathArg", "Seeds", "Widths", "add_json", "add_out", "add_tensorboard", "console",
+           "logger_fields", "print_json", "stdout_closed", "with_loggers"]

@@ -1,10 +1,9 @@
 """``prealign bench [--json] [--quick] [--only ROW ...] [--device auto|cpu|cuda]``: the benchmark suite."""
 from __future__ import annotations
 
-import json
 import sys
 
-from .args import DEVICE, POSITIVE
+from .args import DEVICE, POSITIVE, add_json, print_json
 
 
 def register(subparsers) -> None:
@@ -12,7 +11,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("bench", help="benchmark ratios measured side by side (rules vs BP, vs the usual "
                                             "recipe, vs the GEMM limit, vs PyHessian, sweeps, batched training)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    add_json(p, "the results (progress on stderr)")
     p.add_argument("--quick", action="store_true", help="reduced sizes and repetitions (under a minute; for CI)")
     p.add_argument("--only", nargs="+", choices=ROWS, metavar="ROW", help=f"run only these rows: {', '.join(ROWS)}")
     p.add_argument("--device", type=DEVICE, default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -27,7 +26,7 @@ def cmd_bench(args) -> int:
     log = None if args.json else (lambda msg: print(f"  done {msg}", file=sys.stderr))
     result = run_bench(quick=args.quick, device=args.device, only=args.only, threads=args.threads, log=log)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print(format_table(result))
     return 0

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
+from .args import add_tensorboard, logger_fields
 from .args import console as _console
 
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
@@ -54,6 +55,7 @@ def register(sub) -> None:
                         "(default; where it was measured to win), off, or a group size G")
     p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
+    add_tensorboard(p)
     p.set_defaults(func=main)
 
 
@@ -69,7 +71,7 @@ def build_grid(args):
     base = dict(dataset=args.dataset, model=args.model, hidden=list(args.hidden), epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                 noise_samples=args.noise_samples, patience=args.patience, train_subset=args.train_subset,
-                same_init=args.same_init, device=args.device)
+                same_init=args.same_init, device=args.device, **logger_fields(args))
     base = {k: v for k, v in base.items() if v is not None}
     return Grid(base, {"method": list(dict.fromkeys(methods)), "seed": list(args.seeds)}, name="compare")
 

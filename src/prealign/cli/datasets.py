@@ -1,7 +1,14 @@
-"""``prealign datasets list | info NAME | fetch NAME [--root DIR] | verify NAME [--root DIR] [--json]``."""
+"""``prealign datasets list | info NAME | fetch NAME | verify NAME``, each with ``[--root DIR] [--json]``.
+
+``--json`` prints the answer as JSON on stdout and nothing else there; into a pipe the list is
+tab-separated lines.
+"""
 from __future__ import annotations
 
-from .args import FOLDER
+import dataclasses
+import sys
+
+from .args import FOLDER, add_json, console, print_json
 
 
 def register(subparsers) -> None:
@@ -9,28 +16,25 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
     ls = sub.add_parser("list", help="every data set: classes, shape, available here?, where")
     ls.add_argument("--root", type=FOLDER, default=None, help="also look in this folder (first)")
+    add_json(ls, "every data set")
     ls.set_defaults(func=cmd_list)
     info = sub.add_parser("info", help="one data set: files, URLs, checksums, where it was found")
     info.add_argument("name")
-    info.add_argument("--root", type=FOLDER, default=None)
+    info.add_argument("--root", type=FOLDER, default=None, help="also look in this folder (first)")
+    add_json(info, "the data set's registry entry and where it was found")
     info.set_defaults(func=cmd_info)
     fetch = sub.add_parser("fetch", help="download a data set from its publisher (checksum verified)")
     fetch.add_argument("name")
     fetch.add_argument("--root", type=FOLDER, default=None, help="download into ROOT/NAME (default: the user cache)")
+    add_json(fetch, "the data set's name and folder")
     fetch.set_defaults(func=cmd_fetch)
     verify = sub.add_parser("verify", help="check the files found against the publisher's checksums and the registry "
                                            "(counts, shape, labels); exit 2 on any problem")
     verify.add_argument("name")
     verify.add_argument("--root", type=FOLDER, default=None, help="look in this folder first (as load and fetch do)")
-    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json(verify, "the report (problems also on stderr)")
     verify.set_defaults(func=cmd_verify)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(soft_wrap=True)
 
 
 def cmd_list(args) -> int:
@@ -38,15 +42,21 @@ def cmd_list(args) -> int:
 
     from ..data import DATASETS, available
 
+    found = {name: available(name, args.root) for name in DATASETS}
+    if args.json:
+        print_json([{"name": name, "classes": spec.num_classes, "shape": list(spec.shape),
+                     "sizes": list(spec.sizes) if spec.sizes else None, "available": found[name][0],
+                     "where": found[name][1]} for name, spec in DATASETS.items()])
+        return 0
     table = Table(title="prealign data sets")
     for col in ("name", "classes", "shape", "train/test", "here?", "where"):
         table.add_column(col)
     for name, spec in DATASETS.items():
-        ok, where = available(name, args.root)
+        ok, where = found[name]
         sizes = f"{spec.sizes[0]}/{spec.sizes[1]}" if spec.sizes else "?"
         table.add_row(name, str(spec.num_classes), "x".join(map(str, spec.shape)), sizes,
                       "yes" if ok else "no", where)
-    _console().print(table)
+    console().print(table)
     return 0
 
 
@@ -55,6 +65,10 @@ def cmd_info(args) -> int:
 
     spec = get_spec(args.name)
     ok, where = available(args.name, args.root)
+    if args.json:
+        print_json({**dataclasses.asdict(spec), "available": ok, "where": where,
+                    "search": [] if spec.offline else [str(d) for _, d in search_dirs(spec.name, args.root)]})
+        return 0
     lines = [f"{spec.name}: {spec.description}",
              f"  shape {'x'.join(map(str, spec.shape))}, {spec.num_classes} classes"
              + (f", {spec.sizes[0]} train / {spec.sizes[1]} test" if spec.sizes else ""),
@@ -77,7 +91,9 @@ def cmd_fetch(args) -> int:
 
     spec = get_spec(args.name)
     folder = fetch(args.name, args.root)
-    if spec.offline:
+    if args.json:
+        print_json({"name": args.name, "folder": str(folder), "offline": spec.offline})
+    elif spec.offline:
         print(f"{args.name} ships with {spec.offline}; nothing to download")
     else:
         print(f"{args.name}: ready in {folder}")
@@ -86,14 +102,11 @@ def cmd_fetch(args) -> int:
 
 def cmd_verify(args) -> int:
     """Per-file OK / MISMATCH lines (stdout), then one line per problem (stderr); 0 when all is good, else 2."""
-    import json
-    import sys
-
     from ..data import verify
 
     report = verify(args.name, args.root)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
     else:
         lines = [f"{report['name']} in {report['folder']}"]
         for f in report["files"]:

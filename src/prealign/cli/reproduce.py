@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import FOLDER, POSITIVE, STORE
+from .args import FOLDER, POSITIVE, STORE, add_json, add_tensorboard, logger_fields, print_json
 
 
 def register(sub) -> None:
@@ -43,6 +43,8 @@ def register(sub) -> None:
                    help="train nothing: report on the runs already finished in the store (e.g. while a sweep runs)")
     p.add_argument("--out", type=FOLDER, default="reproduction", help="folder for reports, figures and tables (default ./reproduction)")
     p.add_argument("--store", type=STORE, default=None, help="result store folder (default: <out>/store); finished runs in it are reused")
+    add_tensorboard(p)
+    add_json(p, "each experiment's result (verdicts, run counts, report path), or the --list")
     p.set_defaults(func=run)
 
 
@@ -79,11 +81,19 @@ def run(args) -> int:
     from ..run.store import Store
 
     if args.list:
-        print(list_experiments())
+        if args.json:
+            from ..experiments import BUDGETS, load_all
+
+            print_json([{"name": e.name, "paper": e.paper["paper"], "ref": e.paper["ref"], "title": e.paper["title"],
+                         "runs": {b: len(e.points(b)) for b in BUDGETS}} for e in load_all()])
+        else:
+            print(list_experiments())
         return 0
     if not args.name:
         raise PrealignError("name an experiment (or 'all'); `prealign reproduce --list` shows them")
     experiments = select(args.name)
+    for exp in experiments:  # --tensorboard: a config field outside the run key
+        exp.base.update(logger_fields(args))
     only = _only(args.only)
     from ..run.sweep import check_options
     from ..run.sweep_batched import resolve_batch
@@ -100,6 +110,9 @@ def run(args) -> int:
                   batch_models=args.batch_models)
     if len(experiments) == 1 and args.name != "all":
         res = reproduce(experiments[0], args.budget, store, out, only=only, **kwargs)
+        if args.json:
+            print_json(_result_json(res))
+            return 0
         print(f"{res.name} ({res.ref}, budget {args.budget}): "
               + ", ".join(f"{n} {s}" for s, n in res.counts.items() if n) + f" in {res.seconds:.0f} s")
         for v in res.verdicts:
@@ -109,6 +122,17 @@ def run(args) -> int:
         print(f"report: {res.folder / 'report.md'}")
         return 0
     results = reproduce_many(experiments, args.budget, store, out, **kwargs)
+    if args.json:
+        print_json({"index": str(out / "index.md"), "experiments": [_result_json(r) for r in results]})
+        return 0
     print(f"{len(results)} experiments reproduced at budget {args.budget}; index: {out / 'index.md'}")
     print((out / "claims.md").read_text(), file=sys.stdout)
     return 0
+
+
+def _result_json(res) -> dict:
+    """One experiment's result for ``--json``: run counts, each claim's verdict with its numbers, the report."""
+    return {"name": res.name, "ref": res.ref, "budget": res.budget, "runs": res.counts, "seconds": res.seconds,
+            "claims": [{"id": v.id, "status": v.status, "text": v.text, "test": v.test, "numbers": dict(v.numbers),
+                        "reason": v.reason} for v in res.verdicts],
+            "not_produced": [w for w, _ in res.missing], "report": str(res.folder / "report.md")}

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .args import IN_FILE, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE
+from .args import IN_FILE, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, add_tensorboard, with_loggers
 
 
 def register(sub) -> None:
@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--out", type=STORE, default=None,
                    help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout (the summary, or the run list with --dry-run)")
+    add_tensorboard(p)
     _resource_options(p)
     p.set_defaults(func=main)
 
@@ -112,7 +113,7 @@ def main(args) -> int:
         return _dry_run(grid, points, store, args.json)
     resolve_batch(args.batch_models)
     check_options(args.executor, args.workers)
-    configs = grid.configs()
+    configs = with_loggers(grid.configs(), args)  # --tensorboard (not part of the run key)
     _check_buildable(configs)
     settings = settings_of(configs, grid=str(args.grid), executor=args.executor, store=str(store.path))
     if not args.json:

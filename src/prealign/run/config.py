@@ -34,7 +34,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
 NOISE_SETTINGS = ("noise_batch_size", "noise_lr", "noise_distribution", "noise_std")  # apply only with noise_samples > 0
 # fields that do not change the result, so they are left out of key()
-_NOT_IN_KEY = ("device", "name")
+_NOT_IN_KEY = ("device", "name", "tensorboard")
 # Fields added after run keys were first stored enter the key only when set (not None), so every run
 # stored before they existed keeps its key (a stored run is never orphaned by an upgrade).
 _KEY_WHEN_SET = ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch")
@@ -77,6 +77,7 @@ class RunConfig:
     grad_alignment: bool = True
     device: str = "auto"
     name: str = ""  # free label, not part of the key
+    tensorboard: str = ""  # folder for TensorBoard logs of every epoch (prealign.run.loggers); not part of the key
 
     def __post_init__(self):
         self.validate()
@@ -366,13 +367,14 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
     """
     from ..data.base import validation_size
     from ..device import resolve_device
+    from .loggers import replay, run_logger
     from .trainer import TrainResult, train
 
     run_id, ckpt = None, None
     if store is not None:
         found = store.find(config.key())
         if found is not None and found["status"] in ("finished", "diverged"):
-            return store.result(found["id"])
+            return replay(config, store.result(found["id"]))  # its loggers get the stored records
     # everything checkable before the run is registered: a bad device or data set is the
     # caller's error, not a failed run stored under the config's key
     data = data if data is not None else load_data(config)
@@ -383,6 +385,7 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         raise PrealignError(f"device {config.device!r} cannot be used here ({str(err).splitlines()[0]}); "
                             f"use --device auto, cpu or an existing cuda:N") from None
     validation_size(len(data.y_train), config.val_fraction)
+    logs = run_logger(config)  # config.tensorboard: a folder that cannot be written fails here, nothing stored
     if store is not None:
         run_id = store.start(config)
         ckpt = store.checkpointer(run_id)
@@ -396,6 +399,7 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         if ckpt is not None:
             ckpt.extra = {"noise_seconds": noise_seconds}
             cbs.append(store.epoch_logger(run_id))
+        cbs += [logs] if logs else []  # after every measurement
         result: TrainResult = train(
             model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,
             weight_decay=config.weight_decay, momentum=config.momentum, patience=config.patience, seed=config.seed,
@@ -405,10 +409,14 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         result.noise_seconds = noise_seconds
         result.config = config.to_dict()
         result.run_id = run_id
+        if logs:
+            logs.close(result.curves)
         if store is not None:
             store.finish(run_id, result)
         return result
     except BaseException as err:
+        if logs:
+            logs.close()
         if store is not None and run_id is not None:
             store.fail(run_id, f"{type(err).__name__}: {err}")
         raise

@@ -385,19 +385,72 @@ class Store:
         return model.to(device).eval()
 
     # -- export -----------------------------------------------------------------------------------
-    def export_csv(self, path: str | os.PathLike, runs: list[int] | None = None) -> int:
-        """Write one CSV row per (run, epoch) with the run's id, key, label, dataset, seed, status and
-        every metric; returns the number of rows."""
-        ids = [self.resolve(r) for r in runs] if runs else [r["id"] for r in self.runs()]
-        meta = {r["id"]: r for r in self.runs()}
-        rows = []
-        for run_id in ids:
-            m = meta[run_id]
-            for rec in self.epochs(run_id):
-                rows.append({"run_id": run_id, "key": m["key"], "method": m["label"], "dataset": m["dataset"],
-                             "seed": m["seed"], "status": m["status"], **rec})
+    def export_csv(self, path: str | os.PathLike, runs: list[int] | None = None, **filters) -> int:
+        """Write :meth:`records` (one row per run and epoch: the run, its config, every metric) as CSV;
+        returns the number of rows."""
+        rows = self.records(runs, **filters)
         write_csv(path, rows)
         return len(rows)
+
+    # -- tables: prealign runs list / export, notebooks ----------------------------------------------
+    def select(self, runs: list[int | str] | None = None, *, method: str | None = None, model: str | None = None,
+               dataset: str | None = None, status: str | None = None) -> list[dict]:
+        """The runs (as :meth:`get` gives them, oldest first) matching every filter given: ``runs``
+        (ids or key prefixes), ``method`` (a label such as ``ifa@30``, or a method such as ``ifa``,
+        which matches every angle), ``model`` (mlp, lenet, alexnet), ``dataset``, ``status``."""
+        if status is not None and status not in STATUSES:
+            raise PrealignError(f"unknown run status {status!r}; valid: {', '.join(STATUSES)}")
+        wanted = {self.resolve(r) for r in runs} if runs else None
+        return [r for r in self.runs(status=status, dataset=dataset)
+                if (wanted is None or r["id"] in wanted) and (method is None or method in (r["label"], r["config"].get("method")))
+                and (model is None or r["config"].get("model") == model)]
+
+    def summaries(self, runs: list[int | str] | None = None, **filters) -> list[dict]:
+        """One flat dict per run (:meth:`select` filters): id, key, method (its label), dataset, seed,
+        status, every config field (``hidden`` as ``"100-100"``), the summary (accuracies are fractions,
+        ``seconds`` of training) and ``created``/``updated`` (Unix seconds)."""
+        out = []
+        for r in self.select(runs, **filters):
+            summary = {k: v for k, v in (r["summary"] or {}).items() if k not in ("config", "run_id", "status", "final")}
+            summary.update({f"final/{k}": v for k, v in ((r["summary"] or {}).get("final") or {}).items()})
+            out.append({**_run_columns(r), **summary, "error": r["error"], "created": r["created"], "updated": r["updated"]})
+        return out
+
+    def records(self, runs: list[int | str] | None = None, **filters) -> list[dict]:
+        """One flat dict per run and epoch (:meth:`select` filters): ``run_id``, key, method (label),
+        dataset, seed, status, every config field, then that epoch's metrics (accuracies as fractions,
+        angles in degrees); what ``prealign runs export`` writes."""
+        rows = []
+        for r in self.select(runs, **filters):
+            columns = _run_columns(r)
+            columns["run_id"] = columns.pop("id")
+            rows += [{**columns, **rec} for rec in self.epochs(r["id"])]
+        return rows
+
+    def to_dataframe(self, per: str = "epoch", runs: list[int | str] | None = None, **filters):
+        """A pandas ``DataFrame`` of :meth:`records` (``per="epoch"``: one row per run and epoch) or of
+        :meth:`summaries` (``per="run"``); ``runs`` and ``filters`` as :meth:`select`. Needs pandas
+        (``pip install 'prealign[pandas]'``)."""
+        if per not in ("epoch", "run"):
+            raise PrealignError(f"per must be 'epoch' or 'run', got {per!r}")
+        try:
+            import pandas as pd
+        except ImportError:
+            raise PrealignError("Store.to_dataframe needs pandas, which is not installed; "
+                                "pip install 'prealign[pandas]' (or pip install pandas)") from None
+        rows = self.records(runs, **filters) if per == "epoch" else self.summaries(runs, **filters)
+        return pd.DataFrame.from_records(rows)
+
+
+def _run_columns(row: dict) -> dict:
+    """The leading columns of a run in tables and CSV: id, key, method (label), dataset, seed, status,
+    then its config fields (``hidden`` as ``100-100``; config ``method`` is the label's base)."""
+    columns = {"id": row["id"], "key": row["key"], "method": row["label"], "dataset": row["dataset"],
+               "seed": row["seed"], "status": row["status"]}
+    for k, v in row["config"].items():
+        if k not in columns:
+            columns[k] = "-".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+    return columns
 
 
 def write_csv(path, rows: list[dict]) -> None:

@@ -222,6 +222,8 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
 
     Duplicate keys inside ``configs`` are run once.
     """
+    from .loggers import replay
+
     store = _open_store(store)
     todo, done, seen = [], [], set()
     for cfg in configs:
@@ -232,6 +234,8 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
         row = store.find(key)
         status = None if row is None else _field(row, "status")
         if status in DONE:
+            if getattr(cfg, "tensorboard", ""):  # its loggers get the stored records (prealign.run.loggers)
+                replay(cfg, store.result(_field(row, "id")))
             done.append(Outcome(key=key, status="skipped", config=cfg.to_dict(), previous=status))
         else:
             todo.append(cfg)

@@ -58,7 +58,7 @@ BATCH_OPTIMIZERS = ("adam", "adamw", "sgd")
 SHARED_FIELDS = ("dataset", "train_subset", "model", "hidden", "activation", "batch_size", "lr", "optimizer",
                  "weight_decay", "momentum", "val_fraction", "grad_alignment", "device")
 PER_MODEL_FIELDS = ("method", "angle", "noise_samples", "alpha_w", "alpha_b", "same_init", "epochs", "patience", "seed",
-                    "noise_batch_size", "noise_lr", "noise_distribution", "noise_std", "name")
+                    "noise_batch_size", "noise_lr", "noise_distribution", "noise_std", "name", "tensorboard")
 GROUP_TASK = "prealign.run.sweep_batched:train_group_task"
 
 
@@ -223,6 +223,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     """
     from .batched import train_runs
     from .config import build, load_data, prepare
+    from .loggers import run_logger
     from ..device import resolve_device
     from .sweep import DONE, _record_failure, run_summary
 
@@ -261,6 +262,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
         m[5].extra = {"noise_seconds": m[4]}
     first = members[0][1]
     finished = set()
+    logs = [run_logger(m[1]) for m in members]  # config.tensorboard (prealign.run.loggers), None where unset
 
     def done(position: int, result) -> None:  # store each run as soon as it ends, as config.run would
         _, cfg, run_id, _, noise_seconds, *_ = members[position]
@@ -269,6 +271,8 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
         result.run_id = run_id
         store.finish(run_id, result)
         finished.add(position)
+        if logs[position]:
+            logs[position].close(result.curves)
 
     try:
         results = train_runs([m[3] for m in members], data, epochs=[m[1].epochs for m in members],
@@ -276,7 +280,8 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
                              batch_size=first.batch_size, lr=first.lr, optimizer=first.optimizer,
                              weight_decay=first.weight_decay, momentum=first.momentum, val_fraction=first.val_fraction,
                              device=device, grad_alignment=first.grad_alignment, checkpoints=[m[5] for m in members],
-                             callbacks=[[store.epoch_logger(m[2])] for m in members], on_done=done, progress=False,
+                             callbacks=[[store.epoch_logger(m[2]), *filter(None, [lg])] for m, lg in zip(members, logs)],
+                             on_done=done, progress=False,
                              description=f"{len(members)} runs batched")
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: train the rest one by one (they resume from their checkpoints)
         error = f"{type(exc).__name__}: {exc}"
