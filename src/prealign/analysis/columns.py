@@ -292,8 +292,8 @@ def meta(ctx, p: dict) -> None:
     seeds = sorted({r.row.get("seed", 0) for r in _finished(ctx)})
     for seed in seeds:
         run = next(r for r in _finished(ctx) if r.row.get("seed", 0) == seed)
-        from ..run.config import RunConfig
         from ..models import build_model
+        from ..run.config import RunConfig
 
         cfg = RunConfig.from_dict({**run.config, "method": "fa", "angle": None, "noise_samples": None})
         shape = tuple(tasks[0].data.x_train.shape[1:])  # the tasks' inputs (28×28), whatever the run's data

@@ -127,8 +127,12 @@ def landscape_figure(result, folder, inputs) -> list:
     """Per run: the perturbed surface (and the trajectory); with several runs, all side by side."""
     import numpy as np
 
-    from ..viz.geometry import (plot_perturbed_surface, plot_perturbed_surfaces, plot_trajectory_landscape,
-                                plot_trajectory_landscapes)
+    from ..viz.geometry import (
+        plot_perturbed_surface,
+        plot_perturbed_surfaces,
+        plot_trajectory_landscape,
+        plot_trajectory_landscapes,
+    )
 
     files, surfaces, paths = [], {}, {}
     for rid, e in result.items():

@@ -47,6 +47,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else float("nan")
 
 
+def mean_std_each(groups: Sequence[Sequence[float]], lone_std: float = float("nan")) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mean_std` of every group, as two arrays of length ``len(groups)`` (error bars per ε,
+    epoch, severity …; a ``(seeds, k)`` array's columns are ``array.T``). ``lone_std``: the std of a
+    group with one value — NaN by the rule above; figures pass 0.0 so it draws no bar."""
+    pairs = [mean_std(g) for g in groups]
+    means = np.array([m for m, _ in pairs], dtype=float)
+    stds = np.array([lone_std if math.isnan(s) and not math.isnan(m) else s for m, s in pairs], dtype=float)
+    return means, stds
+
+
 def pooled_std(groups: Sequence[Sequence[float]]) -> float:
     """Pooled sample std ``sqrt(Σ (n_i − 1) s_i² / Σ (n_i − 1))`` over the groups with ≥ 2 values
     (the seed-to-seed spread when each group is one condition over seeds); NaN if none has 2."""

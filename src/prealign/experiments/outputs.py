@@ -88,12 +88,8 @@ def _stack(runs, metric):
 
 
 def _band(ax, x, arr, label, style, scale=1.0):
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            m, s = np.nanmean(arr, 0) * scale, np.nanstd(arr, 0) * scale
+    m, s = stats.mean_std_each(arr.T, 0.0)
+    m, s = m * scale, s * scale
     ax.plot(x, m, label=str(label), **style.kw(len(x)))
     ax.fill_between(x, m - s, m + s, alpha=0.15, color=style.color, lw=0)
 
@@ -168,7 +164,8 @@ def _points(runs, x, y):
         if xv is not None and yv is not None and math.isfinite(float(yv)):
             by[xv].append(float(yv))
     xs = sorted(by, key=_key)
-    return xs, [np.mean(by[k]) for k in xs], [np.std(by[k]) for k in xs]
+    mean, std = stats.mean_std_each([by[k] for k in xs], 0.0)
+    return xs, list(mean), list(std)
 
 
 def line(out, ctx, path: Path) -> str:
@@ -246,8 +243,8 @@ def series(out, ctx, path: Path) -> str:
     groups = _groups(runs, out.get("group", "method"))
     for gval, style in method_styles(groups).items():
         gruns = groups[_find(groups, gval)]
-        m = [stats.mean_std([r.row.get(c) for r in gruns])[0] * 100 for c in cols]
-        s = [stats.mean_std([r.row.get(c) for r in gruns])[1] * 100 for c in cols]
+        m, s = stats.mean_std_each([[r.row.get(c) for r in gruns] for c in cols], 0.0)
+        m, s = m * 100, s * 100
         ax.errorbar(pos, m, yerr=s, capsize=3, label=str(gval), **style.kw())
     if not numeric:
         ax.set_xticks(pos, [str(v) for v in xv], rotation=45, fontsize=7)

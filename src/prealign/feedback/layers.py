@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .functional import FeedbackConvFunction, FeedbackLinearFunction
-from .kp import _LEARNING
-from .rules import RULES, get_rule
+from .rules import _LEARNING, RULES, get_rule
 
 
 KP_DECAY = 0.01

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.stats import mean_std_each
 from .style import integer_epochs, legend_outside, method_styles
 
 Curves = list[dict[str, float]]
@@ -35,8 +36,7 @@ def _band(runs: Sequence[Curves], key: str, scale: float = 1.0):
             if v is not None and math.isfinite(v):
                 by_epoch.setdefault(int(r["epoch"]), []).append(v * scale)
     epochs = sorted(by_epoch)
-    mean = np.array([np.mean(by_epoch[e]) for e in epochs])
-    std = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0 for e in epochs])
+    mean, std = mean_std_each([by_epoch[e] for e in epochs], 0.0)
     return np.array(epochs), mean, std
 
 

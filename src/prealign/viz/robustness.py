@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.stats import mean_std_each
 from .style import integer_epochs, legend_outside, method_styles
 
 SOURCE_STYLES = {"exact": "-", "feedback": ":", "transfer": "--"}
@@ -57,7 +58,7 @@ def plot_adversarial(report: Mapping, path, title: str | None = None, layout: st
             for method, style in styles.items():
                 for source in ([col] if col else sources):
                     acc = np.asarray(results[method][attack][source]) * 100
-                    mean, std = acc.mean(0), acc.std(0)
+                    mean, std = mean_std_each(acc.T, 0.0)
                     kw = style.kw(len(eps)) | ({} if col else {"linestyle": SOURCE_STYLES[source]})
                     ax.plot(eps, mean, lw=1.6, label=method if col or len(sources) == 1 else f"{method}, {source}", **kw)
                     ax.fill_between(eps, mean - std, mean + std, color=style.color, alpha=0.15, lw=0)
@@ -98,8 +99,7 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
         vals = np.array([[s["per_severity"][k] for k in sev] for s in ss]) * 100
         clean = np.array([s["clean"] for s in ss]) * 100
         x = [0, *sev]
-        mean = [clean.mean(), *vals.mean(0)]
-        std = [clean.std(), *vals.std(0)]
+        mean, std = mean_std_each([clean, *vals.T], 0.0)
         ax.errorbar(x, mean, yerr=std, capsize=3, label=m, **styles[m].kw())
     ax.set_xticks(x, ["clean", *map(str, sev)])
     ax.set_xlabel("corruption severity")
@@ -107,7 +107,7 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     ax.set_title("(a) mean over the 15 corruptions")
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(grid[1])
-    mat = np.array([[np.mean([s["per_type"][n] for s in ss]) * 100 for n in names] for ss in summaries.values()])
+    mat = np.array([mean_std_each([[s["per_type"][n] * 100 for s in ss] for n in names])[0] for ss in summaries.values()])
     im = ax.imshow(mat, aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(summaries)), list(summaries))
@@ -124,7 +124,8 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     for i, (m, ss) in enumerate(summaries.items()):
         vals = np.array([[s["per_category"][c] for c in categories] for s in ss]) * 100
         lo = min(lo, float(vals.min()))
-        ax.bar(np.arange(len(categories)) + i * width, vals.mean(0), width, yerr=vals.std(0), capsize=2,
+        mean, std = mean_std_each(vals.T, 0.0)
+        ax.bar(np.arange(len(categories)) + i * width, mean, width, yerr=std, capsize=2,
                color=styles[m].color, hatch=styles[m].hatch, edgecolor="white", label=m)
     ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
     ax.set_ylabel("accuracy (%), mean over types and severities")
@@ -146,7 +147,8 @@ def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
     width = 0.8 / len(results)
     for i, (m, style) in enumerate(styles.items()):
         vals = np.array([[e[s] for s in sets] for e in results[m]]) * 100
-        ax.bar(np.arange(len(sets)) + i * width, vals.mean(0), width, yerr=vals.std(0), capsize=2, color=style.color,
+        mean, std = mean_std_each(vals.T, 0.0)
+        ax.bar(np.arange(len(sets)) + i * width, mean, width, yerr=std, capsize=2, color=style.color,
                hatch=style.hatch, edgecolor="white", label=m)
     ax.set_xticks(np.arange(len(sets)) + 0.4 - width / 2, [s.replace(" (", "\n(") for s in sets], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
@@ -228,7 +230,8 @@ def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | No
     for m, style in styles.items():
         xs = sorted({r[key] for r in rows if r["method"] == m})
         vals = [[r["gap"] for r in rows if r["method"] == m and r[key] == x] for x in xs]
-        ax.errorbar(xs, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], capsize=3, label=m, **style.kw())
+        mean, std = mean_std_each(vals, 0.0)
+        ax.errorbar(xs, mean, yerr=std, capsize=3, label=m, **style.kw())
     if key == "size":
         ax.set_xscale("log")
     else:
