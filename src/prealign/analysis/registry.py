@@ -170,6 +170,7 @@ def execute(name: str, options: Mapping | argparse.Namespace | None = None) -> O
     :func:`prealign.analysis.sources.gather`), compute, write ``<save>/<json_name>`` and the
     figures. ``options``: the entry's params plus ``runs``, ``out``, ``save`` and the model-source
     options; missing ones take their defaults."""
+    from ..viz.report import json_safe
     from . import sources
 
     entry = get(name)
@@ -181,7 +182,7 @@ def execute(name: str, options: Mapping | argparse.Namespace | None = None) -> O
     folder = save_folder(ns.save, inputs.root, entry.name)
     result = entry.compute(inputs, ns)
     path = folder / (entry.json_name or f"{entry.name}.json")
-    path.write_text(json.dumps(result, indent=1))
+    path.write_text(json.dumps(json_safe(result), indent=1))
     files = [path, *entry.figure(result, folder, inputs)]
     return Outcome(entry.name, result, folder, files, entry.tables(result), entry.lines(result), inputs.notes)
 

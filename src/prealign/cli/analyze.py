@@ -80,13 +80,14 @@ def _sources(p: argparse.ArgumentParser, entry) -> None:
 
 def _run(name: str, args) -> int:
     from ..analysis.registry import execute
+    from ..viz.report import json_safe
     from .args import console
 
     outcome = execute(name, args)
     for note in outcome.notes:
         print(note, file=sys.stderr)
     if args.json:
-        print(json.dumps(outcome.result))
+        print(json.dumps(json_safe(outcome.result)))
         print(f"wrote {', '.join(map(str, outcome.files))}", file=sys.stderr)
         return 0
     from ..analysis.stats import rich_table
