@@ -47,7 +47,8 @@ def _add(p: argparse.ArgumentParser, param) -> None:
     if param.type == "flag":
         p.add_argument(f"--{param.name}", action="store_true", help=param.help)
         return
-    default = f" (default {param.default})" if param.default is not None and param.nargs is None else ""
+    shown = " ".join(map(str, param.default)) if isinstance(param.default, (list, tuple)) else param.default
+    default = f" (default {shown})" if param.default is not None else ""
     p.add_argument(f"--{param.name}", type=TYPES[param.type], default=param.default, nargs=param.nargs,
                    choices=param.choices, help=param.help + default)
 
