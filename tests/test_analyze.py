@@ -75,6 +75,7 @@ def test_robustness_skips_transfer_and_says_how_to_get_it_where_no_surrogate_can
     ["corruption", "{run}", "--test-size", "20", "--corruptions", "gaussian_noise", "--severities", "1"],
     ["ood", "{run}", "--test-size", "20", "--no-second-source"],
     ["dimensionality", "{run}", "--probe", "20"],
+    ["traffic", "{run}", "--rules", "bp", "fa"],
 ])
 def test_every_analyze_subcommand_prints_parseable_json_and_writes_the_same_file(lone_fa, capsys, tmp_path, argv):
     from prealign.analysis.registry import get
@@ -101,7 +102,7 @@ def test_every_registered_command_is_an_analyze_subcommand_with_json_and_out():
                    if hasattr(a, "choices") and isinstance(a.choices, dict))
     names = [e.name for e in commands()]
     assert set(analyze.choices) == set(names) >= {"hessian", "landscape", "robustness", "corruption", "ood",
-                                                   "dimensionality", "meta"}
+                                                   "dimensionality", "meta", "traffic"}
     for name in names:
         opts = {o for a in analyze.choices[name]._actions for o in a.option_strings}
         assert {"--json", "--out", "--save"} <= opts, name

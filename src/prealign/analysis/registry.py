@@ -28,8 +28,8 @@ Registering a new analysis is one entry::
 
 and the CLI subcommand, its ``--json`` and its experiment kind exist. Implementations live in
 other modules (:mod:`.reports` for the CLI form, :mod:`.columns` for the experiment form,
-:mod:`.sources` for where the models come from) and import torch lazily, so building the
-parser stays fast.
+:mod:`.sources` for where the models come from), which import their measurement modules inside
+the functions, so building the parser does not load them.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PrealignError, UnknownNameError
+from ..feedback.rules import RULES
 from . import columns, reports
 
 #: What an analysis needs, mapped to what the CLI adds for it.
@@ -258,7 +259,11 @@ register(Analysis(
             Param("adapt-epochs", "int>=0", 0, "also train copies on each task for N epochs (paper 100)"),
             Param("device", "device", "cpu", "cpu, cuda or auto")),
     compute=reports.meta, tables=reports.meta_tables, figure=reports.meta_figure, rows=columns.meta))
-register(Analysis("traffic", "weight memory traffic of error propagation per step (IFA Fig. 1d)", rows=columns.traffic))
+register(Analysis(
+    "traffic", "weight memory traffic of error propagation per training step, per rule (IFA Fig. 1d)", needs=("runs",),
+    params=(Param("rules", "str", None, "rules to count (default: the run's own, then every rule)", nargs="+",
+                  choices=tuple(RULES)),),
+    compute=reports.traffic, tables=reports.traffic_tables, rows=columns.traffic))
 register(Analysis("cost-to-converge", "epochs to convergence with the noise epochs counted (noise paper B.8)",
                   rows=columns.cost_to_converge, aliases=("cost_to_converge",)))
 register(Analysis("order", "noise→data vs data→noise from one initial network (noise paper Fig. S6)",

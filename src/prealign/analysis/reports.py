@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 
+from ..feedback.rules import RULES
 from .stats import fmt_p, fmt_pm, mean_std, ranksum
 
 
@@ -152,6 +153,30 @@ def landscape_figure(result, folder, inputs) -> list:
         files.append(folder / "trajectory_all.png")
         plot_trajectory_landscapes(files[-1], paths, title="training trajectories")
     return files
+
+
+# -- weight memory traffic (IFA Fig. 1d) -------------------------------------------------------------
+TRAFFIC_COLUMNS = ("rule", "weight_transport", "w_reads", "feedback_reads", "feedback_writes", "backward_bytes")
+
+
+def traffic(inputs, ns) -> dict:
+    """``{run id: {"label", "rows": traffic_table(model, rules)}}``: element counts per training step
+    of error propagation under each rule (the run's own rule first when ``--rules`` is not given)."""
+    from .traffic import traffic_table
+
+    out = {}
+    for run in ns.runs:
+        model = inputs.store.load_model(run, device="cpu")
+        row = inputs.store.get(run)
+        rules = ns.rules or list(dict.fromkeys([model.run_config.method_object().rule, *RULES]))
+        out[str(row["id"])] = {"label": row["label"], "rows": traffic_table(model, rules)}
+    return out
+
+
+def traffic_tables(result) -> list:
+    return [(list(TRAFFIC_COLUMNS), [[f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in TRAFFIC_COLUMNS]
+                                     for r in e["rows"]],
+             f"run {rid} {e['label']}: elements per training step (backward_bytes: float32)") for rid, e in result.items()]
 
 
 # -- adversarial robustness (IFA B.10, A.4) ------------------------------------------------------------

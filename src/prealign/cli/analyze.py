@@ -11,18 +11,8 @@ import argparse
 import json
 import sys
 
-from .args import (
-    DEVICE,
-    FOLDER,
-    NONNEG,
-    POSITIVE,
-    POSITIVE_FLOAT,
-    SEED,
-    STORE,
-    Float,
-    Floats,
-    Int,
-)
+from .args import DEVICE, FOLDER, NONNEG, POSITIVE, POSITIVE_FLOAT, SEED, STORE, Float, Floats, Int
+
 
 TYPES = {"str": None, "int>=1": POSITIVE, "int>=0": NONNEG, "seed": SEED, "float>0": POSITIVE_FLOAT,
          "floats>=0": Floats(Float(0.0)), "odd>=3": Int(3, odd=True), "device": DEVICE}
