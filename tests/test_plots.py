@@ -263,6 +263,8 @@ def test_compared_panels_share_one_colour_scale(drawn, tmp_path, model, kind):
     assert len({(m.norm.vmin, m.norm.vmax) for m in mappables}) == 1
     data = np.concatenate([np.ravel(m.get_array()) for m in mappables] if kind == "heatmap" else
                           [np.ravel(res["loss"]) for _, res in items])
+    if kind == "trajectory":  # drawn by viz.geometry (as `analyze landscape --trajectory`): log10 training loss
+        data = np.log10(data)
     assert mappables[0].norm.vmin <= np.nanmin(data) and mappables[0].norm.vmax >= np.nanmax(data)
     if kind != "heatmap":  # contour panels: the same levels too
         assert len({tuple(m.levels) for m in mappables}) == 1

@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import PrealignError
 from .feedback import CONVERTIBLE, RULES, FeedbackLayer, feedback_layers
+from .feedback.angles import _row_angles, alignment_angles  # noqa: F401  (prealign.init.alignment_angles stays)
 
 
 def _weight_layers(model: nn.Module):
@@ -43,15 +44,6 @@ def init_weights(model: nn.Module, alpha_w: float = 2.0, alpha_b: float = 2.0,
         if isinstance(m, FeedbackLayer):
             m.reseed_direct_feedback(generator)
     return model
-
-
-def _row_angles(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-row angle in degrees between ``w`` and ``b`` (``(rows, n)``), float64, stable near 0° and 180°."""
-    w, b = w.double(), b.double()
-    b_hat = b / b.norm(dim=1, keepdim=True)
-    along = (w * b_hat).sum(1)
-    across = (w - along[:, None] * b_hat).norm(dim=1)
-    return torch.rad2deg(torch.atan2(across, along))
 
 
 @torch.no_grad()
@@ -90,26 +82,3 @@ def align(model: nn.Module, angle: float, generator: torch.Generator | None = No
         w = r.norm(dim=1, keepdim=True) * (math.cos(theta) * b_hat + math.sin(theta) * perp / perp.norm(dim=1, keepdim=True))
         layer.weight.copy_(w.view_as(layer.weight).to(layer.weight.dtype))
     return model
-
-
-@torch.no_grad()
-def alignment_angles(model: nn.Module, reduce: str = "row") -> dict[str, float]:
-    """``{layer name: angle in degrees}`` between each layer's ``W`` and ``B`` (IFA paper B.4).
-
-    ``reduce="row"``: mean over output neurons of the angle between ``w_i`` and ``b_i`` (the
-    papers' measure); ``reduce="matrix"``: the angle between the flattened matrices. Only layers
-    whose rule sends the error back through ``B`` itself (``Rule.reads_feedback``: fa, kp) are
-    listed — for bp, dfa and the sign rules ∠(W, B) describes nothing the rule uses — the first
-    layer included (the papers plot the others: the first layer's ``B`` carries no learning signal).
-    """
-    if reduce not in ("row", "matrix"):
-        raise ValueError(f"unknown reduce {reduce!r}; valid: row, matrix")
-    out = {}
-    for name, layer in feedback_layers(model):
-        if not RULES[layer.rule].reads_feedback:
-            continue
-        w, b = layer.weight.flatten(1), layer.feedback.flatten(1)
-        if reduce == "matrix":
-            w, b = w.reshape(1, -1), b.reshape(1, -1)
-        out[name] = float(_row_angles(w, b).mean())
-    return out

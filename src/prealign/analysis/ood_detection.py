@@ -27,6 +27,7 @@ import torch
 
 from ..errors import PrealignError
 from .calibration import _np, logits_of, softmax
+from .stats import auroc, fpr_at_tpr, roc  # noqa: F401  (ROC statistics live in the one stats module)
 
 SCORES = ("msp", "energy")
 OTHER_DATASETS = ("fashion-mnist", "mnist5k", "digits")
@@ -51,34 +52,6 @@ def score(logits, kind: str) -> np.ndarray:
     if kind == "energy":
         return energy_score(logits)
     raise PrealignError(f"unknown OOD score {kind!r}; valid: {', '.join(SCORES)}")
-
-
-def _labels_scores(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _np(in_scores).ravel(), _np(out_scores).ravel()
-    if len(a) == 0 or len(b) == 0:
-        raise PrealignError("OOD detection needs scores of at least one in-distribution and one OOD input")
-    return np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]
-
-
-def auroc(in_scores, out_scores) -> float:
-    """Area under the ROC curve separating in-distribution (positive) from OOD scores (sklearn)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(*_labels_scores(in_scores, out_scores)))
-
-
-def roc(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
-    """``(fpr, tpr)`` of the ROC curve (sklearn ``roc_curve``, every threshold kept)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(*_labels_scores(in_scores, out_scores), drop_intermediate=False)
-    return fpr, tpr
-
-
-def fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:
-    """False-positive rate at the first ROC threshold whose true-positive rate is ≥ ``tpr``."""
-    fpr, tprs = roc(in_scores, out_scores)
-    return float(fpr[np.argmax(tprs >= tpr - 1e-12)])
 
 
 def ood_sets(data, dataset: str, n: int | None = 1000, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -47,6 +47,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else float("nan")
 
 
+def mean_std_each(groups: Sequence[Sequence[float]], lone_std: float = float("nan")) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mean_std` of every group, as two arrays of length ``len(groups)`` (error bars per ε,
+    epoch, severity …; a ``(seeds, k)`` array's columns are ``array.T``). ``lone_std``: the std of a
+    group with one value — NaN by the rule above; figures pass 0.0 so it draws no bar."""
+    pairs = [mean_std(g) for g in groups]
+    means = np.array([m for m, _ in pairs], dtype=float)
+    stds = np.array([lone_std if math.isnan(s) and not math.isnan(m) else s for m, s in pairs], dtype=float)
+    return means, stds
+
+
 def pooled_std(groups: Sequence[Sequence[float]]) -> float:
     """Pooled sample std ``sqrt(Σ (n_i − 1) s_i² / Σ (n_i − 1))`` over the groups with ≥ 2 values
     (the seed-to-seed spread when each group is one condition over seeds); NaN if none has 2."""
@@ -241,5 +251,43 @@ def rich_table(columns: Sequence[str], rows: Sequence[Sequence[str]], title: str
     return table
 
 
-__all__ = ["ALTERNATIVES", "EXACT_LIMIT", "bootstrap_ci", "fmt_p", "fmt_pm", "fmt_values", "markdown_table",
+# ------------------------------------------------------------------------------ ROC (OOD detection)
+def _floats(a) -> np.ndarray:
+    """``a`` (array, list or CPU/GPU tensor) as a flat float64 array."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=float).ravel()
+
+
+def _labels_scores(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _floats(in_scores), _floats(out_scores)
+    if len(a) == 0 or len(b) == 0:
+        from ..errors import PrealignError
+
+        raise PrealignError("OOD detection needs scores of at least one in-distribution and one OOD input")
+    return np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]
+
+
+def auroc(in_scores, out_scores) -> float:
+    """Area under the ROC curve separating in-distribution (positive) from OOD scores (sklearn)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(*_labels_scores(in_scores, out_scores)))
+
+
+def roc(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of the ROC curve (sklearn ``roc_curve``, every threshold kept)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(*_labels_scores(in_scores, out_scores), drop_intermediate=False)
+    return fpr, tpr
+
+
+def fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:
+    """False-positive rate at the first ROC threshold whose true-positive rate is ≥ ``tpr``."""
+    fpr, tprs = roc(in_scores, out_scores)
+    return float(fpr[np.argmax(tprs >= tpr - 1e-12)])
+
+
+__all__ = ["ALTERNATIVES", "EXACT_LIMIT", "auroc", "bootstrap_ci", "fpr_at_tpr", "roc", "fmt_p", "fmt_pm", "fmt_values", "markdown_table",
            "mean_std", "min_p", "pooled_std", "ranksum", "rich_table", "signed_rank", "spearman", "spearman_trend"]

@@ -32,12 +32,7 @@ from scipy import ndimage
 
 from ..errors import PrealignError, UnknownNameError
 
-CORRUPTIONS: dict[str, str] = {
-    "gaussian_noise": "noise", "shot_noise": "noise", "impulse_noise": "noise",
-    "defocus_blur": "blur", "glass_blur": "blur", "motion_blur": "blur", "zoom_blur": "blur",
-    "snow": "weather", "frost": "weather", "fog": "weather", "brightness": "weather",
-    "contrast": "digital", "elastic_transform": "digital", "pixelate": "digital", "jpeg_compression": "digital",
-}
+from .registry import CORRUPTIONS  # the 15 names and their categories live with the data sets
 
 # Published CIFAR-10-C severity parameters (make_cifar_c.py), index = severity − 1.
 PARAMS = {
@@ -318,7 +313,7 @@ def load_corrupted(dataset, corruption: str, severity: int, root=None, seed: int
     ``dataset``: a name (loaded with :func:`prealign.data.load`) or a :class:`Dataset`. For CIFAR-10 /
     CIFAR-100 the published CIFAR-10-C / CIFAR-100-C files are used when found (search order as for
     any data set); otherwise the corruption is generated from the clean test set with ``seed``."""
-    from . import load
+    from .loading import load
     from .base import Dataset
     from .sources import locate
 

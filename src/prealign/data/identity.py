@@ -73,7 +73,7 @@ def loaded(name: str):
 
 
 def _loaded(name: str, state: tuple):
-    from . import load
+    from .loading import load
 
     key = (name, state)
     ds = _LOADED.pop(key, None)

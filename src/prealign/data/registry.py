@@ -140,3 +140,12 @@ register(DatasetSpec(
     (RemoteFile("CIFAR-100-C.tar", ("https://zenodo.org/record/3555552/files/CIFAR-100-C.tar",),
                 "md5:11f0ed0f1191edbf9fa23466ae6021d3"),),
     None, (0, 10000), homepage="https://zenodo.org/record/3555552", extra={"folder": "CIFAR-100-C"}))
+
+# The 15 corruptions of Hendrycks & Dietterich (2019) and their categories (prealign.data.corruptions
+# makes them; the published CIFAR-10-C / CIFAR-100-C files hold them).
+CORRUPTIONS: dict[str, str] = {
+    "gaussian_noise": "noise", "shot_noise": "noise", "impulse_noise": "noise",
+    "defocus_blur": "blur", "glass_blur": "blur", "motion_blur": "blur", "zoom_blur": "blur",
+    "snow": "weather", "frost": "weather", "fog": "weather", "brightness": "weather",
+    "contrast": "digital", "elastic_transform": "digital", "pixelate": "digital", "jpeg_compression": "digital",
+}

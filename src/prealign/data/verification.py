@@ -42,7 +42,7 @@ def verify(name: str, root=None) -> dict:
     "detail"}, "fingerprint", "problems": [one line each], "ok"}``; ``status`` is ``ok``,
     ``mismatch`` or ``unchecked`` (an extracted copy: the publisher checksums only the archive).
     Raises UnknownNameError / DataNotFoundError when the data set is unknown or not here."""
-    from . import load
+    from .loading import load
     from .corruptions import CORRUPTIONS
 
     spec = get_spec(name)

@@ -411,11 +411,10 @@ class _Evaluator:
         return a
 
     def mean(self, metric, **where):
-        return float(np.mean(self.values(metric, where)))
+        return stats.mean_std(self.values(metric, where))[0]
 
     def std(self, metric, **where):
-        a = self.values(metric, where)
-        return float(np.std(a, ddof=1)) if a.size > 1 else float("nan")
+        return stats.mean_std(self.values(metric, where))[1]
 
     def median(self, metric, **where):
         return float(np.median(self.values(metric, where)))

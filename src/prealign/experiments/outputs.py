@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import stats
-from ..viz.style import (integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels,
-                          shared_norm)
+from ..viz.geometry import plot_perturbed_surfaces, plot_trajectory_landscapes
+from ..viz.robustness import plot_spectra
+from ..viz.style import integer_epochs, legend_outside, method_styles, pyplot, save_figure, shared_colorbar, shared_norm
 from .analyses import Unavailable
 
 PERCENT = ("acc", "ece", "confidence")  # metrics with these substrings are fractions shown in percent
@@ -59,23 +60,24 @@ def _find(groups: dict, label: str):
     return next(k for k in groups if str(k) == label)
 
 
-def _plt():
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _artifact(ctx, key: str, what: str, analysis: str):
+    """``ctx.artifacts[key]``; :class:`Unavailable` naming ``what`` is missing when the analysis left none."""
+    found = ctx.artifacts.get(key)
+    if not found:
+        raise Unavailable(f"no {what} (the {analysis} analysis was not produced)")
+    return found
 
-    return plt
+
+def _title(out: dict | None) -> str:
+    """The figure title of an ``[[output]]``: its panel and title."""
+    return " — ".join(str(out[k]) for k in ("panel", "title") if out and out.get(k))
 
 
 def _save(fig, path: Path, out: dict | None = None) -> str:
-    if out and (out.get("panel") or out.get("title")):
-        fig.suptitle(" — ".join(str(out[k]) for k in ("panel", "title") if out.get(k)), fontsize=9)
-    if fig.get_layout_engine() is None:  # figures with a shared colorbar use the constrained layout
-        fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps legends placed outside the axes
-    _plt().close(fig)
-    return path.name
+    if _title(out):
+        fig.suptitle(_title(out), fontsize=9)
+    return save_figure(fig, path).name
 
 
 def _stack(runs, metric):
@@ -92,12 +94,8 @@ def _stack(runs, metric):
 
 
 def _band(ax, x, arr, label, style, scale=1.0):
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            m, s = np.nanmean(arr, 0) * scale, np.nanstd(arr, 0) * scale
+    m, s = stats.mean_std_each(arr.T, 0.0)
+    m, s = m * scale, s * scale
     ax.plot(x, m, label=str(label), **style.kw(len(x)))
     ax.fill_between(x, m - s, m + s, alpha=0.15, color=style.color, lw=0)
 
@@ -110,7 +108,7 @@ def _group_styles(runs, field):
 def curves(out, ctx, path: Path) -> str:
     metrics = out.get("metrics", ["train_acc", "train_loss", "test_acc", "test_loss"])
     facets = _groups(ctx.done_runs(), out.get("facet")) if out.get("facet") else {"": ctx.done_runs()}
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(facets), len(metrics), figsize=(3.6 * len(metrics), 2.9 * len(facets)), squeeze=False)
     drawn = False
     styles = _group_styles(ctx.done_runs(), out.get("group", "method"))
@@ -147,7 +145,7 @@ def alignment(out, ctx, path: Path) -> str:
         layers = layers[-2:-1] or layers
     if not layers:
         raise Unavailable("no alignment angles in the curves (bp runs have none; fa/ifa/rnp runs needed)")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 2.9), squeeze=False)
     groups = _groups(runs, out.get("group", "method"))
     styles = method_styles(groups)
@@ -172,11 +170,12 @@ def _points(runs, x, y):
         if xv is not None and yv is not None and math.isfinite(float(yv)):
             by[xv].append(float(yv))
     xs = sorted(by, key=_key)
-    return xs, [np.mean(by[k]) for k in xs], [np.std(by[k]) for k in xs]
+    mean, std = stats.mean_std_each([by[k] for k in xs], 0.0)
+    return xs, list(mean), list(std)
 
 
 def line(out, ctx, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     x, y = out["x"], out["y"]
     scale = 100.0 if _is_pct(y) else 1.0
@@ -208,7 +207,7 @@ def heatmap(out, ctx, path: Path) -> str:
     facets = _groups(ctx.done_runs(), out.get("facet", "method"))
     xs = sorted({r.row.get(x) for r in ctx.done_runs()}, key=_key)
     ys = sorted({r.row.get(y) for r in ctx.done_runs()}, key=_key)
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(facets), figsize=(3.8 * len(facets), 3.3), squeeze=False, layout="constrained")
     scale = 100.0 if _is_pct(z) else 1.0
     grids = []
@@ -242,7 +241,7 @@ def series(out, ctx, path: Path) -> str:
                   key=lambda k: _key(_num(k.split("@", 1)[1])))
     if not cols:
         raise Unavailable(f"no '{prefix}@…' columns (the analysis behind them was not produced)")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     xv = [_num(c.split("@", 1)[1]) for c in cols]
     numeric = all(isinstance(v, (int, float)) for v in xv)
@@ -250,8 +249,8 @@ def series(out, ctx, path: Path) -> str:
     groups = _groups(runs, out.get("group", "method"))
     for gval, style in method_styles(groups).items():
         gruns = groups[_find(groups, gval)]
-        m = [stats.mean_std([r.row.get(c) for r in gruns])[0] * 100 for c in cols]
-        s = [stats.mean_std([r.row.get(c) for r in gruns])[1] * 100 for c in cols]
+        m, s = stats.mean_std_each([[r.row.get(c) for r in gruns] for c in cols], 0.0)
+        m, s = m * 100, s * 100
         ax.errorbar(pos, m, yerr=s, capsize=3, label=str(gval), **style.kw())
     if not numeric:
         ax.set_xticks(pos, [str(v) for v in xv], rotation=45, fontsize=7)
@@ -269,10 +268,8 @@ def _num(s):
 
 
 def density(out, ctx, path: Path) -> str:
-    items = ctx.artifacts.get("density")
-    if not items:
-        raise Unavailable("no Hessian spectral densities (the hessian analysis was not produced)")
-    plt = _plt()
+    items = _artifact(ctx, "density", "Hessian spectral densities", "hessian")
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     first = {}
     for row, grid, dens in items:  # one seed per group keeps the panel readable
@@ -286,49 +283,37 @@ def density(out, ctx, path: Path) -> str:
     return _save(fig, path, out)
 
 
+def _panels(out, items) -> dict:
+    """``{panel name: result}``, one panel per row (its group's value; the seed added where two share it)."""
+    panels = {}
+    for row, res in items:
+        name = str(row.get(out.get("group", "method")))
+        panels[name if name not in panels else f"{name}, seed {row.get('seed')}"] = res
+    return panels
+
+
 def landscape(out, ctx, path: Path) -> str:
-    items = ctx.artifacts.get("landscape")
-    if not items:
-        raise Unavailable("no perturbed landscapes (the landscape analysis was not produced)")
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(items), figsize=(3.4 * len(items), 3.0), squeeze=False, layout="constrained")
-    norm = shared_norm([res["loss"] for _, res in items])  # panels compared on one colour scale
-    for ax, (row, res) in zip(axes[0], items):
+    """Perturbed test-loss surfaces of the landscape analysis (IFA Fig. 5a), one colour scale."""
+    items = _artifact(ctx, "landscape", "perturbed landscapes", "landscape")
+    surfaces = {}
+    for name, res in _panels(out, items).items():
         loss = np.asarray(res["loss"], float)
-        a, b = np.asarray(res.get("alphas", np.arange(loss.shape[1]))), np.asarray(res.get("betas", np.arange(loss.shape[0])))
-        ax.contourf(a, b, loss, levels=shared_levels(norm), norm=norm, cmap="viridis")
-        ax.set_xlabel("α (along v₁)")
-        ax.set_ylabel("β (along v₂)")
-        ax.set_title(str(row.get(out.get("group", "method"))), fontsize=9)
-    shared_colorbar(fig, axes, norm, "viridis", "test loss")
-    return _save(fig, path, out)
+        surfaces[name] = (np.asarray(res.get("alphas", np.arange(loss.shape[1]))),
+                          np.asarray(res.get("betas", np.arange(loss.shape[0]))), loss)
+    return plot_perturbed_surfaces(path, surfaces, title=_title(out) or None).name
 
 
 def trajectory(out, ctx, path: Path) -> str:
-    items = ctx.artifacts.get("trajectory")
-    if not items:
-        raise Unavailable("no trajectories (the trajectory analysis was not produced)")
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items), 3.1), squeeze=False, layout="constrained")
-    norm = shared_norm([res["loss"] for _, res in items])  # panels compared on one colour scale
-    for ax, (row, res) in zip(axes[0], items):
-        ax.contourf(res["alphas"], res["betas"], np.asarray(res["loss"]), levels=shared_levels(norm), norm=norm,
-                    cmap="viridis")
-        c = np.asarray(res["coords"])
-        ax.plot(c[:, 0], c[:, 1], "w.-", lw=1, ms=3)
-        ax.plot(c[-1, 0], c[-1, 1], "r*", ms=9)
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
-        ax.set_title(str(row.get(out.get("group", "method"))), fontsize=9)
-    shared_colorbar(fig, axes, norm, "viridis", "training loss")
-    return _save(fig, path, out)
+    """Training trajectories in their PCA planes over the training loss (IFA Fig. 2b–d), one colour scale."""
+    items = _artifact(ctx, "trajectory", "trajectories", "trajectory")
+    surfaces = {name: (res["alphas"], res["betas"], np.asarray(res["loss"]), np.asarray(res["coords"]),
+                       res.get("explained_variance_ratio")) for name, res in _panels(out, items).items()}
+    return plot_trajectory_landscapes(path, surfaces, title=_title(out) or None).name
 
 
 def order(out, ctx, path: Path) -> str:
-    res = ctx.artifacts.get("order")
-    if not res:
-        raise Unavailable("no order-dependence result (the order analysis was not produced)")
-    plt = _plt()
+    res = _artifact(ctx, "order", "order-dependence result", "order")
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.2))
     runs = res["pca"]["runs"]
     for label, style in method_styles(runs).items():
@@ -345,11 +330,9 @@ def order(out, ctx, path: Path) -> str:
 
 
 def erank(out, ctx, path: Path) -> str:
-    items = ctx.artifacts.get("erank_noise")
-    if not items:
-        raise Unavailable("no effective-rank history (the dimensionality analysis was not produced)")
+    items = _artifact(ctx, "erank_noise", "effective-rank history", "dimensionality")
     layers = list(items[0][1][0]["weights"])
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 2.9), squeeze=False)
     styles = method_styles(f"seed {seed}" for seed, _ in items)
     for ax, layer in zip(axes[0], layers):
@@ -364,31 +347,18 @@ def erank(out, ctx, path: Path) -> str:
 
 
 def spectra(out, ctx, path: Path) -> str:
+    """Singular values of every weight matrix before and after noise pretraining (noise paper Fig. S12)."""
     items = ctx.artifacts.get("erank_noise")
     if not items or "spectra" not in items[0][1][0]:
         raise Unavailable("no singular-value spectra (the dimensionality analysis was not produced)")
     hist = items[0][1]
-    layers = list(hist[0]["spectra"])
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 2.9), squeeze=False)
-    styles = method_styles(["untrained", "after noise"])
-    for ax, layer in zip(axes[0], layers):
-        for entry, label in ((hist[0], "untrained"), (hist[-1], "after noise")):
-            sv = np.asarray(entry["spectra"][layer])
-            ax.semilogy(np.arange(1, len(sv) + 1), sv, label=label, **styles[label].kw(len(sv)))
-        ax.set_xlabel("singular value index")
-        ax.set_ylabel("singular value")
-        ax.set_title(f"module {layer}", fontsize=9)  # the layer's name in the model
-        integer_epochs(ax)
-    legend_outside(fig)
-    return _save(fig, path, out)
+    plot_spectra({"untrained": hist[0]["spectra"], "after noise": hist[-1]["spectra"]}, path, title=_title(out) or None)
+    return path.name
 
 
 def meta(out, ctx, path: Path) -> str:
-    items = ctx.artifacts.get("meta")
-    if not items:
-        raise Unavailable("no meta-loss history (the meta analysis was not produced)")
-    plt = _plt()
+    items = _artifact(ctx, "meta", "meta-loss history", "meta")
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.1))
     seeds = method_styles(f"seed {seed}" for seed, _ in items)
     for seed, hist in items:

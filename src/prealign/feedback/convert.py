@@ -13,7 +13,7 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ..errors import PrealignError
 from . import dfa
-from .kp import _LEARNING
+from .rules import _LEARNING
 from .layers import (AttentionProjection, FeedbackBilinear, FeedbackConv1d, FeedbackConv2d, FeedbackConv3d,
                      FeedbackConvTranspose1d, FeedbackConvTranspose2d, FeedbackConvTranspose3d, FeedbackLayer,
                      FeedbackLinear, FeedbackMultiheadAttention, FeedbackOutProjection)

@@ -33,10 +33,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..errors import ConfigError
-from .rules import RULES
+from .rules import _LEARNING, RULES
 
-# feedback layers whose rule was set to one that learns its feedback (weakly held)
-_LEARNING: weakref.WeakSet = weakref.WeakSet()
 # optimizer -> the layers whose gap its running step() stored in the pre-hook
 _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -19,8 +19,7 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from ..errors import PrealignError
 from .dfa import DirectRoute
 from .functional import FeedbackBilinearFunction, FeedbackConvFunction, FeedbackLinearFunction
-from .kp import _LEARNING
-from .rules import RULES, get_rule
+from .rules import _LEARNING, RULES, get_rule
 
 
 KP_DECAY = 0.01

@@ -28,12 +28,17 @@ A rule is one registry entry; adding one is ``register_rule(Rule(...))`` and its
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import UnknownNameError
+
+# feedback layers whose rule was set to one that learns its feedback (weakly held); kept here, not in
+# .kp (whose optimizer hooks read it), so .layers can register into it without importing .kp (no cycle)
+_LEARNING: weakref.WeakSet = weakref.WeakSet()
 
 
 @dataclass(frozen=True)

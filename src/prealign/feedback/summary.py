@@ -46,7 +46,7 @@ def summary(model: nn.Module) -> Summary:
     - ``angle_deg``: row-mean ∠(W, B) in degrees (:func:`prealign.alignment_angles`) where the
       layer's rule reads ``B`` (``Rule.reads_feedback``: fa, kp, …), else ``None`` (printed "—").
     """
-    from ..init import alignment_angles  # prealign.init imports this package
+    from .angles import alignment_angles
 
     angles = alignment_angles(model) if feedback_layers(model) else {}
     rows = Summary()

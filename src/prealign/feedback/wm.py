@@ -53,7 +53,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..errors import ConfigError
-from .kp import _LEARNING
+from .rules import _LEARNING
 from .rules import RULES
 
 WM_NOISE_STD = 1.0

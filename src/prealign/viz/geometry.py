@@ -10,26 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .style import integer_epochs, legend_outside, method_styles, shared_colorbar, shared_levels, shared_norm
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fig.get_layout_engine() is None:  # figures with a shared colorbar use the constrained layout
-        fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps legends placed outside the axes
-    _plt().close(fig)
-    return path
+from .style import (integer_epochs, legend_outside, method_styles, pyplot, save_figure, shared_colorbar, shared_levels,
+                    shared_norm)
 
 
 def _trajectory_panel(ax, alphas, betas, loss, coords, explained_variance_ratio, norm, levels):
@@ -73,7 +55,7 @@ def plot_trajectory_landscape(path, alphas, betas, loss, coords, explained_varia
 def plot_trajectory_landscapes(path, surfaces: Mapping[str, tuple], title: str | None = None, levels: int = 30) -> Path:
     """:func:`plot_trajectory_landscape` for several runs side by side on one colour scale (log10 training
     loss) with one colorbar; ``surfaces = {panel title: (alphas, betas, loss, coords, explained_variance_ratio)}``."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(surfaces), figsize=(4.6 * len(surfaces) + 0.8, 4.4), squeeze=False,
                              layout="constrained")
     norm = shared_norm([_log_loss(s[2]) for s in surfaces.values()])
@@ -82,9 +64,7 @@ def plot_trajectory_landscapes(path, surfaces: Mapping[str, tuple], title: str |
         ax.set_title(name)
     shared_colorbar(fig, axes, norm, "viridis", "log10 training loss")
     legend_outside(fig, where="below")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, title)
 
 
 def plot_perturbed_surface(path, alphas, betas, loss, title: str = "loss along top-2 Hessian eigenvectors",
@@ -96,7 +76,7 @@ def plot_perturbed_surface(path, alphas, betas, loss, title: str = "loss along t
 def plot_perturbed_surfaces(path, surfaces: Mapping[str, tuple], title: str | None = None, levels: int = 30) -> Path:
     """Perturbed test-loss surfaces of several runs side by side on one colour scale with one colorbar
     (IFA Fig. 5a, S10); ``surfaces = {panel title: (alphas, betas, loss)}``, ``loss`` shaped ``(len(betas), len(alphas))``."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(surfaces), figsize=(4.6 * len(surfaces) + 0.8, 4.4), squeeze=False,
                              layout="constrained")
     norm = shared_norm([s[2] for s in surfaces.values()])
@@ -109,15 +89,13 @@ def plot_perturbed_surfaces(path, surfaces: Mapping[str, tuple], title: str | No
         _few_ticks(ax)
     shared_colorbar(fig, axes, norm, "magma", "test loss")
     legend_outside(fig, where="below")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, title)
 
 
 def plot_spectral_density(path, densities: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                           title: str = "Hessian eigenvalue density") -> Path:
     """Smoothed spectral densities ``{label: (grid, density)}`` on a log density axis (IFA Fig. 5b)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for label, style in method_styles(densities).items():
         grid, density = densities[label]
@@ -127,13 +105,13 @@ def plot_spectral_density(path, densities: Mapping[str, tuple[Sequence[float], S
     ax.set_ylim(bottom=1e-6)
     ax.set_title(title)
     legend_outside(ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_hessian_tracking(path, curves: Mapping[str, tuple[Sequence[int], Sequence[float], Sequence[float]]],
                           title: str = "Hessian during training") -> Path:
     """Trace and top eigenvalue over epochs, ``{label: (epochs, trace, top_eig)}`` (IFA Fig. 2f–k)."""
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
     for label, style in method_styles(curves).items():
         epochs, trace, top = curves[label]
@@ -147,7 +125,7 @@ def plot_hessian_tracking(path, curves: Mapping[str, tuple[Sequence[int], Sequen
         integer_epochs(ax)
     legend_outside(fig)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["plot_trajectory_landscape", "plot_trajectory_landscapes", "plot_perturbed_surface", "plot_perturbed_surfaces",

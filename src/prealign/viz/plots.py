@@ -12,18 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .style import integer_epochs, legend_outside, method_styles
+from ..analysis.stats import mean_std_each
+from .style import integer_epochs, legend_outside, method_styles, pyplot, save_figure
 
 Curves = list[dict[str, float]]
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _band(runs: Sequence[Curves], key: str, scale: float = 1.0):
@@ -35,8 +28,7 @@ def _band(runs: Sequence[Curves], key: str, scale: float = 1.0):
             if v is not None and math.isfinite(v):
                 by_epoch.setdefault(int(r["epoch"]), []).append(v * scale)
     epochs = sorted(by_epoch)
-    mean = np.array([np.mean(by_epoch[e]) for e in epochs])
-    std = np.array([np.std(by_epoch[e], ddof=1) if len(by_epoch[e]) > 1 else 0.0 for e in epochs])
+    mean, std = mean_std_each([by_epoch[e] for e in epochs], 0.0)
     return np.array(epochs), mean, std
 
 
@@ -52,7 +44,7 @@ def _plot_band(ax, runs, key, label, style, scale=1.0):
 
 def learning_curves(groups: dict[str, Sequence[Curves]], path, title: str = "Learning curves") -> Path:
     """Test accuracy (%) and test loss (cross-entropy, nats) vs epoch, mean ± std band per method."""
-    plt = _plt()
+    plt = pyplot()
     styles = method_styles(groups)
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label in styles:
@@ -66,7 +58,7 @@ def learning_curves(groups: dict[str, Sequence[Curves]], path, title: str = "Lea
     integer_epochs(ax_acc, ax_loss)
     legend_outside(fig)
     fig.suptitle(f"{title} — mean ± std over seeds")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _keys(groups, prefix: str) -> list[str]:
@@ -83,7 +75,7 @@ def alignment_curves(groups: dict[str, Sequence[Curves]], path, title: str = "Al
     """Top row: weight alignment angle ∠(W, B) per layer (degrees) vs epoch; bottom row: gradient
     alignment per hidden layer (degrees). Panels are titled with the layer's module name in the model
     (``angle/3`` → ``3``). Methods under ``bp`` are left out (B is unused)."""
-    plt = _plt()
+    plt = pyplot()
     groups = {k: v for k, v in groups.items() if k.split("@")[0] != "bp"}
     keys, grad_keys = _keys(groups, "angle/"), _keys(groups, "grad_angle/")
     ncol = max(len(keys), len(grad_keys), 1)
@@ -113,17 +105,7 @@ def alignment_curves(groups: dict[str, Sequence[Curves]], path, title: str = "Al
                 ax.axis("off")
     legend_outside(fig)
     fig.suptitle(f"{title} — mean ± std over seeds; 90° = unaligned")
-    return _save(fig, path)
-
-
-def _save(fig, path) -> Path:
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["learning_curves", "alignment_curves"]

@@ -96,19 +96,23 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return columns, cells
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """``obj`` with NaN/inf floats as ``None`` (``null``: valid JSON for every reader), recursively."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
+
+
+_json_safe = json_safe  # the name prealign.cli.runs/train import
 
 
 def write_json(path, obj) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
     return path
 
 
@@ -158,7 +162,7 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
         "Top: weight alignment ∠(W, B) per layer. Bottom: gradient alignment — the angle between the error the "
         "method's rule delivers to a hidden layer's output and the true backprop error, on one fixed batch of 256 "
         "training samples per epoch.", "", "![alignment](alignment.png)", "",
-        "## Settings", "", "```json", json.dumps(_json_safe(settings), indent=2), "```", "",
+        "## Settings", "", "```json", json.dumps(json_safe(settings), indent=2), "```", "",
         f"Per-epoch metrics of every run: `epochs.csv`; machine-readable summary: `summary.json`. "
         f"Total wall time {wall_seconds:.1f} s.", "",
     ]

@@ -10,27 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .style import integer_epochs, legend_outside, method_styles
+from ..analysis.stats import mean_std_each
+from .style import integer_epochs, legend_outside, method_styles, pyplot, save_figure
 
 SOURCE_STYLES = {"exact": "-", "feedback": ":", "transfer": "--"}
 SOURCE_LABELS = {"exact": "exact gradient", "feedback": "own feedback pathway", "transfer": "transfer from BP surrogate"}
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    _plt().close(fig)
-    return path
 
 
 def plot_adversarial(report: Mapping, path, title: str | None = None, layout: str = "grid") -> Path:
@@ -40,7 +25,7 @@ def plot_adversarial(report: Mapping, path, title: str | None = None, layout: st
     method its own colour, line style and marker. ``"overlay"``: one panel per attack, colour and
     marker = method, line style = gradient source.
     """
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     eps = np.asarray(report["epsilons"])
@@ -57,7 +42,7 @@ def plot_adversarial(report: Mapping, path, title: str | None = None, layout: st
             for method, style in styles.items():
                 for source in ([col] if col else sources):
                     acc = np.asarray(results[method][attack][source]) * 100
-                    mean, std = acc.mean(0), acc.std(0)
+                    mean, std = mean_std_each(acc.T, 0.0)
                     kw = style.kw(len(eps)) | ({} if col else {"linestyle": SOURCE_STYLES[source]})
                     ax.plot(eps, mean, lw=1.6, label=method if col or len(sources) == 1 else f"{method}, {source}", **kw)
                     ax.fill_between(eps, mean - std, mean + std, color=style.color, alpha=0.15, lw=0)
@@ -77,13 +62,13 @@ def plot_adversarial(report: Mapping, path, title: str | None = None, layout: st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     """(a) mean corruption accuracy (%) vs severity per method; (b) heat map method × corruption
     (accuracy averaged over severities); (c) mean accuracy per category."""
-    plt = _plt()
+    plt = pyplot()
     from ..analysis.robustness import summarize_corruption
 
     results, cats = report["results"], report["categories"]
@@ -98,8 +83,7 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
         vals = np.array([[s["per_severity"][k] for k in sev] for s in ss]) * 100
         clean = np.array([s["clean"] for s in ss]) * 100
         x = [0, *sev]
-        mean = [clean.mean(), *vals.mean(0)]
-        std = [clean.std(), *vals.std(0)]
+        mean, std = mean_std_each([clean, *vals.T], 0.0)
         ax.errorbar(x, mean, yerr=std, capsize=3, label=m, **styles[m].kw())
     ax.set_xticks(x, ["clean", *map(str, sev)])
     ax.set_xlabel("corruption severity")
@@ -107,7 +91,7 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     ax.set_title("(a) mean over the 15 corruptions")
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(grid[1])
-    mat = np.array([[np.mean([s["per_type"][n] for s in ss]) * 100 for n in names] for ss in summaries.values()])
+    mat = np.array([mean_std_each([[s["per_type"][n] * 100 for s in ss] for n in names])[0] for ss in summaries.values()])
     im = ax.imshow(mat, aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(summaries)), list(summaries))
@@ -124,7 +108,8 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     for i, (m, ss) in enumerate(summaries.items()):
         vals = np.array([[s["per_category"][c] for c in categories] for s in ss]) * 100
         lo = min(lo, float(vals.min()))
-        ax.bar(np.arange(len(categories)) + i * width, vals.mean(0), width, yerr=vals.std(0), capsize=2,
+        mean, std = mean_std_each(vals.T, 0.0)
+        ax.bar(np.arange(len(categories)) + i * width, mean, width, yerr=std, capsize=2,
                color=styles[m].color, hatch=styles[m].hatch, edgecolor="white", label=m)
     ax.set_xticks(np.arange(len(categories)) + 0.4 - width / 2, categories)
     ax.set_ylabel("accuracy (%), mean over types and severities")
@@ -132,21 +117,20 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     ax.set_ylim(max(0.0, lo - 10), 100)
     ax.grid(alpha=0.3, axis="y")
     legend_outside(ax)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, title, tight=False)
 
 
 def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
     """Grouped bars: accuracy (%) on the clean and each out-of-distribution test set, per method."""
-    plt = _plt()
+    plt = pyplot()
     sets, results = report["sets"], report["results"]
     styles = method_styles(results)
     fig, ax = plt.subplots(figsize=(1.6 * len(sets) + 3, 4.2))
     width = 0.8 / len(results)
     for i, (m, style) in enumerate(styles.items()):
         vals = np.array([[e[s] for s in sets] for e in results[m]]) * 100
-        ax.bar(np.arange(len(sets)) + i * width, vals.mean(0), width, yerr=vals.std(0), capsize=2, color=style.color,
+        mean, std = mean_std_each(vals.T, 0.0)
+        ax.bar(np.arange(len(sets)) + i * width, mean, width, yerr=std, capsize=2, color=style.color,
                hatch=style.hatch, edgecolor="white", label=m)
     ax.set_xticks(np.arange(len(sets)) + 0.4 - width / 2, [s.replace(" (", "\n(") for s in sets], fontsize=8)
     ax.set_ylabel("test accuracy (%)")
@@ -154,13 +138,13 @@ def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
     ax.grid(alpha=0.3, axis="y")
     legend_outside(ax)
     ax.set_title(title or "out-of-distribution accuracy")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_dimensionality(history: Sequence[Mapping], path, title: str | None = None) -> Path:
     """Effective rank of every weight matrix (and of features, if measured) over noise
     pretraining (x = noise samples seen) and data training (x = epoch)."""
-    plt = _plt()
+    plt = pyplot()
     phases = [p for p in ("noise", "data") if any(h["phase"] == p for h in history)]
     kinds = [k for k in ("weights", "features") if any(k in h for h in history)]
     fig, axes = plt.subplots(len(kinds), len(phases), figsize=(5.2 * len(phases), 3.6 * len(kinds)), squeeze=False)
@@ -181,12 +165,12 @@ def plot_dimensionality(history: Sequence[Mapping], path, title: str | None = No
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_spectra(spectra: Mapping[str, Mapping[str, Sequence[float]]], path, title: str | None = None) -> Path:
     """Singular-value spectra per layer; ``spectra = {condition: {layer: [σ…]}}`` (e.g. before/after noise)."""
-    plt = _plt()
+    plt = pyplot()
     layers = list(next(iter(spectra.values())))
     fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
     styles = method_styles(spectra)
@@ -200,14 +184,12 @@ def plot_spectra(spectra: Mapping[str, Mapping[str, Sequence[float]]], path, tit
         ax.grid(alpha=0.3)
         integer_epochs(ax)
     legend_outside(fig)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, title, tight=False)
 
 
 def plot_meta(histories: Mapping[str, Sequence[Mapping]], path, title: str | None = None) -> Path:
     """Meta-loss (sum over tasks, nats) vs noise samples seen, one line per run label."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4))
     for label, style in method_styles(histories).items():
         hist = histories[label]
@@ -217,18 +199,19 @@ def plot_meta(histories: Mapping[str, Sequence[Mapping]], path, title: str | Non
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title or "meta-loss during noise pretraining")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | None = None) -> Path:
     """Generalization error (test − train loss, nats) vs ``key`` (``"size"`` or ``"depth"``), per method."""
-    plt = _plt()
+    plt = pyplot()
     styles = method_styles(r["method"] for r in rows)
     fig, ax = plt.subplots(figsize=(5.6, 4))
     for m, style in styles.items():
         xs = sorted({r[key] for r in rows if r["method"] == m})
         vals = [[r["gap"] for r in rows if r["method"] == m and r[key] == x] for x in xs]
-        ax.errorbar(xs, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], capsize=3, label=m, **style.kw())
+        mean, std = mean_std_each(vals, 0.0)
+        ax.errorbar(xs, mean, yerr=std, capsize=3, label=m, **style.kw())
     if key == "size":
         ax.set_xscale("log")
     else:
@@ -238,12 +221,12 @@ def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | No
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title or "generalization error")
-    return _save(fig, path)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_trajectory(result: Mapping, path, title: str | None = None) -> Path:
     """First-layer weight trajectory in its top-2 PCs, one line per run, and ‖W − B‖ along it."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, style in method_styles(result["runs"]).items():
         run = result["runs"][label]
@@ -266,6 +249,4 @@ def plot_trajectory(result: Mapping, path, title: str | None = None) -> Path:
     bx.grid(alpha=0.3)
     integer_epochs(bx)
     legend_outside(fig)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, title, tight=False)

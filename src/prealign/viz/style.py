@@ -7,13 +7,15 @@
   every figure that spans ≤ 90°); its members also get distinct line styles and markers, in θ order.
 * Any other label (seeds, layers, conditions, run names) gets a distinct fallback (colour, line style).
 
-Also here: integer epoch ticks, legends placed outside the data, and one colour scale shared by
-panels meant to be compared.
+Also here: integer epoch ticks, legends placed outside the data, one colour scale shared by
+panels meant to be compared, and how every figure is drawn and saved (:func:`pyplot`,
+:func:`save_figure`: Agg backend, PNG at 150 dpi).
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -196,3 +198,28 @@ def shared_colorbar(fig, axes, norm, cmap: str, label: str):
 
 __all__ = ["Style", "method_styles", "ordered", "method_of", "ifa_angle", "angle_norm", "angle_color", "integer_epochs",
            "legend_outside", "shared_norm", "shared_levels", "shared_colorbar"]
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, title: str | None = None, *, tight: bool = True) -> Path:
+    """Save ``fig`` as PNG (150 dpi; the bounding box keeps legends placed outside the axes) under a
+    ``title`` when given, close it, return the path (its folder created). ``tight``: apply the tight
+    layout unless the figure has a layout engine (figures with a shared colorbar use constrained)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if title:
+        fig.suptitle(title)
+    if tight and fig.get_layout_engine() is None:
+        fig.tight_layout()
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    pyplot().close(fig)
+    return path

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .robustness import _plt, _save
-from .style import integer_epochs, legend_outside, method_styles
+from .style import integer_epochs, legend_outside, method_styles, pyplot, save_figure
 
 
 def pooled_bins(summaries: Sequence[Mapping]) -> dict[str, np.ndarray]:
@@ -34,7 +33,7 @@ def plot_reliability(path, per_method: Mapping[str, Sequence[Mapping]], title: s
     accuracy per equal-width confidence bin (bars), the gap to the bin's mean confidence shaded
     (hatched), the diagonal (perfect calibration), and below, the sample count per bin (log scale).
     Panel titles give ECE (mean ± std over runs) and the number of runs."""
-    plt = _plt()
+    plt = pyplot()
     styles = method_styles(per_method)
     n = len(styles)
     fig, axes = plt.subplots(2, n, figsize=(3.4 * n, 4.6), squeeze=False, sharex=True,
@@ -66,14 +65,14 @@ def plot_reliability(path, per_method: Mapping[str, Sequence[Mapping]], title: s
     legend_outside(axes[0][-1])
     fig.suptitle(title or f"reliability diagram ({len(b['count'])} equal-width bins, Guo et al. 2017)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration_curves(path, curves: Mapping[str, Sequence], title: str | None = None) -> Path:
     """Per-epoch accuracy and mean confidence (left) and ECE (right), test solid, train dashed, from
     the records of :class:`prealign.run.callbacks.CalibrationTracker`. ``curves``: ``{label: records}``
     (one run) or ``{label: [records, ...]}`` (seeds: mean, band ± 1 std)."""
-    plt = _plt()
+    plt = pyplot()
     styles = method_styles(curves)
     fig, (ax, axe) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, style in styles.items():
@@ -100,16 +99,16 @@ def plot_calibration_curves(path, curves: Mapping[str, Sequence], title: str | N
     legend_outside(axe)
     fig.suptitle(title or "confidence and calibration during training", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(path, per_method: Mapping[str, Sequence[Mapping]], kind: str = "msp", title: str | None = None) -> Path:
     """ROC curves (in-distribution = positive), one panel per OOD set, one curve per method (its
     first run), score ``kind``; the legend gives each curve's AUROC. ``per_method``:
     ``{label: [{set_name or "in": {kind: scores}}, ...]}`` (:func:`prealign.analysis.ood_detection.detect`'s ``scores``)."""
-    from ..analysis.ood_detection import auroc, roc
+    from ..analysis.stats import auroc, roc
 
-    plt = _plt()
+    plt = pyplot()
     styles = method_styles(per_method)
     sets = [k for k in next(iter(per_method.values()))[0] if k != "in"]
     cols = min(4, len(sets))
@@ -134,13 +133,13 @@ def plot_roc(path, per_method: Mapping[str, Sequence[Mapping]], kind: str = "msp
         row[0].set_ylabel("true-positive rate (in-dist.)")
     fig.suptitle(title or f"OOD detection, {kind.upper()} score (first run per method)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confidence_histograms(path, per_method: Mapping[str, Sequence[Mapping]], title: str | None = None) -> Path:
     """Histograms of the maximum softmax probability, one panel per method (its runs pooled): the
     in-distribution test set filled, each OOD set as a step outline (density, 20 bins on [0, 1])."""
-    plt = _plt()
+    plt = pyplot()
     styles = method_styles(per_method)
     sets = [k for k in next(iter(per_method.values()))[0] if k != "in"]
     set_styles = method_styles(sets)
@@ -164,7 +163,7 @@ def plot_confidence_histograms(path, per_method: Mapping[str, Sequence[Mapping]]
     legend_outside(axes[0][-1])
     fig.suptitle(title or "confidence on in-distribution vs OOD inputs", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["pooled_bins", "plot_reliability", "plot_calibration_curves", "plot_roc", "plot_confidence_histograms"]

@@ -1,0 +1,117 @@
+"""The house rules of the package (issue 16): no import cycle between modules, short CLI modules,
+one statistics module behind every error bar."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "prealign"
+
+# the one known cycle: the "cluster" engineer removes it (issue 16); the lead deletes this line at merge
+KNOWN_CYCLES = [{"prealign.run.sweep", "prealign.run.sweep_batched"}]
+LONG_CLI_EXCEPTIONS: set[str] = set()  # none: every CLI module parses and prints only
+CLI_MAX_LINES = 150
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, modules) -> set[str]:
+    """Every prealign module ``path`` imports, anywhere in the file (module level, functions,
+    ``from . import x`` where ``x`` is a submodule), as module names."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(base + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in modules:  # `import prealign.a.b.func`-like: the longest module prefix
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                out.add(t)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_walker_sees_function_level_and_relative_imports():
+    graph = import_graph()
+    assert "prealign.analysis.registry" in graph["prealign.cli.analyze"]  # imported inside a function
+    assert "prealign.analysis.columns" in graph["prealign.analysis.registry"]  # `from . import columns`
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def test_no_import_cycle_between_modules():
+    found = [c for c in cycles(import_graph()) if c not in KNOWN_CYCLES]
+    assert not found, f"import cycles (module-level or inside functions): {found}"
+
+
+def test_every_cli_module_is_short():
+    long = {p.name: n for p in (PACKAGE / "cli").glob("*.py")
+            if (n := len(p.read_text().splitlines())) > CLI_MAX_LINES and p.name not in LONG_CLI_EXCEPTIONS}
+    assert not long, f"CLI modules over {CLI_MAX_LINES} lines (parse and print only; move the work to the library): {long}"
+
+
+def test_error_bars_are_the_sample_std_of_the_stats_module():
+    """Figures, tables and claims take ± from prealign.analysis.stats (ddof = 1); a lone value draws no bar."""
+    from types import SimpleNamespace
+
+    from prealign.analysis.stats import mean_std_each
+    from prealign.experiments.outputs import _points
+
+    means, stds = mean_std_each([[1.0, 2.0, 3.0], [5.0], [float("nan"), 4.0, 6.0]], 0.0)
+    assert means.tolist() == [2.0, 5.0, 5.0] and stds.tolist() == pytest.approx([1.0, 0.0, 2 ** 0.5])
+    runs = [SimpleNamespace(row={"x": 1, "y": v}) for v in (1.0, 2.0, 3.0)]
+    assert _points(runs, "x", "y") == ([1], [2.0], [1.0])  # was the population std, 0.816
