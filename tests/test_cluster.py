@@ -222,8 +222,11 @@ def cluster(tmp_path_factory):
     node = None
     procs = []
     storage = tempfile.mkdtemp(prefix="prealign-cluster-", dir="/dev/shm")
-    old_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
-    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    old_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # the head asks for the token (MACHINE-NOTES); Ray caches the mode:
+    Config.initialize("")                  # refresh it, as ray's own _enable_token_auth does
     try:
         time.sleep(1.0)
         node = subprocess.Popen(["unshare", "-m", "sh", "-c", node_cmd], env=env, stdout=subprocess.DEVNULL,
@@ -243,8 +246,9 @@ def cluster(tmp_path_factory):
             assert head.poll() is None and node.poll() is None, "a Ray node exited"
             time.sleep(0.5)
         procs = _tree(head.pid) + _tree(node.pid)
-        yield {"ray": ray, "storage": storage, "node": node, "runtime_env": {"working_dir": str(SRC),
-                                                                               "excludes": ["__pycache__"]}}
+        ray.shutdown()  # each test connects as a user would: a job with prealign in its runtime_env
+        yield {"ray": ray, "storage": storage, "node": node, "address": f"127.0.0.1:{port}",
+               "runtime_env": {"working_dir": str(SRC), "excludes": ["__pycache__"]}}
     finally:
         ray.shutdown()
         for proc in (node, head):
@@ -253,8 +257,11 @@ def cluster(tmp_path_factory):
         _kill(list({p.pid: p for p in procs}.values()), signal.SIGTERM)
         _kill([p for p in procs if p.is_running()])
         shutil.rmtree(storage, ignore_errors=True)
-        for k, v in old_env.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        if old_mode is None:
+            os.environ.pop("RAY_AUTH_MODE")
+        else:
+            os.environ["RAY_AUTH_MODE"] = old_mode
+        Config.initialize("")
 
 
 ON_B = {"nodeB": 0.001}
@@ -264,6 +271,7 @@ ON_B = {"nodeB": 0.001}
 def test_two_node_sweep_stores_what_the_local_executor_stores(cluster, tmp_path):
     ray = cluster["ray"]
     store = Store(tmp_path / "store")
+    ray.init(address=cluster["address"], runtime_env=cluster["runtime_env"], log_to_driver=False)
 
     @ray.remote(num_cpus=0, resources=ON_B)
     def look(path):
@@ -271,12 +279,14 @@ def test_two_node_sweep_stores_what_the_local_executor_stores(cluster, tmp_path)
 
         return os.path.exists(path), os.path.exists(os.path.dirname(path)), os.getcwd(), prealign.__file__
 
-    sees_store, sees_folder, cwd, module = ray.get(look.options(runtime_env=cluster["runtime_env"]).remote(str(store.path)))
-    assert store.path.exists() and not sees_store and not sees_folder  # node B cannot see the store
-    assert not module.startswith(str(SRC)) and "/work/" not in module  # prealign came with the runtime_env
-    configs = [tiny(m, s) for m in ("bp", "fa", "ifa") for s in range(3)] + [tiny("dfa", s) for s in range(3)]
-    out = run_sweep(configs, store, executor="ray", storage=cluster["storage"], resources=ON_B, progress=False,
-                    runtime_env=cluster["runtime_env"])
+    try:
+        sees_store, sees_folder, cwd, module = ray.get(look.remote(str(store.path)))
+        assert store.path.exists() and not sees_store and not sees_folder  # node B cannot see the store
+        assert not module.startswith(str(SRC)) and "/work/" not in module  # prealign came with the runtime_env
+        configs = [tiny(m, s) for m in ("bp", "fa", "ifa") for s in range(3)] + [tiny("dfa", s) for s in range(3)]
+        out = run_sweep(configs, store, executor="ray", storage=cluster["storage"], resources=ON_B, progress=False)
+    finally:
+        ray.shutdown()
     assert all(o.status == "finished" for o in out), [o.error for o in out]
     local = Store(tmp_path / "local")
     run_sweep(configs, local, workers=1, progress=False)
@@ -321,8 +331,8 @@ def test_quarter_gpus_run_four_at_a_time_and_a_missing_cuda_fails_loudly(cluster
                                                   "end": time.time()}}
 
     store = Store(tmp_path / "store")
-    out = run_sweep([Item(i) for i in range(8)], store, executor="ray", task=probe, gpus_per_run=0.25,
-                    cpus_per_run=0.1, resources=ON_B, progress=False, runtime_env=cluster["runtime_env"])
+    out = run_sweep([Item(i) for i in range(8)], store, executor="ray", task=probe, gpus_per_run=0.25, cpus_per_run=0.1,
+                    resources=ON_B, progress=False, address=cluster["address"], runtime_env=str(SRC))
     assert all(o.status == "finished" for o in out), [o.error for o in out]
     spans = [(o.summary["start"], o.summary["end"]) for o in out]
     overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
@@ -330,7 +340,7 @@ def test_quarter_gpus_run_four_at_a_time_and_a_missing_cuda_fails_loudly(cluster
     assert all(o.summary["device"] == "ray GPU ['0']" or o.summary["device"] == "ray GPU [0]" for o in out), out[0].summary
     run = tiny("fa", 0, device="auto")
     out = run_sweep([run], store, executor="ray", gpus_per_run=0.25, resources=ON_B, progress=False,
-                    runtime_env=cluster["runtime_env"], batch_models=False)
+                    address=cluster["address"], runtime_env=cluster["runtime_env"], batch_models=False)
     assert out[0].status == "failed" and "asked for 0.25 GPU" in out[0].error and "no CUDA device" in out[0].error
     row = store.find(run.key())
     assert row["status"] == "failed" and "asked for 0.25 GPU" in row["error"]
@@ -354,9 +364,9 @@ def test_a_lost_node_s_runs_resume_on_the_other_from_their_checkpoints(cluster, 
     configs = [tiny("fa", s, epochs=4) for s in range(4)]
     store = Store(tmp_path / "store")
     result = {}
+    ray.init(address=cluster["address"], runtime_env=cluster["runtime_env"], log_to_driver=False)
     sweep = threading.Thread(target=lambda: result.update(out=run_sweep(
-        configs, store, executor="ray", task=slow, storage=cluster["storage"], batch_models=False, progress=False,
-        runtime_env=cluster["runtime_env"])))
+        configs, store, executor="ray", task=slow, storage=cluster["storage"], batch_models=False, progress=False)))
     sweep.start()
     reader = Store(tmp_path / "store", read_only=True)
     deadline = time.time() + 90
@@ -381,3 +391,4 @@ def test_a_lost_node_s_runs_resume_on_the_other_from_their_checkpoints(cluster, 
     run_sweep(configs, local, workers=1, progress=False, batch_models=False)
     same_stored_runs(store, local, configs)
     assert len([n for n in ray.nodes() if n["Alive"]]) == 1
+    ray.shutdown()

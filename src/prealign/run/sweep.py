@@ -389,7 +389,7 @@ def _dispatch(units, store, ckpt, column, outcomes, *, executor, workers, addres
             if gpus_per_run and cfg is not None and cfg.device == "cpu":
                 raise PrealignError(f"--gpus-per-run {gpus_per_run:g} was given but run {cfg.label} seed {cfg.seed} "
                                     "says device cpu; use --device auto or cuda, or --gpus-per-run 0")
-    ray, started = (_ray_connect(address) if executor == "ray" else (None, False))
+    ray, started = (_ray_connect(address, runtime_env) if executor == "ray" else (None, False))
     try:
         if ray is not None:
             gpus_available = ray.cluster_resources().get("GPU", 0.0)
@@ -437,7 +437,7 @@ def _dispatch(units, store, ckpt, column, outcomes, *, executor, workers, addres
                     bar.advance(1, last=outcome.status, failed=sum(o.status == "failed" for o in outcomes))
 
             if ray is not None:
-                _run_ray(ray, jobs, write, finish, runtime_env, resources, max_attempts)
+                _run_ray(ray, jobs, write, finish, None if started else runtime_env, resources, max_attempts)
             elif serial:
                 for unit, items, *_ in jobs:
                     finish(items, execute(unit, write))
@@ -500,9 +500,10 @@ def _run_local(jobs, workers, write, finish, max_attempts) -> None:
                 remaining.append(job)
 
 
-def _ray_connect(address):
+def _ray_connect(address, runtime_env=None):
     """``(ray, started)``: the ray module, connected to ``address`` (None: a new local instance)
-    unless this process is connected already; ``started`` = this call connected."""
+    unless this process is connected already; ``started`` = this call connected, with
+    ``runtime_env`` as the job's (Ray uploads a local ``working_dir`` only for a whole job)."""
     try:
         import ray
     except ImportError as exc:
@@ -511,6 +512,8 @@ def _ray_connect(address):
     if ray.is_initialized():
         return ray, False
     kwargs = {"include_dashboard": False, "log_to_driver": False}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -526,7 +529,8 @@ def _ray_connect(address):
 def _run_ray(ray, jobs, write, finish, runtime_env, resources, max_attempts) -> None:
     """Each job is a Ray task (a streaming generator, :func:`_ray_unit`) asking for its unit's GPUs and
     CPUs. A task whose worker or node is lost is dispatched again (up to ``max_attempts`` in all) and
-    resumes from the checkpoints in the storage."""
+    resumes from the checkpoints in the storage. ``runtime_env``: per task (this process connected
+    before the sweep, so the job's own cannot be set; Ray accepts no local folders here)."""
     from ray.exceptions import RayTaskError
 
     remote = ray.remote(_ray_unit)
@@ -538,7 +542,11 @@ def _run_ray(ray, jobs, write, finish, runtime_env, resources, max_attempts) -> 
             options["resources"] = dict(resources)
         if runtime_env:
             options["runtime_env"] = runtime_env
-        return remote.options(**options).remote(unit)
+        try:
+            return remote.options(**options).remote(unit)
+        except ValueError as err:  # e.g. a local working_dir for a task of a job that is already running
+            raise PrealignError(f"Ray refused the runtime_env {runtime_env} ({str(err).splitlines()[0]}); give it to "
+                                "ray.init, or let the sweep connect (address=...) with it") from None
 
     streams = {submit(job): (job, 1) for job in jobs}
     while streams:
