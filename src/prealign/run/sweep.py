@@ -1,14 +1,22 @@
 """Run many independent training runs: in local worker processes or on a Ray cluster.
 
 A sweep is a list of :class:`~prealign.run.config.RunConfig`. Each run is independent, so the
-sweep is embarrassingly parallel; the only shared thing is the result store (SQLite in WAL
-mode, safe under concurrent writers), which makes a sweep *resumable*:
+sweep is embarrassingly parallel. **One writer** (issue 15): this process (the driver) is the only
+one that opens the SQLite result store. It registers every run it dispatches (``running``), and
+workers — the same :func:`prealign.run.worker.execute` in this process, a local worker process or
+a Ray task on another machine — train against a :class:`~prealign.run.storage.WorkerStore` and send
+back each epoch's record and each run's result, which the driver stores (:class:`_Writer`,
+idempotent per run key and epoch). Checkpoints go to a :class:`~prealign.run.storage.Storage`
+(``storage=``: a folder or an fsspec URL every node reaches; default ``checkpoints/`` next to the
+store). The store makes a sweep *resumable*:
 
 - before dispatching, every config whose ``key()`` is already ``finished`` (or ``diverged``,
   which is a finished outcome too) in the store is skipped;
 - a run killed mid-way is left ``running`` in the store with its last epoch checkpoint;
   re-running the sweep re-dispatches it and :func:`prealign.run.config.run` resumes it, so a
   killed sweep loses at most the epochs in flight and never duplicates a run;
+- a unit whose worker dies (a killed process, a lost Ray node) is dispatched again, up to
+  ``max_attempts`` in all, and resumes from the checkpoints in the storage;
 - a run that raises is recorded ``failed`` (with the error) and the sweep goes on; a ``failed``
   run is tried again on the next invocation.
 
@@ -20,16 +28,18 @@ task for a worker; a killed group's runs resume from their last epoch checkpoint
 
 Executors
 ---------
-``local``  a pool of ``workers`` spawned processes, one torch thread each (``workers=1`` runs
+``local``  a pool of ``workers`` spawned processes, one torch thread each, epoch records sent
+           back through a queue (``workers=1`` runs
            in this process, serially). Default ``workers`` = number of CPU cores. Workers never
            outlive the sweep: if the sweeping process is interrupted (Ctrl-C, SIGTERM) it ends its
            workers before it returns, and if it dies outright (``kill -9``) the workers notice
            (Linux: ``prctl(PR_SET_PDEATHSIG)``; everywhere: a thread watching the parent pid) and
            exit. Runs they had in flight stay ``running`` with their last epoch checkpoint and
            resume on the next invocation.
-``ray``    ``ray.init(address=...)`` (``None`` starts a local Ray instance); each run is a Ray
-           task with ``num_cpus=1`` executing the same worker function. Every node must be able
-           to open the store path (a shared POSIX filesystem; SQLite WAL does not work on NFS).
+``ray``    ``ray.init(address=...)`` (``None`` starts a local Ray instance); each unit is a Ray
+           task (a streaming generator) asking for its runs' ``gpus_per_run``/``cpus_per_run``
+           (:func:`_resources`), with ``runtime_env`` shipping prealign to the nodes. Nodes need no
+           access to the store or the driver's disk (docs/cluster.md).
 
 Usage::
 
