@@ -40,7 +40,7 @@ class Storage:
     def __init__(self, uri: str | os.PathLike):
         self.uri = os.fspath(uri)
         self._fs = None
-        self.fs  # an unknown protocol or a missing driver (s3fs, gcsfs) fails here, in the driver
+        _ = self.fs  # an unknown protocol or a missing driver (s3fs, gcsfs) fails here, in the driver
 
     def __getstate__(self):
         return {"uri": self.uri}
@@ -74,7 +74,7 @@ class Storage:
 
     def path(self, key: str) -> str:
         """Where the checkpoint of run ``key`` lives, in the file system's own notation."""
-        self.fs
+        _ = self.fs  # sets self.root
         return f"{self.root}/{key}.pt"
 
     def url(self, key: str) -> str:

@@ -82,7 +82,8 @@ class Outcome:
 
 # --------------------------------------------------------------------------------------- workers
 # the worker's half lives in prealign.run.worker (no import cycle with sweep_batched); these names stay here too
-from .worker import DONE, execute, record_failure as _record_failure, run_summary, train_task  # noqa: E402,F401
+from .worker import DONE, execute, run_summary, train_task  # noqa: F401
+from .worker import record_failure as _record_failure  # noqa: F401
 
 
 def _limit_threads(threads: int = 1) -> None:
