@@ -444,3 +444,10 @@ def test_no_import_cycle_between_sweep_and_its_helpers():
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
         imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
         assert "sweep" not in imported and "prealign.run.sweep" not in imported, name
+
+
+def test_memory_storage_with_worker_processes_is_refused(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(PrealignError, match="one process's memory"):
+        run_sweep([tiny("fa", 0)], store, workers=2, progress=False, storage="memory://x")
+    assert store.runs() == []

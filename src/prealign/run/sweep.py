@@ -400,6 +400,9 @@ def _dispatch(units, store, ckpt, column, outcomes, *, executor, workers, addres
             if gpus_per_run and cfg is not None and cfg.device == "cpu":
                 raise PrealignError(f"--gpus-per-run {gpus_per_run:g} was given but run {cfg.label} seed {cfg.seed} "
                                     "says device cpu; use --device auto or cuda, or --gpus-per-run 0")
+    if "memory" in ckpt.fs.protocol and not (executor == "local" and serial):
+        raise PrealignError(f"the checkpoint storage {ckpt.uri!r} lives in one process's memory, which other workers "
+                            "cannot read; give a folder or a shared URL to --storage, or run with --workers 1")
     ray, started = (_ray_connect(address, runtime_env) if executor == "ray" else (None, False))
     try:
         if ray is not None:
