@@ -451,3 +451,12 @@ def test_memory_storage_with_worker_processes_is_refused(tmp_path):
     with pytest.raises(PrealignError, match="one process's memory"):
         run_sweep([tiny("fa", 0)], store, workers=2, progress=False, storage="memory://x")
     assert store.runs() == []
+
+
+def test_a_plain_run_records_its_device(tmp_path):
+    """``prealign train`` (config.run with a store, no sweep) records the device too."""
+    from prealign.run.config import run
+
+    store = Store(tmp_path)
+    result = run(tiny("fa", 0, epochs=1), store, progress=False)
+    assert store.get(result.run_id)["device"] == "cpu"

@@ -368,7 +368,9 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         result.config = config.to_dict()
         result.run_id = run_id
         if store is not None:
-            store.finish(run_id, result)
+            from .worker import describe_device
+
+            store.finish(run_id, result, device=describe_device(device))
         return result
     except BaseException as err:
         if store is not None and run_id is not None:

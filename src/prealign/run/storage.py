@@ -192,9 +192,9 @@ class WorkerStore:
     def epoch_logger(self, run_id: int) -> _Logger:
         return _Logger(self.emit, self._key(run_id))
 
-    def finish(self, run_id: int, result) -> None:
+    def finish(self, run_id: int, result, device: str | None = None) -> None:
         key = self._key(run_id)
-        self.emit(("result", key, result.to_dict(curves=True), self.devices.get(key)))
+        self.emit(("result", key, result.to_dict(curves=True), device or self.devices.get(key)))
 
     def fail(self, run_id: int, message: str) -> None:
         self.emit(("fail", self._key(run_id), message))

@@ -269,7 +269,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
         result.noise_seconds = noise_seconds
         result.config = cfg.to_dict()
         result.run_id = run_id
-        store.finish(run_id, result)
+        store.finish(run_id, result, device=name)
         finished[position] = result
 
     try:
