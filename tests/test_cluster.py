@@ -205,7 +205,7 @@ def cluster(tmp_path_factory):
     """A head node (1 CPU) and node B (1 CPU, 1 fake GPU, resource ``nodeB``) in its own mount
     namespace; the driver (this process) connected to the head. Yields a dict of what the tests need."""
     ray = pytest.importorskip("ray", reason="the cluster tests need ray")
-    pytest.importorskip("psutil", reason="the cluster tests stop Ray by PID with psutil")
+    pytest.importorskip("psutil", reason="the cluster tests stop Ray by PID with psutil (Ray ships a copy)")
     if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("a node in its own mount namespace needs Linux, root and unshare")
     if not os.path.isdir("/dev/shm"):
