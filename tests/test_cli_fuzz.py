@@ -23,7 +23,7 @@ from prealign.cli.args import SEED_MAX, Device, Float, Floats, Int, PathArg, See
 
 # names looked up by the library (one-line UnknownNameError there), free text by nature, or run references
 FREE_TEXT = {"dataset", "model", "methods", "optimizer", "batch_models", "only", "address", "corruptions", "method",
-             "surrogate", "overrides", "name", "runs", "run", "status"}
+             "surrogate", "overrides", "name", "runs", "run", "status", "storage", "runtime_env"}
 
 
 def _leaves(parser: argparse.ArgumentParser, path=()):

@@ -26,3 +26,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise PrealignError(f"device {device!r} was asked for but MPS is not available here; use --device cpu or auto")
     return dev
+
+
+def describe_device(device) -> str:
+    """``"cpu"``, or ``"cuda:0 (NVIDIA H200)"``: what the store's ``device`` column holds."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .errors import PrealignError
-from .feedback import CONVERTIBLE, RULES, FeedbackLayer, feedback_layers
+from .feedback import CONVERTIBLE, FeedbackLayer, feedback_layers
 from .feedback.angles import _row_angles, alignment_angles  # noqa: F401  (prealign.init.alignment_angles stays)
 
 

@@ -110,7 +110,31 @@ def with_loggers(configs: list, args) -> list:
     return [c.replace(**fields) for c in configs] if fields else configs
 
 
-__all__ = ["ANGLES", "DEVICE", "FOLDER", "INT_MAX", "IN_FILE", "NONNEG", "NONNEG_FLOAT", "OUT_FILE", "POSITIVE",
+def add_cluster_options(p) -> None:
+    """Where and with what a sweep's runs execute (issue 15; docs/cluster.md), one definition for every
+    command that runs sweeps (``compare``, ``reproduce``, ``sweep``); :func:`cluster_options` turns
+    them into :func:`prealign.run.sweep.run_sweep` keywords."""
+    p.add_argument("--executor", default="local", choices=("local", "ray"), help="where the runs execute (default local)")
+    p.add_argument("--address", default=None, help="Ray cluster address with --executor ray (HOST:PORT of `ray start "
+                                                   "--head`, or auto); default: start a local Ray instance")
+    p.add_argument("--storage", default=None, metavar="URI", help="checkpoint storage every worker can reach: a folder "
+                   "or an fsspec URL (s3://bucket/prefix, gs://...); default: checkpoints/ next to the result store")
+    p.add_argument("--gpus-per-run", type=NONNEG_FLOAT, default=None, help="GPUs each run asks for (fractions share a "
+                   "GPU); default where GPUs exist: 1 for convolutional models, 0.25 for MLPs; a batched group asks for the sum")
+    p.add_argument("--cpus-per-run", type=POSITIVE_FLOAT, default=None, help="CPUs each run asks for (default 1; "
+                   "also its torch threads)")
+    p.add_argument("--runtime-env", default=None, metavar="JSON|DIR", help="Ray runtime_env for the workers: a JSON "
+                   "object (e.g. '{\"pip\": [\"prealign\"]}') or a folder shipped as their working_dir")
+
+
+def cluster_options(args) -> dict:
+    """The :func:`add_cluster_options` values as :func:`prealign.run.sweep.run_sweep` keywords (the
+    ``executor`` and ``address`` keywords included)."""
+    return {"executor": args.executor, "address": args.address, "storage": args.storage, "gpus_per_run": args.gpus_per_run,
+            "cpus_per_run": args.cpus_per_run, "runtime_env": args.runtime_env}
+
+
+__all__ = ["add_cluster_options", "cluster_options", "ANGLES", "DEVICE", "FOLDER", "INT_MAX", "IN_FILE", "NONNEG", "NONNEG_FLOAT", "OUT_FILE", "POSITIVE",
            "POSITIVE_FLOAT", "SEED", "SEED_MAX", "STORE", "STORE_HELP", "Device", "Float", "Floats", "Int",
            "OneLineParser", "PathArg", "Seeds", "Widths", "add_json", "add_out", "add_tensorboard", "console",
            "logger_fields", "print_json", "stdout_closed", "with_loggers"]

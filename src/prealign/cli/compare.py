@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
 from .args import add_tensorboard, logger_fields
+from .args import add_cluster_options, cluster_options
 from .args import console as _console
 
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
@@ -54,6 +55,7 @@ def register(sub) -> None:
                    help="train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
                         "(default; where it was measured to win), off, or a group size G")
     p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
+    add_cluster_options(p)
     p.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     add_tensorboard(p)
     p.set_defaults(func=main)
@@ -130,7 +132,7 @@ def main(args) -> int:
     if threads and workers <= 1:
         torch.set_num_threads(threads)
     try:  # the sweep machinery: resumable, compatible runs trained batched (--batch-models), failures isolated
-        sweep_grid(configs, store, workers=workers, batch_models=args.batch_models)
+        sweep_grid(configs, store, workers=workers, batch_models=args.batch_models, **cluster_options(args))
     finally:
         torch.set_num_threads(previous_threads)
     wall = time.perf_counter() - start

@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import FOLDER, POSITIVE, STORE, add_json, add_tensorboard, logger_fields, print_json
+from .args import (FOLDER, POSITIVE, STORE, add_cluster_options, add_json, add_tensorboard, cluster_options,
+                   logger_fields, print_json)
 
 
 def register(sub) -> None:
@@ -28,9 +29,7 @@ def register(sub) -> None:
     p.add_argument("--budget", default="quick", choices=("smoke", "quick", "paper"),
                    help="smoke: seconds, tiny data; quick: minutes on 2 cores, offline stand-in data (default); "
                         "paper: the paper's settings and data")
-    p.add_argument("--executor", default="local", choices=("local", "ray"), help="where the runs execute (default local)")
-    p.add_argument("--address", default=None, help="Ray cluster address (e.g. 'auto' or 'ray://host:10001'); "
-                                                   "default: start a local Ray instance")
+    add_cluster_options(p)
     p.add_argument("--workers", type=POSITIVE, default=None, help="local worker processes, one torch thread each "
                                                              "(default: number of CPU cores; 1 = serial in this process)")
     p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
@@ -106,8 +105,7 @@ def run(args) -> int:
         experiments[0].points(args.budget, only)  # an unknown axis or value fails here, before the store opens
     out = Path(args.out)
     store = Store(args.store or out / "store")
-    kwargs = dict(executor=args.executor, workers=args.workers, address=args.address, train=not args.report_only,
-                  batch_models=args.batch_models)
+    kwargs = dict(**cluster_options(args), workers=args.workers, train=not args.report_only, batch_models=args.batch_models)
     if len(experiments) == 1 and args.name != "all":
         res = reproduce(experiments[0], args.budget, store, out, only=only, **kwargs)
         if args.json:

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .args import IN_FILE, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, add_tensorboard, with_loggers
+from .args import IN_FILE, POSITIVE, STORE, add_cluster_options, add_tensorboard, cluster_options, with_loggers
 
 
 def register(sub) -> None:
@@ -30,8 +30,6 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", type=IN_FILE, metavar="GRID.toml", help="the grid file: [base], [grid], [zip] (docs/sweeps.md)")
     p.add_argument("--dry-run", action="store_true", help="list the runs (and which are already stored); train nothing")
-    p.add_argument("--executor", default="local", choices=("local", "ray"), help="where the runs execute (default local)")
-    p.add_argument("--address", default=None, help="Ray cluster address (e.g. 'auto'); default: start a local Ray instance")
     p.add_argument("--workers", type=POSITIVE, default=None,
                    help="local worker processes, one torch thread each (default: CPU cores; 1 = serial in this process)")
     p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
@@ -40,29 +38,8 @@ def register(sub) -> None:
                    help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout (the summary, or the run list with --dry-run)")
     add_tensorboard(p)
-    _resource_options(p)
+    add_cluster_options(p)  # --executor, --address, --storage, --gpus-per-run, --cpus-per-run, --runtime-env
     p.set_defaults(func=main)
-
-
-RESOURCE_OPTIONS = {  # run_sweep keyword -> (option, type, help): issue 15's cluster resources
-    "gpus_per_run": ("--gpus-per-run", NONNEG_FLOAT, ("GPUs per run, fractional (0.25: four runs share a GPU); default: "
-                                                      "a whole GPU for big models, a fraction for small MLPs")),
-    "cpus_per_run": ("--cpus-per-run", POSITIVE_FLOAT, "CPU cores per run (Ray)"),
-    "storage": ("--storage", str, "where checkpoints go, as a URI: a local folder (default) or s3://, gs://... (fsspec)"),
-}
-
-
-def _resource_options(p) -> None:
-    """The resource options this prealign's :func:`prealign.run.sweep.run_sweep` takes (by its signature:
-    the sweep passes them through unchanged, so they appear exactly where the machinery has them)."""
-    import inspect
-
-    from ..run.sweep import run_sweep
-
-    params = inspect.signature(run_sweep).parameters
-    for name, (flag, typ, text) in RESOURCE_OPTIONS.items():
-        if name in params:
-            p.add_argument(flag, type=typ, default=None, help=text)
 
 
 def _dry_run(grid, points, store, as_json: bool) -> int:
@@ -119,9 +96,7 @@ def main(args) -> int:
     if not args.json:
         print(f"prealign sweep: {len(points)} runs from {args.grid}; {budget_line(settings)}", file=sys.stderr)
     start = time.perf_counter()
-    resources = {k: getattr(args, k) for k in RESOURCE_OPTIONS if getattr(args, k, None) is not None}
-    sweep_grid(configs, store, executor=args.executor, workers=args.workers, address=args.address,
-               batch_models=args.batch_models, **resources)
+    sweep_grid(configs, store, workers=args.workers, batch_models=args.batch_models, **cluster_options(args))
     wall = time.perf_counter() - start
     folder, summary = write_grid_outputs(root, "sweep", points, store, settings, wall)
     if args.json:

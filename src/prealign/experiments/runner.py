@@ -222,12 +222,13 @@ def _data_note(exp: Experiment, budget: str) -> str:
 
 def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor: str = "local",
               workers: int | None = None, address: str | None = None, progress: bool | None = None,
-              only: dict | None = None, train: bool = True, batch_models: bool | int | str = "auto") -> ExperimentResult:
+              only: dict | None = None, train: bool = True, batch_models: bool | int | str = "auto",
+              **sweep_options) -> ExperimentResult:
     """Sweep, analyse and report one experiment at one budget (see the module docstring).
 
     ``only``: ``{axis: [labels]}`` restricts the grid; ``train=False`` trains nothing and reports
     on the runs already finished in the store (the others are listed as not run / running);
-    ``batch_models``: as :func:`prealign.run.sweep.run_sweep` (compatible runs trained batched)."""
+    ``batch_models`` and ``sweep_options`` (storage, gpus_per_run, ...): as :func:`prealign.run.sweep.run_sweep`."""
     from ..run.config import RunConfig
     from ..run.sweep import run_sweep
 
@@ -247,7 +248,7 @@ def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor:
     items = [ExperimentRun(RunConfig.from_dict(p["config"]), usable_track) for p in points]
     if train:
         outcomes = run_sweep(items, store, executor=executor, workers=workers, address=address, progress=progress,
-                             task="prealign.experiments.runner:experiment_task", batch_models=batch_models)
+                             task="prealign.experiments.runner:experiment_task", batch_models=batch_models, **sweep_options)
     else:  # report on what the store holds now (e.g. while a long sweep is still running elsewhere)
         outcomes = []
     errors = {o.key: o.error for o in outcomes if o.error}

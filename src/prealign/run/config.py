@@ -412,7 +412,9 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         if logs:
             logs.close(result.curves)
         if store is not None:
-            store.finish(run_id, result)
+            from ..device import describe_device
+
+            store.finish(run_id, result, device=describe_device(device))
         return result
     except BaseException as err:
         if logs:

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import PrealignError
+from .storage import _StoreCheckpoint
 
 DB_NAME = "runs.sqlite"
 STATUSES = ("running", "finished", "diverged", "failed")
@@ -49,7 +50,9 @@ CREATE TABLE IF NOT EXISTS runs (
     summary  TEXT,
     error    TEXT,
     created  REAL NOT NULL,
-    updated  REAL NOT NULL
+    updated  REAL NOT NULL,
+    device   TEXT,
+    storage  TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id   INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -58,6 +61,11 @@ CREATE TABLE IF NOT EXISTS epochs (
     PRIMARY KEY (run_id, epoch)
 );
 """
+
+
+# columns added after the first schema (older stores get them on opening): ``device`` the run trained on
+# ("cpu", "cuda:0 (NVIDIA H200)"), ``storage`` the URI of its checkpoint folder when not checkpoints/
+_ADDED_COLUMNS = ("device", "storage")
 
 
 def default_root() -> Path:
@@ -102,29 +110,6 @@ def _unnull(record: dict) -> dict:
     return {k: (float("nan") if v is None and k != "epoch" else v) for k, v in record.items()}
 
 
-class _StoreCheckpoint:
-    """Checkpoint object handed to :func:`prealign.train` for one stored run: the file
-    ``checkpoints/<key>.pt``, bound to the run's key (see :class:`prealign.run.trainer.FileCheckpoint`)."""
-
-    def __init__(self, store: Store, run_id: int):
-        from .trainer import FileCheckpoint
-
-        self.store, self.run_id, self.extra = store, run_id, {}
-        self.file = FileCheckpoint(store.checkpoint_path(run_id), key=store.get(run_id)["key"])
-        self.path = self.file.path
-        self._loaded: tuple | None = None  # (state,) read once: config.run and the trainer both ask for it
-
-    def load(self) -> dict | None:
-        """The run's checkpoint (None when there is none), read and verified once until the next save."""
-        if self._loaded is None:
-            self._loaded = (self.file.load(),)
-        return self._loaded[0]
-
-    def save(self, state: dict) -> None:
-        self._loaded = None
-        self.file.save({**state, **self.extra})
-
-
 class _EpochLogger:
     def __init__(self, store: Store, run_id: int):
         self.store, self.run_id = store, run_id
@@ -157,9 +142,21 @@ class Store:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self._conn.executescript(_SCHEMA)
+                self._add_columns()
         except (sqlite3.Error, OSError) as err:
             raise PrealignError(f"cannot open the result store {str(self.path)!r}: {err}; "
                                 f"choose another folder with --out or PREALIGN_RUNS") from None
+
+    def _add_columns(self) -> None:
+        """Give a store made before :data:`_ADDED_COLUMNS` existed those columns (in order: rows are read by position)."""
+        def missing():
+            have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+            return [c for c in _ADDED_COLUMNS if c not in have]
+
+        if missing():
+            with self._transaction() as c:  # one writer at a time, so two processes never add a column twice
+                for column in missing():
+                    c.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
     def _open_read_only(self) -> sqlite3.Connection:
         """A ``mode=ro`` connection to an existing store (``immutable=1`` in a read-only folder without a WAL)."""
@@ -240,9 +237,10 @@ class Store:
             raise
 
     # -- runs ----------------------------------------------------------------------------------
-    def start(self, config) -> int:
+    def start(self, config, storage: str | None = None) -> int:
         """Register ``config`` (a RunConfig) as running and return its id; a config already stored
-        (same key) keeps its id, and is marked running again unless it finished."""
+        (same key) keeps its id, and is marked running again unless it finished. ``storage``: the
+        URI of the checkpoint folder (:class:`prealign.run.storage.Storage`) when not ``checkpoints/``."""
         now = time.time()
         with self._write() as c:
             c.execute("INSERT OR IGNORE INTO runs (key, label, dataset, seed, config, status, created, updated) "
@@ -251,6 +249,8 @@ class Store:
             run_id, status = c.execute("SELECT id, status FROM runs WHERE key = ?", (config.key(),)).fetchone()
             if status not in ("finished", "diverged", "running"):
                 c.execute("UPDATE runs SET status = 'running', error = NULL, updated = ? WHERE id = ?", (now, run_id))
+            if storage is not None and status not in ("finished", "diverged"):
+                c.execute("UPDATE runs SET storage = ? WHERE id = ?", (storage, run_id))
         return int(run_id)
 
     def find(self, key: str) -> dict | None:
@@ -289,7 +289,7 @@ class Store:
 
     def _row(self, row) -> dict:
         cols = ("id", "key", "label", "dataset", "seed", "config", "status", "summary", "error", "created", "updated")
-        d = dict(zip(cols, row))
+        d = {"device": None, "storage": None, **dict(zip(cols + _ADDED_COLUMNS, row))}
         d["config"] = json.loads(d["config"])
         d["summary"] = _unnull(json.loads(d["summary"])) if d["summary"] else None
         return d
@@ -311,8 +311,9 @@ class Store:
         rows = self._query("SELECT record FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         return [_unnull(json.loads(r[0])) for r in rows]
 
-    def finish(self, run_id: int, result) -> None:
-        """Record the final result (status finished or diverged) and its full curves."""
+    def finish(self, run_id: int, result, device: str | None = None) -> None:
+        """Record the final result (status finished or diverged), its full curves and the ``device``
+        it trained on."""
         summary = result.to_dict(curves=False)
         with self._write() as c:
             for record in result.curves:
@@ -321,6 +322,8 @@ class Store:
             c.execute("DELETE FROM epochs WHERE run_id = ? AND epoch > ?", (run_id, result.epochs_run))
             c.execute("UPDATE runs SET status = ?, summary = ?, error = NULL, updated = ? WHERE id = ?",
                       (result.status, _json(summary), time.time(), run_id))
+            if device is not None:
+                c.execute("UPDATE runs SET device = ? WHERE id = ?", (device, run_id))
 
     def fail(self, run_id: int, message: str) -> None:
         with self._write() as c:
@@ -344,6 +347,18 @@ class Store:
         """``checkpoints/<key>.pt`` of the run: named by its key, so a checkpoint copied in from
         another store (where the same row id is another run) is never taken for this run's."""
         return self.checkpoint_dir / f"{self.get(int(run_id))['key']}.pt"
+
+    def checkpoint_file(self, run_id: int):
+        """The run's checkpoint file (load/save): ``checkpoints/<key>.pt``, or ``<key>.pt`` in the
+        run's ``storage`` (:class:`prealign.run.storage.Storage`) when a sweep put it elsewhere."""
+        from .trainer import FileCheckpoint
+
+        row = self.get(int(run_id))
+        if row.get("storage"):
+            from .storage import Storage
+
+            return Storage(row["storage"]).checkpoint(row["key"])
+        return FileCheckpoint(self.checkpoint_dir / f"{row['key']}.pt", key=row["key"])
 
     def save_checkpoint(self, run_id: int, state: dict) -> None:
         self.checkpointer(run_id).save(state)

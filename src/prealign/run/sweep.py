@@ -1,14 +1,22 @@
 """Run many independent training runs: in local worker processes or on a Ray cluster.
 
 A sweep is a list of :class:`~prealign.run.config.RunConfig`. Each run is independent, so the
-sweep is embarrassingly parallel; the only shared thing is the result store (SQLite in WAL
-mode, safe under concurrent writers), which makes a sweep *resumable*:
+sweep is embarrassingly parallel. **One writer** (issue 15): this process (the driver) is the only
+one that opens the SQLite result store. It registers every run it dispatches (``running``), and
+workers — the same :func:`prealign.run.worker.execute` in this process, a local worker process or
+a Ray task on another machine — train against a :class:`~prealign.run.storage.WorkerStore` and send
+back each epoch's record and each run's result, which the driver stores (:class:`_Writer`,
+idempotent per run key and epoch). Checkpoints go to a :class:`~prealign.run.storage.Storage`
+(``storage=``: a folder or an fsspec URL every node reaches; default ``checkpoints/`` next to the
+store). The store makes a sweep *resumable*:
 
 - before dispatching, every config whose ``key()`` is already ``finished`` (or ``diverged``,
   which is a finished outcome too) in the store is skipped;
 - a run killed mid-way is left ``running`` in the store with its last epoch checkpoint;
   re-running the sweep re-dispatches it and :func:`prealign.run.config.run` resumes it, so a
   killed sweep loses at most the epochs in flight and never duplicates a run;
+- a unit whose worker dies (a killed process, a lost Ray node) is dispatched again, up to
+  ``max_attempts`` in all, and resumes from the checkpoints in the storage;
 - a run that raises is recorded ``failed`` (with the error) and the sweep goes on; a ``failed``
   run is tried again on the next invocation.
 
@@ -20,16 +28,18 @@ task for a worker; a killed group's runs resume from their last epoch checkpoint
 
 Executors
 ---------
-``local``  a pool of ``workers`` spawned processes, one torch thread each (``workers=1`` runs
+``local``  a pool of ``workers`` spawned processes, one torch thread each, epoch records sent
+           back through a queue (``workers=1`` runs
            in this process, serially). Default ``workers`` = number of CPU cores. Workers never
            outlive the sweep: if the sweeping process is interrupted (Ctrl-C, SIGTERM) it ends its
            workers before it returns, and if it dies outright (``kill -9``) the workers notice
            (Linux: ``prctl(PR_SET_PDEATHSIG)``; everywhere: a thread watching the parent pid) and
            exit. Runs they had in flight stay ``running`` with their last epoch checkpoint and
            resume on the next invocation.
-``ray``    ``ray.init(address=...)`` (``None`` starts a local Ray instance); each run is a Ray
-           task with ``num_cpus=1`` executing the same worker function. Every node must be able
-           to open the store path (a shared POSIX filesystem; SQLite WAL does not work on NFS).
+``ray``    ``ray.init(address=...)`` (``None`` starts a local Ray instance); each unit is a Ray
+           task (a streaming generator) asking for its runs' ``gpus_per_run``/``cpus_per_run``
+           (:func:`_resources`), with ``runtime_env`` shipping prealign to the nodes. Nodes need no
+           access to the store or the driver's disk (docs/cluster.md).
 
 Usage::
 
@@ -38,7 +48,6 @@ Usage::
 """
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -47,7 +56,6 @@ from dataclasses import dataclass, field
 from ..errors import PrealignError, UnknownNameError
 
 EXECUTORS = ("local", "ray")
-DONE = ("finished", "diverged")  # statuses that count as "this run is done, never redo it"
 
 
 @dataclass
@@ -73,79 +81,29 @@ class Outcome:
 
 
 # --------------------------------------------------------------------------------------- workers
-def _limit_threads() -> None:
-    """One torch/BLAS thread per worker: N workers then use N cores, not N×N."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
+# the worker's half lives in prealign.run.worker (no import cycle with sweep_batched); these names stay here too
+from .worker import DONE, execute, run_summary, train_task  # noqa: F401
+from .worker import record_failure as _record_failure  # noqa: F401
 
 
-def train_task(config: dict, store_path: str, callbacks=()) -> dict:
-    """The default worker: train one :class:`RunConfig` (given as a dict) into the store.
+def _limit_threads(threads: int = 1) -> None:
+    """One torch/BLAS thread per worker (see :func:`prealign.run.worker.limit_threads`)."""
+    from .worker import limit_threads
 
-    Never raises for a training problem: returns ``{"status": "failed", "error": ...}`` and
-    records the failure in the store, so one bad run cannot stop a sweep.
-    """
-    from .config import RunConfig, run
-    from .store import Store
-
-    cfg = RunConfig.from_dict(config)
-    store = Store(store_path)
-    start = time.perf_counter()
-    try:
-        result = run(cfg, store, progress=False, callbacks=callbacks)
-    except Exception as exc:  # noqa: BLE001 - a sweep records failures, never crashes on them
-        error = f"{type(exc).__name__}: {exc}"
-        _record_failure(store, cfg, error)
-        return {"key": cfg.key(), "status": "failed", "error": error, "seconds": time.perf_counter() - start}
-    finally:
-        close = getattr(store, "close", None)
-        if close:
-            close()
-    return {"key": cfg.key(), "status": result.status, "summary": run_summary(result),
-            "seconds": time.perf_counter() - start}
-
-
-def run_summary(result) -> dict:
-    """The per-run summary a sweep outcome carries (from a :class:`~prealign.run.trainer.TrainResult`)."""
-    return {"best_test_acc": result.best_test_acc, "best_val_acc": result.best_val_acc, "selection": result.selection,
-            "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "diverged_epoch": result.diverged_epoch}
-
-
-def _record_failure(store, cfg, error: str) -> None:
-    """Mark the run of ``cfg`` failed in the store, unless :func:`run` already did."""
-    row = store.find(cfg.key())
-    if row is None:
-        run_id = store.start(cfg)
-    else:
-        if _field(row, "status") == "failed":
-            return
-        run_id = _field(row, "id")
-    store.fail(run_id, error)
+    limit_threads(threads)
 
 
 def _field(row, name):
     return row[name] if isinstance(row, dict) else getattr(row, name)
 
 
-def _resolve_task(task) -> Callable[[dict, str], dict]:
-    """``task`` may be a callable or ``"module:function"`` (importable in every worker)."""
-    if callable(task):
-        return task
-    module, _, name = str(task).partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 PARENT_POLL_SECONDS = 0.25  # how often a worker checks that its parent is still alive
 
 
-def _worker_init(parent_pid: int) -> None:
+_STREAM = None  # in a local worker process: the queue its epoch records go to (set by _worker_init)
+
+
+def _worker_init(parent_pid: int, stream=None) -> None:
     """Initializer of every local worker process: exit when the sweeping process ``parent_pid`` dies.
 
     Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill this worker the moment its
@@ -158,6 +116,8 @@ def _worker_init(parent_pid: int) -> None:
     import sys
     import threading
 
+    global _STREAM
+    _STREAM = stream
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
@@ -193,14 +153,34 @@ def _end_workers(pool, grace: float = 5.0) -> None:
             proc.join(1.0)
 
 
-def _worker(task, config: dict, store_path: str) -> dict:
-    """Entry point in a worker process / Ray task: one thread, run, never raise."""
-    _limit_threads()
-    try:
-        out = _resolve_task(task)(config, store_path)
-    except Exception as exc:  # noqa: BLE001 - even a broken task must not kill the sweep
-        out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    return out
+def _local_unit(unit: dict) -> dict:
+    """Entry point of a local worker process: :func:`prealign.run.worker.execute`, epoch records
+    into the pool's queue (:func:`_worker_init`)."""
+    return execute(unit, _STREAM.put if _STREAM is not None else (lambda msg: None))
+
+
+def _ray_unit(unit: dict):
+    """A Ray task, as a streaming generator: yields the unit's ``("epoch", key, record)`` messages
+    while it trains (in a thread), then ``("done", execute's return)``."""
+    import queue
+    import threading
+
+    messages: queue.Queue = queue.Queue()
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["done"] = execute(unit, messages.put)
+        finally:
+            messages.put(None)
+
+    thread = threading.Thread(target=target, name="prealign-unit", daemon=True)
+    thread.start()
+    while (msg := messages.get()) is not None:
+        yield msg
+    thread.join()
+    yield ("done", box.get("done") or {"out": {"status": "failed", "error": "the task ended without a result"},
+                                       "final": []})
 
 
 # --------------------------------------------------------------------------------------- sweep
@@ -215,6 +195,30 @@ def _open_store(store):
 
         return Store(store)
     return store
+
+
+class _Writer:
+    """The sweep's one writer: applies the workers' messages (:mod:`prealign.run.storage`) to the
+    store. Idempotent per run key and epoch: an epoch record replaces the same epoch's, and a run's
+    result is stored once (a later copy — a retried unit's — is ignored)."""
+
+    def __init__(self, store, ids: dict[str, int]):
+        self.store, self.ids, self.ended = store, ids, set()
+
+    def __call__(self, msg: tuple) -> None:
+        kind, key = msg[0], msg[1]
+        run_id = self.ids.get(key)
+        if run_id is None or key in self.ended:
+            return
+        if kind == "epoch":
+            self.store.log_epoch(run_id, msg[2])
+        elif kind == "result":
+            from .trainer import TrainResult
+
+            self.store.finish(run_id, TrainResult.from_dict(msg[2]), device=msg[3])
+            self.ended.add(key)
+        elif kind == "fail":
+            self.store.fail(run_id, msg[2])
 
 
 def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
@@ -243,6 +247,10 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
 
 
 DEFAULT_TASK = "prealign.run.sweep:train_task"
+# default --gpus-per-run where the executor has GPUs and the run may use one (device auto/cuda): a whole GPU
+# for a convolutional network, a quarter for an MLP (a few-MB network that leaves a GPU mostly idle alone;
+# four share one). The rule, not a measurement: no GPU was available to measure the best fraction.
+SMALL_MODEL_GPUS = 0.25
 
 
 def _batch_config(item, task):
@@ -259,150 +267,331 @@ def _batch_config(item, task):
     return get() if callable(get) else None
 
 
-def check_options(executor: str = "local", workers: int | None = None) -> None:
-    """Raise a one-line error for an unknown ``executor`` or ``workers < 1`` (commands call this
-    before they open a store, so a bad option leaves nothing behind)."""
+def _run_config(item):
+    """The RunConfig of a sweep item (a RunConfig, or an item with one as ``.config``), or None."""
+    from .config import RunConfig
+
+    for cfg in (item, getattr(item, "config", None)):
+        if isinstance(cfg, RunConfig):
+            return cfg
+    return None
+
+
+def check_options(executor: str = "local", workers: int | None = None, *, gpus_per_run: float | None = None,
+                  cpus_per_run: float | None = None) -> None:
+    """Raise a one-line error for an unknown ``executor``, ``workers < 1`` or a bad resource request
+    (commands call this before they open a store, so a bad option leaves nothing behind)."""
     if executor not in EXECUTORS:
         raise UnknownNameError("executor", executor, EXECUTORS)
     if workers is not None and workers < 1:
         raise PrealignError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_run is not None and not (gpus_per_run >= 0 and (gpus_per_run <= 1 or float(gpus_per_run).is_integer())):
+        raise PrealignError(f"--gpus-per-run must be a fraction in [0, 1] or a whole number of GPUs, got {gpus_per_run}")
+    if cpus_per_run is not None and not cpus_per_run > 0:
+        raise PrealignError(f"--cpus-per-run must be > 0, got {cpus_per_run}")
+
+
+def parse_runtime_env(value) -> dict | None:
+    """``--runtime-env``: a JSON object (Ray's ``runtime_env``, e.g. ``{"pip": ["prealign==0.4"]}``), or
+    a folder, shipped to every worker as its ``working_dir`` (e.g. a checkout's ``src``)."""
+    import json
+
+    if value is None or isinstance(value, dict):
+        return value
+    text = str(value).strip()
+    if os.path.isdir(text):
+        return {"working_dir": os.path.abspath(text)}
+    try:
+        env = json.loads(text)
+    except json.JSONDecodeError:
+        env = None
+    if not isinstance(env, dict):
+        raise PrealignError(f"--runtime-env must be a JSON object such as '{{\"pip\": [\"prealign\"]}}' or an existing "
+                            f"folder to ship as the working directory, got {text!r}")
+    return env
+
+
+def default_gpus(config, gpus_available: float) -> float:
+    """The GPUs one run asks for when ``--gpus-per-run`` is not given: none where the executor has no
+    GPU or the run says ``device = "cpu"``; else :data:`SMALL_MODEL_GPUS` for an MLP, 1 for any other model."""
+    if not gpus_available or config is None or config.device == "cpu":
+        return 0.0
+    return SMALL_MODEL_GPUS if config.model == "mlp" else 1.0
+
+
+def _resources(cfgs: list, gpus_per_run, cpus_per_run, gpus_available: float, max_cpus: float) -> tuple[float, float]:
+    """``(gpus, cpus)`` of one unit: a batched group asks for its members' combined resources (one task),
+    capped at one device (the group trains on one) and at the largest node's CPUs (so it can be placed)."""
+    per_run = [gpus_per_run if gpus_per_run is not None else default_gpus(c, gpus_available) for c in cfgs]
+    gpus = sum(per_run)
+    if len(cfgs) > 1:
+        gpus = min(gpus, max(1.0, *per_run))
+    cpus = min((cpus_per_run or 1.0) * len(cfgs), max(max_cpus, cpus_per_run or 1.0))
+    return gpus, cpus
 
 
 def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, progress: bool | None = None,
-              task: Callable[[dict, str], dict] | str = DEFAULT_TASK,
-              on_outcome: Callable[[Outcome], None] | None = None, batch_models: bool | int | str = "auto") -> list[Outcome]:
+              task: Callable | str = DEFAULT_TASK,
+              on_outcome: Callable[[Outcome], None] | None = None, batch_models: bool | int | str = "auto",
+              storage: str | os.PathLike | None = None, gpus_per_run: float | None = None,
+              cpus_per_run: float | None = None, runtime_env: dict | str | None = None,
+              resources: dict | None = None, max_attempts: int = 3) -> list[Outcome]:
     """Run every config not yet done in ``store``; return one :class:`Outcome` per distinct key.
 
-    ``store``: a :class:`~prealign.run.store.Store` or its path (workers open the path themselves).
-    ``executor``: ``"local"`` (``workers`` spawned single-threaded processes; ``workers=1`` runs
-    serially in this process) or ``"ray"`` (``address`` of a cluster, ``None`` = start a local one).
-    ``task(config_dict, store_path) -> dict`` is the worker function (default: train the run).
-    ``batch_models``: ``"auto"`` (default) trains compatible configs (MLPs under bp/fa/ifa/rnp
-    sharing data, widths and optimizer settings; :func:`prealign.run.sweep_batched.group_key`) as one
-    vectorized model per group of up to 8, storing bitwise what separate runs store
-    (:mod:`prealign.run.sweep_batched`), where that is faster (:func:`prealign.run.sweep_batched.wins`: small networks on a CPU, any on a GPU);
-    ``False``/``"off"`` trains every config alone; an int ``G >= 2`` batches every compatible
-    config in groups of at most ``G``.
-    ``on_outcome`` is called in this process as each run ends.
-    Outcomes come back in the order of ``configs``.
+    ``store``: a :class:`~prealign.run.store.Store` or its path; this process is its only writer.
+    ``executor``: ``"local"`` (``workers`` spawned processes; ``workers=1`` runs serially in this
+    process) or ``"ray"`` (``address`` of a cluster, ``None`` = start a local one).
+    ``task(payload, store) -> dict`` is the worker function (default: train the run); its ``store`` is
+    a :class:`~prealign.run.storage.WorkerStore`. ``batch_models``: ``"auto"`` (default) trains
+    compatible configs (MLPs under bp/fa/ifa/rnp sharing data, widths and optimizer settings;
+    :func:`prealign.run.sweep_batched.group_key`) as one vectorized model per group of up to 8, storing
+    bitwise what separate runs store, where that is faster (:func:`prealign.run.sweep_batched.wins`);
+    ``False``/``"off"`` trains every config alone; an int ``G >= 2`` batches in groups of at most ``G``.
+    ``storage``: URI of the checkpoint folder every worker can reach (default ``checkpoints/`` next to
+    the store; :class:`~prealign.run.storage.Storage`). ``gpus_per_run`` (fractional; default
+    :func:`default_gpus`) and ``cpus_per_run`` (default 1; also each worker's torch threads): what each
+    run asks its executor for; a batched group asks for its members' sum (:func:`_resources`).
+    ``runtime_env``: Ray's runtime environment for the tasks (:func:`parse_runtime_env`);
+    ``resources``: extra Ray resources per unit (e.g. ``{"gpu_node": 0.01}`` to pin units to nodes).
+    ``max_attempts``: how often a unit whose worker died (killed, out of memory, node lost) is
+    dispatched before its runs are recorded failed; a retry resumes from the last checkpoints.
+    ``on_outcome`` is called in this process as each run ends. Outcomes come back in the order of ``configs``.
     """
+    from .storage import Storage
     from .sweep_batched import GROUP_TASK, plan, resolve_batch
 
-    check_options(executor, workers)
+    check_options(executor, workers, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
     group_size, auto = resolve_batch(batch_models)
-    order = {}
-    for cfg in configs:
-        order.setdefault(cfg.key(), len(order))
-    todo, outcomes = pending(configs, store)
-    path = _store_path(store)
-    from ..progress import progress_bar
-
-    def record(cfg, out: dict) -> Outcome:
-        outcome = Outcome(key=cfg.key(), status=out.get("status", "failed"), config=cfg.to_dict(),
-                          summary=out.get("summary", {}), error=out.get("error"), seconds=out.get("seconds", 0.0))
-        outcomes.append(outcome)
-        if on_outcome:
-            on_outcome(outcome)
-        return outcome
-
-    n_workers = workers or os.cpu_count() or 1
-    batch_configs = [_batch_config(item, task) for item in todo] if group_size else [None] * len(todo)
-    units = []  # (items, task, payload): one config, or a group trained as one batched model
-    for members in plan(batch_configs, group_size, n_workers, auto=auto):
-        if len(members) == 1:
-            units.append(([todo[members[0]]], task, todo[members[0]].to_dict()))
-        else:
-            units.append(([todo[i] for i in members], GROUP_TASK, [batch_configs[i].to_dict() for i in members]))
-
-    with progress_bar(len(todo), f"sweep ({executor})", enabled=progress) as bar:
-        def advance(outcome: Outcome) -> None:
-            n_failed = sum(o.status == "failed" for o in outcomes)
-            bar.advance(1, last=outcome.status, failed=n_failed)
-
-        def finish(items, out) -> None:
-            """Record a unit's result: one dict per item (a list for groups; one dict = all failed)."""
-            outs = out if isinstance(out, list) and len(out) == len(items) else [out] * len(items)
-            for item, o in zip(items, outs):
-                advance(record(item, o))
-
-        if units and executor == "local":
-            _run_local(units, path, n_workers, finish)
-        elif units:
-            _run_ray(units, path, address, finish)
+    runtime_env = parse_runtime_env(runtime_env)
+    own = isinstance(store, (str, os.PathLike))
+    store = _open_store(store)
+    try:
+        ckpt = Storage(storage) if storage is not None else Storage(store.checkpoint_dir)
+        column = ckpt.uri if storage is not None else None
+        order = {}
+        for cfg in configs:
+            order.setdefault(cfg.key(), len(order))
+        todo, outcomes = pending(configs, store)
+        n_workers = workers or os.cpu_count() or 1
+        batch_configs = [_batch_config(item, task) for item in todo] if group_size else [None] * len(todo)
+        units = []  # (items, task, payload): one config, or a group trained as one batched model
+        for members in plan(batch_configs, group_size, n_workers, auto=auto):
+            if len(members) == 1:
+                units.append(([todo[members[0]]], task, todo[members[0]].to_dict()))
+            else:
+                units.append(([todo[i] for i in members], GROUP_TASK, [batch_configs[i].to_dict() for i in members]))
+        if units:
+            _dispatch(units, store, ckpt, column, outcomes, executor=executor, workers=n_workers, address=address,
+                      progress=progress, on_outcome=on_outcome, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                      runtime_env=runtime_env, resources=resources, max_attempts=max_attempts, serial=workers == 1)
+    finally:
+        if own:
+            store.close()
     outcomes.sort(key=lambda o: order[o.key])
     return outcomes
 
 
-def _run_local(units, path, workers, finish) -> None:
-    if workers == 1:  # serial, in this process (debugging, tests, one-core machines)
-        for items, task, payload in units:
-            try:
-                out = _resolve_task(task)(payload, path)
-            except Exception as exc:  # noqa: BLE001
-                out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            finish(items, out)
-        return
+def _dispatch(units, store, ckpt, column, outcomes, *, executor, workers, address, progress, on_outcome,
+              gpus_per_run, cpus_per_run, runtime_env, resources, max_attempts, serial) -> None:
+    """Register the units' runs (status running), make each unit's worker dict, run them on the
+    executor and record the outcomes as they arrive."""
+    from ..progress import progress_bar
+
+    for items, *_ in units:
+        for item in items:
+            cfg = _run_config(item)
+            if gpus_per_run and cfg is not None and cfg.device == "cpu":
+                raise PrealignError(f"--gpus-per-run {gpus_per_run:g} was given but run {cfg.label} seed {cfg.seed} "
+                                    "says device cpu; use --device auto or cuda, or --gpus-per-run 0")
+    if "memory" in ckpt.fs.protocol and not (executor == "local" and serial):
+        raise PrealignError(f"the checkpoint storage {ckpt.uri!r} lives in one process's memory, which other workers "
+                            "cannot read; give a folder or a shared URL to --storage, or run with --workers 1")
+    ray, started = (_ray_connect(address, runtime_env) if executor == "ray" else (None, False))
+    try:
+        if ray is not None:
+            gpus_available = ray.cluster_resources().get("GPU", 0.0)
+            max_cpus = max([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")], default=1.0)
+        else:
+            import torch
+
+            gpus_available, max_cpus = float(torch.cuda.device_count()), float(os.cpu_count() or 1)
+        specs = [_resources([_run_config(i) for i in items], gpus_per_run, cpus_per_run, gpus_available, max_cpus)
+                 for items, *_ in units]
+        wanted = max(g for g, _ in specs)
+        if wanted and not gpus_available:
+            raise PrealignError(f"the runs ask for {wanted:g} GPU each but the {executor} executor has no GPU "
+                                f"({'the cluster advertises none' if ray else 'torch sees no CUDA device'}); "
+                                "run with --gpus-per-run 0 or where GPUs are")
+        ids = {}
+        for items, *_ in units:
+            for item in items:
+                cfg = _run_config(item)
+                if cfg is not None:
+                    ids[item.key()] = store.start(cfg, storage=column)
+        threads = None if (executor == "local" and serial) else max(1, int(cpus_per_run or 1))
+        jobs = [({"task": task, "payload": payload, "storage": ckpt, "gpus": gpus, "threads": threads,
+                  "ids": {i.key(): ids[i.key()] for i in items if i.key() in ids}, "store_path": _store_path(store)},
+                 items, gpus, cpus) for (items, task, payload), (gpus, cpus) in zip(units, specs)]
+        write = _Writer(store, ids)
+        n_runs = sum(len(items) for items, *_ in units)
+        with progress_bar(n_runs, f"sweep ({executor})", enabled=progress) as bar:
+            def finish(items, done: dict) -> None:
+                """Store a unit's results, then record one outcome per item (``out``: a list for groups;
+                one dict = the same outcome for every item)."""
+                for msg in done.get("final", ()):
+                    write(msg)
+                out = done.get("out")
+                outs = out if isinstance(out, list) and len(out) == len(items) else [out] * len(items)
+                for item, o in zip(items, outs):
+                    o = o if isinstance(o, dict) else {"status": "failed", "error": f"the task returned {o!r}"}
+                    outcome = Outcome(key=item.key(), status=o.get("status", "failed"), config=item.to_dict(),
+                                      summary=o.get("summary", {}), error=o.get("error"), seconds=o.get("seconds", 0.0))
+                    if outcome.status not in DONE and item.key() in ids:  # e.g. a task that raised or a lost worker
+                        store.fail(ids[item.key()], outcome.error or "failed")
+                    outcomes.append(outcome)
+                    if on_outcome:
+                        on_outcome(outcome)
+                    bar.advance(1, last=outcome.status, failed=sum(o.status == "failed" for o in outcomes))
+
+            if ray is not None:
+                _run_ray(ray, jobs, write, finish, None if started else runtime_env, resources, max_attempts)
+            elif serial:
+                for unit, items, *_ in jobs:
+                    finish(items, execute(unit, write))
+            else:
+                _run_local(jobs, workers, write, finish, max_attempts)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_local(jobs, workers, write, finish, max_attempts) -> None:
+    """The jobs on a pool of spawned worker processes; epoch records come back through a queue."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")  # no fork: torch threads and SQLite handles don't survive fork
-    remaining, retried = list(units), set()
+    stream = ctx.Queue()
+
+    def drain() -> None:
+        while True:
+            try:
+                write(stream.get_nowait())
+            except queue.Empty:
+                return
+
+    remaining, attempts = list(jobs), {}
     while remaining:
         broken = []
         pool = ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=ctx,
-                                   initializer=_worker_init, initargs=(os.getpid(),))
+                                   initializer=_worker_init, initargs=(os.getpid(), stream))
         try:
-            futures = {pool.submit(_worker, task, payload, path): (items, task, payload) for items, task, payload in remaining}
-            for fut in as_completed(futures):
-                unit = futures[fut]
-                try:
-                    out = fut.result()
-                except BrokenProcessPool:  # a worker died (killed, out of memory): retry its runs once
-                    broken.append(unit)
-                    continue
-                finish(unit[0], out)
+            futures = {pool.submit(_local_unit, job[0]): job for job in remaining}
+            waiting = set(futures)
+            while waiting:
+                done, waiting = wait(waiting, timeout=0.2, return_when=FIRST_COMPLETED)
+                drain()
+                for fut in done:
+                    job = futures[fut]
+                    try:
+                        out = fut.result()
+                    except BrokenProcessPool:  # a worker died (killed, out of memory): retry its units
+                        broken.append(job)
+                        continue
+                    finish(job[1], out)
         except BaseException:  # interrupted (Ctrl-C, SIGTERM via the CLI) or failing: no worker outlives us
             _end_workers(pool)
             raise
         pool.shutdown(wait=True)
+        drain()
         remaining = []
-        for unit in broken:
-            ident = tuple(item.key() for item in unit[0])
-            if ident in retried:
-                finish(unit[0], {"status": "failed", "error": "worker process died twice (killed or out of memory)"})
+        for job in broken:
+            ident = tuple(item.key() for item in job[1])
+            attempts[ident] = attempts.get(ident, 1) + 1
+            if attempts[ident] > max_attempts:
+                finish(job[1], {"out": {"status": "failed", "error": f"worker process died {max_attempts} times "
+                                                                      "(killed or out of memory)"}})
             else:
-                retried.add(ident)
-                remaining.append(unit)
+                remaining.append(job)
 
 
-def _run_ray(units, path, address, finish) -> None:
+def _ray_connect(address, runtime_env=None):
+    """``(ray, started)``: the ray module, connected to ``address`` (None: a new local instance)
+    unless this process is connected already; ``started`` = this call connected, with
+    ``runtime_env`` as the job's (Ray uploads a local ``working_dir`` only for a whole job)."""
     try:
         import ray
     except ImportError as exc:
         raise PrealignError("the Ray executor needs the 'ray' package; install it with "
                             "`pip install ray` or use --executor local") from exc
-    started = False
-    if not ray.is_initialized():
-        kwargs = {"include_dashboard": False, "log_to_driver": False}
+    if ray.is_initialized():
+        return ray, False
+    kwargs = {"include_dashboard": False, "log_to_driver": False}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
+    try:
         if address:
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
-        started = True
-    try:
-        remote = ray.remote(num_cpus=1, max_retries=1)(_worker)
-        refs = {remote.remote(task, payload, path): items for items, task, payload in units}
-        waiting = list(refs)
-        while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
-            items = refs[ready[0]]
+    except Exception as err:  # noqa: BLE001 - no cluster there, refused token, version mismatch
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise PrealignError(f"cannot connect to the Ray cluster at {address or 'a new local instance'!r} ({first}); "
+                            "start one with `ray start --head` and pass --address HOST:PORT (see docs/cluster.md)") from None
+    return ray, True
+
+
+def _run_ray(ray, jobs, write, finish, runtime_env, resources, max_attempts) -> None:
+    """Each job is a Ray task (a streaming generator, :func:`_ray_unit`) asking for its unit's GPUs and
+    CPUs. A task whose worker or node is lost is dispatched again (up to ``max_attempts`` in all) and
+    resumes from the checkpoints in the storage. ``runtime_env``: per task (this process connected
+    before the sweep, so the job's own cannot be set; Ray accepts no local folders here)."""
+    from ray.exceptions import RayTaskError
+
+    remote = ray.remote(_ray_unit)
+
+    def submit(job):
+        unit, _, gpus, cpus = job
+        options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
+        if resources:
+            options["resources"] = dict(resources)
+        if runtime_env:
+            options["runtime_env"] = runtime_env
+        try:
+            return remote.options(**options).remote(unit)
+        except ValueError as err:  # e.g. a local working_dir for a task of a job that is already running
+            raise PrealignError(f"Ray refused the runtime_env {runtime_env} ({str(err).splitlines()[0]}); give it to "
+                                "ray.init, or let the sweep connect (address=...) with it") from None
+
+    streams = {submit(job): (job, 1) for job in jobs}
+    while streams:
+        ready, _ = ray.wait(list(streams), num_returns=1, timeout=1.0)
+        for gen in ready:
+            job, attempt = streams[gen]
             try:
-                out = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - a lost task / dead node is a failed run
-                out = {"status": "failed", "error": f"ray task failed: {type(exc).__name__}: {exc}"}
-            finish(items, out)
-    finally:
-        if started:
-            ray.shutdown()
+                msg = ray.get(next(gen))
+            except StopIteration:  # ended without its "done" message: cannot happen unless ray drops it
+                del streams[gen]
+                finish(job[1], {"out": {"status": "failed", "error": "the Ray task ended without a result"}})
+                continue
+            except RayTaskError as exc:  # the task itself raised (e.g. prealign missing on the node)
+                del streams[gen]
+                first = (str(exc).strip().splitlines() or [""])[-1][:300]
+                finish(job[1], {"out": {"status": "failed", "error": f"ray task failed: {first}"}})
+                continue
+            except Exception as exc:  # noqa: BLE001 - its worker or node was lost: dispatch it again
+                del streams[gen]
+                if attempt >= max_attempts:
+                    finish(job[1], {"out": {"status": "failed", "error": f"ray task lost {attempt} times "
+                                                                         f"({type(exc).__name__})"}})
+                else:
+                    streams[submit(job)] = (job, attempt + 1)
+                continue
+            if msg[0] == "done":
+                del streams[gen]
+                finish(job[1], msg[1])
+            else:
+                write(msg)

@@ -224,13 +224,13 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     from .batched import train_runs
     from .config import build, load_data, prepare
     from .loggers import run_logger
-    from ..device import resolve_device
-    from .sweep import DONE, _record_failure, run_summary
+    from .worker import DONE, describe_device, record_failure, run_device, run_summary
 
     outs: list[dict | None] = [None] * len(configs)
     try:
         data = load_data(configs[0])
-        device = resolve_device(configs[0].device)
+        device = run_device(configs[0], store)  # a GPU asked for and absent: every run reports it alone
+        name = describe_device(device)
     except Exception:  # noqa: BLE001 - every run will report this error itself when it runs alone
         return outs
     start = time.perf_counter()
@@ -240,6 +240,8 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
         if row is not None and row["status"] in DONE:
             outs[i] = {"key": cfg.key(), "status": row["status"], "summary": run_summary(store.result(row["id"])), "seconds": 0.0}
             continue
+        if hasattr(store, "devices"):
+            store.devices[cfg.key()] = name
         try:
             run_id = store.start(cfg)
             ckpt = store.checkpointer(run_id)
@@ -251,7 +253,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
                 model, prep_gen, noise_seconds = build(cfg, data).to(device), None, state.get("noise_seconds", 0.0)
         except Exception as exc:  # noqa: BLE001 - one bad config must not stop its group
             error = f"{type(exc).__name__}: {exc}"
-            _record_failure(store, cfg, error)
+            record_failure(store, cfg, error)
             outs[i] = {"key": cfg.key(), "status": "failed", "error": error, "seconds": time.perf_counter() - start}
             continue
         members.append([i, cfg, run_id, model, noise_seconds, ckpt, prep_gen])
@@ -261,7 +263,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
     for m in members:
         m[5].extra = {"noise_seconds": m[4]}
     first = members[0][1]
-    finished = set()
+    finished = {}  # position -> its TrainResult, stored as soon as the run ends
     logs = [run_logger(m[1]) for m in members]  # config.tensorboard (prealign.run.loggers), None where unset
 
     def done(position: int, result) -> None:  # store each run as soon as it ends, as config.run would
@@ -269,8 +271,8 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
         result.noise_seconds = noise_seconds
         result.config = cfg.to_dict()
         result.run_id = run_id
-        store.finish(run_id, result)
-        finished.add(position)
+        store.finish(run_id, result, device=name)
+        finished[position] = result
         if logs[position]:
             logs[position].close(result.curves)
 
@@ -287,7 +289,7 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
         error = f"{type(exc).__name__}: {exc}"
         for position, (i, cfg, run_id, *_) in enumerate(members):
             if position in finished:
-                outs[i] = _outcome(cfg, store.result(run_id), len(members))
+                outs[i] = _outcome(cfg, finished[position], len(members), name, store)
             else:
                 outs[i] = {"batched_error": error}
         return outs
@@ -297,37 +299,43 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
                 store.fail(run_id, f"{type(exc).__name__}: {exc}")
         raise
     for (i, cfg, *_), result in zip(members, results):
-        outs[i] = _outcome(cfg, result, len(members))
+        outs[i] = _outcome(cfg, result, len(members), name, store)
     return outs
 
 
-def _outcome(cfg, result, group: int) -> dict:
-    from .sweep import run_summary
+def _outcome(cfg, result, group: int, device: str, store) -> dict:
+    """A member's outcome. ``seconds`` is the member's own time, not the group's: train_runs gives each
+    model its share of every stacked step (the epoch's wall time / models still training, plus its own
+    evaluations), so the members' times add up to the group's wall time and compare's "wall (s)"
+    counts a batched group once."""
+    from .worker import run_summary
 
-    return {"key": cfg.key(), "status": result.status, "summary": run_summary(result),
+    resumed = getattr(store, "resumed", {}).get(cfg.key())
+    return {"key": cfg.key(), "status": result.status, "summary": run_summary(result, device, resumed),
             "seconds": result.seconds + result.noise_seconds, "batched": group}
 
 
-def train_group_task(configs: list[dict], store_path: str) -> list[dict]:
-    """Sweep worker for one group (config dicts): :func:`train_group`, then a plain
-    :func:`prealign.run.sweep.train_task` for every config it left (resumed or fallback runs).
+def train_group_task(configs: list[dict], store) -> list[dict]:
+    """Sweep task for one group (config dicts): :func:`train_group`, then a plain
+    :func:`prealign.run.worker.train_task` for every config it left (resumed or fallback runs).
+    ``store``: the sweep's :class:`~prealign.run.storage.WorkerStore` (a store path opens that store).
     Never raises for a training problem; returns one outcome dict per config."""
     from .config import RunConfig
-    from .store import Store
-    from .sweep import train_task
+    from .worker import _as_store, train_task
 
     cfgs = [RunConfig.from_dict(c) for c in configs]
-    store = Store(store_path)
+    store, own = _as_store(store)
     try:
         outs = train_group(cfgs, store)
+        for i, out in enumerate(outs):
+            if out is None or "status" not in out:
+                alone = train_task(configs[i], store)
+                if out is not None:  # the batched training raised: say so next to the plain run's outcome
+                    alone.setdefault("summary", {})["batched_error"] = out["batched_error"]
+                outs[i] = alone
     finally:
-        store.close()
-    for i, out in enumerate(outs):
-        if out is None or "status" not in out:
-            alone = train_task(configs[i], store_path)
-            if out is not None:  # the batched training raised: say so next to the plain run's outcome
-                alone.setdefault("summary", {})["batched_error"] = out["batched_error"]
-            outs[i] = alone
+        if own:
+            store.close()
     return outs
 
 
