@@ -8,16 +8,13 @@ JSON land in a fresh folder ``<out>/compare-<timestamp>/``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
 from .args import add_tensorboard, logger_fields
-from .args import add_cluster_options, cluster_options
-from .args import console as _console
+from .args import add_cluster_options
 
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
                 noise_samples=500_000, hidden="100")
@@ -83,38 +80,20 @@ def build_configs(args) -> list:
     return build_grid(args).configs()
 
 
-def print_table(summary: dict, folder, wall: float) -> None:
-    """The summary table (rich) and where the report is: what ``compare`` and ``sweep`` print."""
-    from ..analysis.stats import rich_table
-    from ..viz.report import _g, budget_line, table
-
-    settings = summary["settings"]
-    columns, cells = table(summary["methods"])
-    console = _console()
-    selection = ", ".join(sorted({m["selection"] for m in summary["methods"]}))
-    console.print(rich_table(columns, cells, title=f"{_g(settings['dataset'])}, {_g(settings['architecture'])} — test "
-                                                    f"accuracy at the selected epoch (selection: {selection}), mean ± "
-                                                    f"sample std over {len(settings['seeds'])} seed(s); angles in degrees"))
-    console.print(budget_line(settings), style="dim")
-    layers = ", ".join(f"{k} = layer `{v}`" for k, v in summary["layers"].items())
-    console.print(f"{layers}. Wall time {wall:.1f} s. Report: {folder / 'report.md'}")
-
-
 def main(args) -> int:
     import torch
 
     from ..device import resolve_device
-    from ..run.config import build, load_data
-    from ..run.grid import sweep_grid
+    from ..run.config import RunConfig, build, load_data
     from ..run.store import Store, default_root
     from ..run.sweep import check_options
     from ..run.sweep_batched import resolve_batch
-    from ..viz.report import budget_line, settings_of, write_grid_outputs
+    from ..viz.report import budget_line, settings_of
 
     points = build_grid(args).points()  # unknown methods / bad values fail here, before any work
-    configs = build_configs(args)
+    configs = [RunConfig.from_dict(p["config"]) for p in points]
     resolve_batch(args.batch_models)
-    check_options(workers=args.workers)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
     data = load_data(configs[0])  # unknown or missing data set fails here
     build(configs[0], data)  # and a model that does not fit the data (lenet on 8×8 digits)
     device = resolve_device(args.device)
@@ -127,18 +106,12 @@ def main(args) -> int:
     if not args.json:
         print(f"prealign compare: {', '.join(settings['methods'])} on {args.dataset} ({settings['architecture']}); "
               f"{budget_line(settings)}", file=sys.stderr)
-    start = time.perf_counter()
     previous_threads = torch.get_num_threads()
     if threads and workers <= 1:
         torch.set_num_threads(threads)
-    try:  # the sweep machinery: resumable, compatible runs trained batched (--batch-models), failures isolated
-        sweep_grid(configs, store, workers=workers, batch_models=args.batch_models, **cluster_options(args))
+    try:
+        from .gridrun import sweep_and_report
+
+        return sweep_and_report(args, "compare", root, points, configs, store, settings, workers=workers)
     finally:
         torch.set_num_threads(previous_threads)
-    wall = time.perf_counter() - start
-    folder, summary = write_grid_outputs(root, "compare", points, store, settings, wall)
-    if args.json:
-        print(json.dumps(json.loads((folder / "summary.json").read_text()), indent=2))
-        return 0
-    print_table(summary, folder, wall)
-    return 0

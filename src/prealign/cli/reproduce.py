@@ -98,7 +98,7 @@ def run(args) -> int:
     from ..run.sweep_batched import resolve_batch
 
     resolve_batch(args.batch_models)  # a bad value is a user error before anything runs
-    check_options(args.executor, args.workers)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
     if only and (len(experiments) != 1 or args.name == "all"):
         raise PrealignError("--only applies to a single experiment; name one experiment with it")
     if only:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from .args import IN_FILE, POSITIVE, STORE, add_cluster_options, add_tensorboard, cluster_options, with_loggers
+from .args import IN_FILE, POSITIVE, STORE, add_cluster_options, add_tensorboard, with_loggers
 
 
 def register(sub) -> None:
@@ -75,12 +74,12 @@ def _check_buildable(configs) -> None:
 
 
 def main(args) -> int:
-    from ..run.grid import Grid, sweep_grid
+    from ..run.grid import Grid
     from ..run.store import Store, default_root
     from ..run.sweep import check_options
     from ..run.sweep_batched import resolve_batch
-    from ..viz.report import budget_line, settings_of, write_grid_outputs
-    from .compare import print_table
+    from ..viz.report import budget_line, settings_of
+    from .gridrun import sweep_and_report
 
     grid = Grid.from_toml(args.grid)
     points = grid.points()  # every config checked here, before any work
@@ -89,18 +88,10 @@ def main(args) -> int:
     if args.dry_run:
         return _dry_run(grid, points, store, args.json)
     resolve_batch(args.batch_models)
-    check_options(args.executor, args.workers)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
     configs = with_loggers(grid.configs(), args)  # --tensorboard (not part of the run key)
     _check_buildable(configs)
     settings = settings_of(configs, grid=str(args.grid), executor=args.executor, store=str(store.path))
     if not args.json:
         print(f"prealign sweep: {len(points)} runs from {args.grid}; {budget_line(settings)}", file=sys.stderr)
-    start = time.perf_counter()
-    sweep_grid(configs, store, workers=args.workers, batch_models=args.batch_models, **cluster_options(args))
-    wall = time.perf_counter() - start
-    folder, summary = write_grid_outputs(root, "sweep", points, store, settings, wall)
-    if args.json:
-        print(json.dumps(json.loads((folder / "summary.json").read_text()), indent=2))
-        return 0
-    print_table(summary, folder, wall)
-    return 0
+    return sweep_and_report(args, "sweep", root, points, configs, store, settings, workers=args.workers)

@@ -73,17 +73,20 @@ def default_root() -> Path:
     return Path(os.environ.get("PREALIGN_RUNS") or "prealign-runs")
 
 
+def json_safe(obj):
+    """``obj`` with NaN/inf floats as ``None`` (``null``: valid JSON for every reader), recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def _json(obj) -> str:
     """JSON with NaN/inf written as null (valid JSON for every reader)."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(obj))
+    return json.dumps(json_safe(obj))
 
 
 def _store_error(path: Path, err: sqlite3.Error) -> PrealignError | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.stats import fmt_p, fmt_pm, markdown_table, mean_std, ranksum
+from ..run.store import json_safe  # one definition, beside the store that writes JSON
 
 
 def _last_finite(curves, key):
@@ -94,17 +95,6 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells.append([r["method"], r.get("selection", "test"), acc, f"{r['best_epoch_mean']:.1f}", *angles, f"{r['wall_seconds']:.1f}",
                       fmt_p(r["p_vs_bp"]), fmt_p(r["p_vs_fa"])])
     return columns, cells
-
-
-def json_safe(obj):
-    """``obj`` with NaN/inf floats as ``None`` (``null``: valid JSON for every reader), recursively."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 _json_safe = json_safe  # the name prealign.cli.runs/train import
