@@ -35,7 +35,7 @@ from prealign.feedback import RULES, AttentionProjection, FeedbackLayer
 from prealign.run.trainer import TensorData, _make_optimizer
 
 KP_DECAY = 0.1
-WM = {"lr": 0.3, "noise_std": 0.5, "decay": 0.1, "steps": 2, "batch": 16}  # wm settings under test
+WM = {"lr": 0.3, "noise_std": 0.5, "decay": 0.1, "steps": 2, "batch": 16, "noise": "gaussian"}  # wm settings (replayed below)
 LR = 1e-2
 STEPS = 3
 BATCH = 8
