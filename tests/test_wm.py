@@ -205,7 +205,11 @@ def test_settings_errors_and_config():
     config = RunConfig(method="wm", wm_noise="gaussian", wm_every=2)
     assert config.wm_settings() == {"wm_noise": "gaussian", "wm_every": 2}
     assert config.key() != RunConfig(method="wm").key()
-    assert not {"wm_noise", "wm_every"} & set(RunConfig(method="wm").key_fields())  # stored keys unchanged
+    # the default noise is in a wm run's key (the Gaussian runs stored before it became the default are never
+    # served for it), the explicit and the implicit default share their key, and other methods' keys are as before
+    assert RunConfig(method="wm").key_fields()["wm_noise"] == "orthogonal"
+    assert RunConfig(method="wm").key() == RunConfig(method="wm", wm_noise="orthogonal").key()
+    assert not {"wm_noise", "wm_every"} & set(RunConfig(method="kp").key_fields())
     assert RunConfig(method="wm", wm_steps=2).wm_settings() == {"wm_steps": 2}
     assert "wm" in pa.METHODS and pa.RULES["wm"].reads_feedback and pa.RULES["wm"].mirrors
 

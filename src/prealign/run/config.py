@@ -234,8 +234,14 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def key_fields(self) -> dict:
-        """The fields :meth:`key` hashes (before the data fingerprint is added)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and not (k in _KEY_WHEN_SET and v is None)}
+        """The fields :meth:`key` hashes (before the data fingerprint is added). A wm run's noise kind
+        always enters (the default's, :data:`prealign.feedback.wm.WM_NOISE`, when unset): wm runs
+        stored before orthogonal noise became the default used Gaussian noise under a key without it."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and not (k in _KEY_WHEN_SET and v is None)}
+        if self.wm_noise is None and get_rule(self.method_object().rule).mirrors:
+            from ..feedback.wm import WM_NOISE
+            d["wm_noise"] = WM_NOISE
+        return d
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
