@@ -48,13 +48,16 @@ accuracy — orthogonal (defaults) 0.14°, 0.07°, 0.08°, 89.7 %; Gaussian (its
 1.9°, 89.6 %; KP 0.19°, 0.19°, 0.19°, 89.4 %; FA 90°, 88°, 83°, 64.8 %. Training time (one
 thread, least-loaded of several repeats): orthogonal ≈ 1.7× FA's, Gaussian ≈ 6.4× FA's, KP
 ≈ 1.1×. Gaussian noise cannot get there at any affordable cost: its angle is bounded below by
-the sampling error at small λ and by the lag at large λ (4,096 samples: 2.3°, 0.9°, 0.9° at ≈ 65×
-FA's time).
+the lag behind ``W`` at small λ and by the sampling error at large λ (4,096 samples: 2.3°, 0.9°,
+0.9° at ≈ 65× FA's time).
+
 A simulation of the exact (orthogonal) mirror along a KP run's ``W`` trajectory gave the lag per
 (λ, every): (0.01, 1) 1.6°, 0.8°, 0.8° (so Gaussian noise cannot reach KP's range at λ = 0.01 even
 without sampling error, and at λ ≥ 0.05 its sampling error is ≥ 10° at 512 samples); (0.1, 1)
 0.15°, 0.08°, 0.07°; (0.5, 10) 0.16°, 0.08°, 0.07° at the end, at most 0.33°, 0.15°, 0.15° over
-the last epoch; (1, 20) at most 0.37°, 0.17°, 0.16°; (1, 50) at most 0.8°, 0.35°, 0.35°.
+the last epoch; with λ → 1 (``B`` just the last measurement; the setting allows λ < 1) every 20
+steps at most 0.37°, 0.17°, 0.16°, every 50 at most 0.8°, 0.35°, 0.35°. The default keeps a
+margin below 0.5° (the lag grows with the learning rate) at a tenth of a mirroring per step.
 
 Convolutions: the noise is one receptive field per sample, ``x: (batch, C_in, *kernel)``, and the
 layer's own convolution (its groups; no padding, stride or dilation needed for a single position)
