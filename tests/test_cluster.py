@@ -164,7 +164,7 @@ def test_resources_of_units():
     """The default GPU rule and a batched group's combined request."""
     from prealign.run.sweep import _resources, default_gpus
 
-    mlp, cnn = tiny("fa", device="auto"), tiny("fa", device="auto", model="lenet", dataset="mnist5k")
+    mlp, cnn = tiny("fa", device="auto"), tiny("fa", device="auto", model="lenet", dataset="mnist5k", hidden=[100])
     assert default_gpus(mlp, 0) == 0 and default_gpus(mlp, 8) == 0.25 and default_gpus(cnn, 1) == 1.0
     assert default_gpus(tiny("fa"), 8) == 0  # device cpu
     assert _resources([mlp] * 3, None, None, 1, 16) == (0.75, 3.0)

@@ -35,7 +35,7 @@ from prealign.feedback import RULES, AttentionProjection, FeedbackLayer
 from prealign.run.trainer import TensorData, _make_optimizer
 
 KP_DECAY = 0.1
-WM = {"lr": 0.3, "noise_std": 0.5, "decay": 0.1, "steps": 2, "batch": 16}  # wm settings under test
+WM = {"lr": 0.3, "noise_std": 0.5, "decay": 0.1, "steps": 2, "batch": 16, "noise": "gaussian"}  # wm settings (replayed below)
 LR = 1e-2
 STEPS = 3
 BATCH = 8
@@ -120,7 +120,7 @@ def _op(layer, x, weight):
 def _single_position(layer):
     """A conv layer's op on one receptive field: no padding, stride 1 (groups and kernel kept)."""
     plain = next(c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn"))  # no feedback buffer drawn
-    return layer if isinstance(layer, nn.Linear) else plain(
+    return layer if isinstance(layer, (nn.Linear, AttentionProjection)) else plain(
         layer.in_channels, layer.out_channels, layer.kernel_size, groups=layer.groups, bias=False, device="meta")
 
 
@@ -181,7 +181,12 @@ class Checker:
             for layer, (_, b) in zip(self.layers, self.prev):  # the optimizer's parameter order
                 w = layer.weight.detach()
                 for _ in range(WM["steps"]):
-                    shape = (w.shape[1],) if w.dim() == 2 else (w.shape[1] * layer.groups, *w.shape[2:])
+                    if w.dim() == 2:
+                        shape = (w.shape[1],)
+                    elif isinstance(layer, nn.modules.conv._ConvTransposeNd):  # one input pixel
+                        shape = (w.shape[0], *([1] * (w.dim() - 2)))
+                    else:  # one receptive field
+                        shape = (w.shape[1] * layer.groups, *w.shape[2:])
                     x = torch.randn(WM["batch"], *shape, dtype=w.dtype) * WM["noise_std"]
                     y = F.linear(x, w) if w.dim() == 2 else _op(_single_position(layer), x, w)
                     b = (1 - WM["decay"]) * b + WM["lr"] / WM["batch"] * _vjp(_single_position(layer), x, w, y, "w")

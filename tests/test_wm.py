@@ -52,6 +52,53 @@ def test_b_is_formed_from_activity_never_from_w(kind, monkeypatch):
     assert torch.isfinite(layer.feedback).all()
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("batch", [None, 40])
+def test_orthogonal_noise_mirrors_w_exactly_from_activity(kind, batch, monkeypatch):
+    """Orthogonal noise with N >= fan-in: one mirror step is exactly B ← (1 − λ) B + λ W̃ (η = λ/σ²),
+    W̃ being the matrix that produced the activity y (W's own values hidden as NaN): no sampling
+    error, and B is computed from x and y = layer(x) only."""
+    layer = (pa.convert(nn.Sequential(nn.Linear(12, 4)), "wm")[0] if kind == "linear"
+             else pa.convert(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)), "wm")[0]).double()
+    assert wm.fan_in(layer) in (12, 18)
+    w_tilde = torch.randn_like(layer.weight)
+    b0 = layer.feedback.clone()
+    with torch.no_grad():
+        layer.weight.fill_(float("nan"))
+    op, linear = wm._CONV[4], F.linear
+    monkeypatch.setattr(wm.F, "linear", lambda x, w: linear(x, w_tilde))
+    monkeypatch.setitem(wm._CONV, 4, lambda x, w, *a: op(x, w_tilde, *a))
+    pa.set_wm(nn.Sequential(layer), noise="orthogonal", decay=0.3, noise_std=0.7, **({} if batch is None else {"batch": batch}))
+    s = wm.wm_settings(layer)
+    assert s["wm_batch"] == (batch or wm.fan_in(layer)) and s["wm_lr"] == pytest.approx(0.3 / 0.49)
+    wm.mirror_step(layer, s["wm_lr"], s["wm_noise_std"], s["wm_decay"], s["wm_batch"], s["wm_noise"])
+    torch.testing.assert_close(layer.feedback, 0.7 * b0 + 0.3 * w_tilde, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,batch", [(30, 30), (30, 45), (30, 8)])
+def test_orthogonal_noise_design(n, batch):
+    """x: (N, n) with xᵀx = N σ² I when N >= n; for N < n orthogonal rows (x xᵀ = n σ² I), xᵀx = n σ²
+    times a projection, and the mean of xᵀx over draws is N σ² I (unbiased) with about (1 − N/n)
+    of Gaussian noise's error."""
+    torch.manual_seed(0)
+    x = wm.noise("orthogonal", batch, n, 0.5, dtype=torch.float64)
+    assert x.shape == (batch, n)
+    if batch >= n:
+        torch.testing.assert_close(x.t() @ x, batch * 0.25 * torch.eye(n, dtype=torch.float64))
+        return
+    torch.testing.assert_close(x @ x.t(), n * 0.25 * torch.eye(batch, dtype=torch.float64))
+    def gram(kind):
+        x = wm.noise(kind, batch, n, 0.5, dtype=torch.float64)
+        return x.t() @ x / (batch * 0.25)
+
+    draws = torch.stack([gram("orthogonal") for _ in range(1500)])
+    eye = torch.eye(n, dtype=torch.float64)
+    assert float((draws.mean(0) - eye).abs().max()) < 0.1
+    gauss = torch.stack([gram("gaussian") for _ in range(300)])
+    ratio = float(((draws - eye) ** 2).mean() / ((gauss - eye) ** 2).mean())
+    assert ratio == pytest.approx(1 - batch / n, rel=0.1)
+
+
 def test_mirror_converges_to_w_and_its_scale():
     """Many mirror steps on a fixed W: B → (η σ² / λ) W; with the default η = λ/σ², B → W."""
     torch.manual_seed(0)
@@ -69,18 +116,22 @@ def _data(n=512, d=20, k=4, seed=0):
     return TensorData(x[:384], y[:384], x[384:], y[384:], k)
 
 
-def test_angle_closes_over_training_where_fa_does_not():
-    """pa.train: ∠(W, B) of every wm layer falls from ~90° to a few degrees; FA's stays near 90°;
-    the angles are reported per epoch (reads_feedback)."""
+@pytest.mark.parametrize("settings,bound", [({"noise": "gaussian", "decay": 0.1, "batch": 256}, 15.0),
+                                            ({"noise": "orthogonal", "every": 2}, 0.5)])
+def test_angle_closes_over_training_where_fa_does_not(settings, bound):
+    """pa.train (36 optimizer steps): ∠(W, B) of every wm layer falls from ~90° to a few degrees with
+    Gaussian noise (its sampling error) and below 0.5° with orthogonal noise (18 mirrorings at
+    λ = 0.5: only the lag behind W is left); FA's stays near 90°; the angles are reported per
+    epoch (reads_feedback)."""
     data = _data()
     out = {}
     for rule in ("fa", "wm"):
         model = pa.mlp([20, 32, 16, 4], rule=rule, generator=torch.Generator().manual_seed(0))
         res = pa.train(model, data, epochs=3, batch_size=32, lr=1e-3, seed=0, device="cpu", progress=False,
-                       grad_alignment=False, wm={"decay": 0.1, "batch": 256} if rule == "wm" else None)
+                       grad_alignment=False, wm=settings if rule == "wm" else None)
         out[rule] = [v for k, v in res.final.items() if k.startswith("angle/")]
         assert len(out[rule]) == 3 and all(k.startswith("angle/") for k in res.curves[0] if "angle" in k)
-    assert min(out["fa"]) > 60 and max(out["wm"]) < 15, out
+    assert min(out["fa"]) > 60 and max(out["wm"]) < bound, out
 
 
 def test_one_mirror_per_optimizer_step_accumulation_and_frozen_layers(monkeypatch):
@@ -90,7 +141,7 @@ def test_one_mirror_per_optimizer_step_accumulation_and_frozen_layers(monkeypatc
     real = wm.mirror_step
     monkeypatch.setattr(wm, "mirror_step", lambda layer, *a, **k: (calls.append(layer), real(layer, *a, **k)))
     model = pa.mlp([6, 5, 5, 3], rule="wm", generator=torch.Generator().manual_seed(0))
-    pa.set_wm(model, steps=2)
+    pa.set_wm(model, steps=2, every=1)
     layers = [layer for _, layer in pa.feedback_layers(model)]
     layers[0].weight.requires_grad_(False)
     x, y = torch.randn(12, 6), torch.randint(0, 3, (12,))
@@ -113,16 +164,34 @@ def test_one_mirror_per_optimizer_step_accumulation_and_frozen_layers(monkeypatc
 
     opt.step(closure)
     assert len(seen) > 1 and set(seen) == {0} and calls == [layers[1], layers[1], layers[2], layers[2]]
+    calls.clear()  # every k optimizer steps: steps k, 2k, ... mirror, the others do not
+    pa.set_wm(model, steps=1, every=3)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for layer in layers:
+        layer.wm_phase = 0
+    mirrored = []
+    for _ in range(7):
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        mirrored.append(len(calls))
+    names = [name for name, _ in pa.feedback_layers(model)]
+    assert mirrored == [0, 0, 2, 2, 2, 4, 4] and wm.mirror_phases(model) == dict(zip(names, [0, 1, 1]))
 
 
 def test_settings_errors_and_config():
     model = pa.mlp([6, 5, 3], rule="wm", generator=torch.Generator().manual_seed(0))
     layer = pa.feedback_layers(model)[0][1]
+    assert wm.WM_NOISE == "orthogonal"
     assert wm.wm_settings(layer) == {"wm_lr": wm.WM_DECAY / wm.WM_NOISE_STD**2, "wm_noise_std": wm.WM_NOISE_STD,
-                                     "wm_decay": wm.WM_DECAY, "wm_steps": wm.WM_STEPS, "wm_batch": wm.WM_BATCH}
+                                     "wm_decay": wm.WM_DECAY, "wm_steps": wm.WM_STEPS, "wm_batch": 6,
+                                     "wm_noise": "orthogonal", "wm_every": wm.WM_EVERY}
+    pa.set_wm(model, noise="gaussian")  # an unset setting follows the noise kind's own default
+    assert wm.wm_settings(layer) == {"wm_lr": 0.01, "wm_noise_std": 1.0, "wm_decay": 0.01, "wm_steps": 1,
+                                     "wm_batch": wm.WM_BATCH, "wm_noise": "gaussian", "wm_every": 1}
     pa.set_wm(model, decay=0.2, noise_std=2.0, steps=3)
     assert wm.wm_settings(layer)["wm_lr"] == pytest.approx(0.05) and wm.wm_settings(layer)["wm_steps"] == 3
-    for bad in ({"decay": 1.0}, {"steps": 0}, {"batch": 2.5}, {"lr": -1}, {"noise_std": float("nan")}):
+    for bad in ({"decay": 1.0}, {"steps": 0}, {"batch": 2.5}, {"lr": -1}, {"noise_std": float("nan")},
+                {"every": 0}, {"noise": "uniform"}):
         with pytest.raises(pa.ConfigError, match="wm_"):
             pa.set_wm(model, **bad)
     with pytest.raises(pa.ConfigError, match="only to layers under wm"):
@@ -131,20 +200,32 @@ def test_settings_errors_and_config():
         RunConfig(method="kp", wm_decay=0.1)
     with pytest.raises(pa.ConfigError, match="wm_batch"):
         RunConfig(method="wm", wm_batch=0)
+    with pytest.raises(pa.ConfigError, match="'wm_noise' must be one of gaussian, orthogonal"):
+        RunConfig(method="wm", wm_noise="sobol")
+    config = RunConfig(method="wm", wm_noise="gaussian", wm_every=2)
+    assert config.wm_settings() == {"wm_noise": "gaussian", "wm_every": 2}
+    assert config.key() != RunConfig(method="wm").key()
+    # the default noise is in a wm run's key (the Gaussian runs stored before it became the default are never
+    # served for it), the explicit and the implicit default share their key, and other methods' keys are as before
+    assert RunConfig(method="wm").key_fields()["wm_noise"] == "orthogonal"
+    assert RunConfig(method="wm").key() == RunConfig(method="wm", wm_noise="orthogonal").key()
+    assert not {"wm_noise", "wm_every"} & set(RunConfig(method="kp").key_fields())
     assert RunConfig(method="wm", wm_steps=2).wm_settings() == {"wm_steps": 2}
     assert "wm" in pa.METHODS and pa.RULES["wm"].reads_feedback and pa.RULES["wm"].mirrors
 
 
-def test_resume_gives_the_uninterrupted_run_and_settings_are_checked(tmp_path):
-    """The mirror noise comes from the checkpointed global RNG: 1 + 1 epochs resumed equal 2 epochs;
-    resuming with other wm settings is refused (they change the result)."""
-    data = _data(n=256)
+@pytest.mark.parametrize("settings", [{"batch": 64, "noise": "gaussian"}, {"noise": "orthogonal", "every": 5}])
+def test_resume_gives_the_uninterrupted_run_and_settings_are_checked(tmp_path, settings):
+    """The mirror noise comes from the checkpointed global RNG and the steps since the last
+    mirroring (12 steps an epoch, every 5: mid-cycle at the epoch's end) from the checkpoint:
+    1 + 1 epochs resumed equal 2 epochs; resuming with other wm settings is refused."""
+    data = _data(n=512)
 
     def run(epochs, ckpt, **wm_kw):
         torch.manual_seed(3)
         model = pa.mlp([20, 8, 4], rule="wm", generator=torch.Generator().manual_seed(1))
         pa.train(model, data, epochs=epochs, lr=1e-3, seed=0, device="cpu", progress=False, checkpoint=ckpt,
-                 wm=wm_kw or {"batch": 64})
+                 wm=wm_kw or settings)
         return model
 
     straight = run(2, None)
@@ -158,6 +239,32 @@ def test_resume_gives_the_uninterrupted_run_and_settings_are_checked(tmp_path):
 
 
 def test_unsupported_layer_is_a_one_line_error():
-    layer = nn.ConvTranspose2d(2, 2, 3)
-    with pytest.raises(pa.ConfigError, match="mirrors Linear and Conv1d/2d/3d layers; up is a ConvTranspose2d"):
-        wm.check_mirrorable(layer, "up")
+    with pytest.raises(pa.ConfigError, match="transposed: groups=1\\); up is a ConvTranspose2d: use rule kp"):
+        wm.check_mirrorable(nn.ConvTranspose2d(2, 2, 3, groups=2), "up")
+    with pytest.raises(pa.ConfigError, match="; bi is a Bilinear: use rule kp"):
+        wm.check_mirrorable(nn.Bilinear(2, 2, 3), "bi")
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_transposed_conv_mirrors_its_weight_exactly_from_activity(dims):
+    """Orthogonal noise with N ≥ C_in on one input pixel: the mirror step is exactly
+    B ← (1 − λ) B + λ W, computed from the layer's response y to the noise only (W hidden)."""
+    torch.manual_seed(0)
+    conv = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims](3, 4, 2, stride=2).double()
+    layer = pa.convert(nn.Sequential(conv), "wm")[0]
+    w, b0 = layer.weight.detach().clone(), layer.feedback.clone()
+    lam = 0.25
+    wm.mirror_step(layer, lr=lam, std=1.0, decay=lam, batch=8, kind="orthogonal")
+    torch.testing.assert_close(layer.feedback, (1 - lam) * b0 + lam * w, rtol=1e-10, atol=1e-12)
+
+
+def test_grid_applies_wm_settings_to_wm_points_only():
+    """A sweep grid crossing methods with a wm_* axis: the setting reaches the wm points and is
+    dropped at the others (fa: one run), as angle is for ifa; an axis with no wm point is an error."""
+    from prealign.run.grid import Grid
+
+    configs = Grid({"dataset": "digits", "epochs": 1}, {"method": ["fa", "wm"], "wm_noise": ["orthogonal", "gaussian"]},
+                   name="g").configs()
+    assert [(c.method, c.wm_noise) for c in configs] == [("fa", None), ("wm", "orthogonal"), ("wm", "gaussian")]
+    with pytest.raises(pa.ConfigError, match="applies to none of the grid's methods"):
+        Grid({"dataset": "digits"}, {"method": ["fa", "kp"], "wm_every": [1, 5]}, name="g").configs()

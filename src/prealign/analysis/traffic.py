@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..feedback import RULES, feedback_layers, get_rule
-from ..feedback.wm import wm_settings
+from ..feedback.wm import random_draws
 
 BYTES_PER_ELEMENT = 4  # float32
 
@@ -101,9 +101,8 @@ def traffic_table(model: nn.Module, rules: Sequence[str] | None = None) -> list[
                 fb_reads += n
             if r.learns_feedback or r.mirrors:
                 fb_writes += n
-            if r.mirrors:  # wm: the mirror's noise, one fan-in-sized sample per noise sample and step
-                s = wm_settings(layer)
-                draws += s["wm_steps"] * s["wm_batch"] * layer.weight[0].numel() * getattr(layer, "groups", 1)
+            if r.mirrors:  # wm: the mirror's noise per optimizer step (prealign.feedback.wm.random_draws)
+                draws += random_draws(layer)
         rows.append({"rule": name, "weight_transport": r.transports, "w_reads": w_reads, "feedback_reads": fb_reads,
                      "feedback_writes": fb_writes, "random_draws": draws,
                      "backward_bytes": (w_reads + fb_reads + fb_writes) * BYTES_PER_ELEMENT, "sign_bits": signs,

@@ -37,7 +37,7 @@ NOISE_SETTINGS = ("noise_batch_size", "noise_lr", "noise_distribution", "noise_s
 _NOT_IN_KEY = ("device", "name", "tensorboard")
 # Fields added after run keys were first stored enter the key only when set (not None), so every run
 # stored before they existed keeps its key (a stored run is never orphaned by an upgrade).
-_KEY_WHEN_SET = ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch")
+_KEY_WHEN_SET = ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch", "wm_noise", "wm_every")
 
 
 @dataclass
@@ -66,7 +66,9 @@ class RunConfig:
     wm_noise_std: float | None = None  # wm only: std of the mirror noise; default prealign.feedback.wm.WM_NOISE_STD
     wm_decay: float | None = None  # wm only: decay of B per mirror step; default WM_DECAY
     wm_steps: int | None = None  # wm only: mirror steps per optimizer step; default WM_STEPS
-    wm_batch: int | None = None  # wm only: noise samples per mirror step; default WM_BATCH
+    wm_batch: int | None = None  # wm only: noise samples per mirror step; default: the noise kind's (WM_DEFAULTS)
+    wm_noise: str | None = None  # wm only: mirror noise, gaussian or orthogonal; default WM_NOISE
+    wm_every: int | None = None  # wm only: optimizer steps between mirrorings; default: the noise kind's
     val_fraction: float = 0.1  # training samples held out for model selection; 0 = select on test (papers)
     patience: int | None = None
     seed: int = 0
@@ -157,7 +159,8 @@ class RunConfig:
 
     def wm_settings(self) -> dict[str, float | int]:
         """The weight-mirror keys that are set (``{"wm_decay": 0.01, ...}``; empty for the defaults)."""
-        return {k: getattr(self, k) for k in ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch")
+        return {k: getattr(self, k) for k in ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch", "wm_noise",
+                                              "wm_every")
                 if getattr(self, k) is not None}
 
     @property
@@ -235,8 +238,14 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def key_fields(self) -> dict:
-        """The fields :meth:`key` hashes (before the data fingerprint is added)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and not (k in _KEY_WHEN_SET and v is None)}
+        """The fields :meth:`key` hashes (before the data fingerprint is added). A wm run's noise kind
+        always enters (the default's, :data:`prealign.feedback.wm.WM_NOISE`, when unset): wm runs
+        stored before orthogonal noise became the default used Gaussian noise under a key without it."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_KEY and not (k in _KEY_WHEN_SET and v is None)}
+        if self.wm_noise is None and get_rule(self.method_object().rule).mirrors:
+            from ..feedback.wm import WM_NOISE
+            d["wm_noise"] = WM_NOISE
+        return d
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)

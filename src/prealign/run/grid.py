@@ -29,7 +29,7 @@ Rules (each violation is a :class:`~prealign.errors.ConfigError` of one line):
   gives ``noise_samples > 0``); ``bp``/``fa`` points stay noise-free. Given on an axis they apply to
   that point as given (``noise_samples = [0, 100000]`` × ``method = [bp, fa]`` is a warm-up study);
 - **method-specific keys** (``angle``: methods with an alignment angle, i.e. ``ifa``;
-  ``kp_decay``: ``kp``) apply only where the point's method uses them.
+  ``kp_decay``: ``kp``; ``wm_*``: ``wm``) apply only where the point's method uses them.
   At a point whose method does not, the value (from ``[base]`` or an axis) is *dropped*, and the points that then coincide are
   one run (``method = [bp, fa, ifa]`` × ``angle = [0, 45, 90]`` × 2 seeds = 2 + 2 + 6 = 10 runs, not 18).
   :attr:`Grid.collapsed` says how many combinations were merged and ``prealign sweep --dry-run``
@@ -75,8 +75,15 @@ def _uses_kp_decay(m) -> bool:
     return get_rule(m.rule).learns_feedback
 
 
+def _uses_mirror(m) -> bool:
+    from ..feedback import get_rule
+
+    return get_rule(m.rule).mirrors
+
+
 # method-specific keys -> does method object m use it
-METHOD_KEYS = {"angle": _uses_angle, "kp_decay": _uses_kp_decay}
+METHOD_KEYS = {"angle": _uses_angle, "kp_decay": _uses_kp_decay,
+               **{f"wm_{k}": _uses_mirror for k in ("lr", "noise_std", "decay", "steps", "batch", "noise", "every")}}
 
 
 def _base_noise(fields_: dict, from_axis: dict) -> dict:

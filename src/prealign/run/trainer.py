@@ -51,7 +51,7 @@ from torch import nn
 from ..device import resolve_device
 from ..errors import ConfigError, PrealignError
 from ..feedback import RULES, FeedbackLayer, exact_gradients, feedback_layers, set_kp_decay, set_wm
-from ..feedback.wm import wm_settings
+from ..feedback.wm import mirror_phases, set_mirror_phases, wm_settings
 from ..init import alignment_angles
 from ..progress import progress_bar
 
@@ -764,6 +764,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
         _check_resumable(ckpt, state, settings, epochs)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        set_mirror_phases(model, state.get("wm_phases", {}))
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
         for g, saved in zip(train_batches.generators() if loader else (), state.get("loader_rng", ())):
@@ -797,6 +798,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
         ckpt.save({
             "format": CHECKPOINT_FORMAT, "key": None, "settings": settings,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+            "wm_phases": mirror_phases(model),
             "scheduler": None if sched is None else sched.state_dict(),
             "loader_rng": [g.get_state() for g in train_batches.generators()] if loader else [],
             "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
