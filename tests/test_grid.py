@@ -185,6 +185,12 @@ def test_sweep_3_methods_3_angles_2_seeds_resumes_after_kill_9(tmp_path, capsys)
     for name in ("report.md", "learning_curves.png", "alignment.png", "epochs.csv", "summary.json", "runs.csv"):
         assert (folder / name).stat().st_size > 0, name
     assert len((folder / "runs.csv").read_text().splitlines()) == 1 + 10
+    import csv
+
+    with open(folder / "runs.csv") as f:  # the device each run actually trained on (issue 15)
+        assert {r["trained_on"] for r in csv.DictReader(f)} == {"cpu"}
+    code, out, _ = _run(capsys, ["runs", "list", "--out", str(store), "--json"])
+    assert {r["trained_on"] for r in json.loads(out)} == {"cpu"}
     # --dry-run: every run listed, all stored now; nothing trained
     code, out, _ = _run(capsys, ["sweep", str(grid), "--out", str(store), "--dry-run", "--json"])
     listing = json.loads(out)

@@ -17,7 +17,7 @@ from .args import OUT_FILE, add_json, add_out, console, print_json
 # runs list: (header, summary column, format)
 COLUMNS = [("id", "id", str), ("key", "key", lambda k: k[:8]), ("method", "method", str), ("dataset", "dataset", str),
            ("model", "model", str), ("hidden", "hidden", str), ("lr", "lr", "{:g}".format),
-           ("epochs", "epochs", str), ("seed", "seed", str), ("status", "status", str),
+           ("epochs", "epochs", str), ("seed", "seed", str), ("status", "status", str), ("device", "trained_on", str),
            ("best acc (%)", "best_test_acc", lambda v: _pct(v)), ("best epoch", "best_epoch", str),
            ("epochs run", "epochs_run", str),
            ("created", "created", lambda t: datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M"))]

@@ -462,9 +462,10 @@ class Store:
 
 def _run_columns(row: dict) -> dict:
     """The leading columns of a run in tables and CSV: id, key, method (label), dataset, seed, status,
+    the device it actually trained on (``trained_on``; the config's ``device`` is what was asked for),
     then its config fields (``hidden`` as ``100-100``; config ``method`` is the label's base)."""
     columns = {"id": row["id"], "key": row["key"], "method": row["label"], "dataset": row["dataset"],
-               "seed": row["seed"], "status": row["status"]}
+               "seed": row["seed"], "status": row["status"], "trained_on": row.get("device")}
     for k, v in row["config"].items():
         if k not in columns:
             columns[k] = "-".join(map(str, v)) if isinstance(v, (list, tuple)) else v

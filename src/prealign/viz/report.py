@@ -211,7 +211,7 @@ def write_grid_outputs(root, prefix: str, points: list[dict], store, settings: d
     results of ``points`` (:meth:`prealign.run.grid.Grid.points`) grouped over seeds by
     :func:`prealign.run.grid.group_label`, written by :func:`write_compare_report` into a fresh
     folder ``<root>/<prefix>-<timestamp>/``, plus ``runs.csv`` (one row per run: its axes, key, id,
-    status, best test accuracy, the wall seconds the store recorded). Every point must be finished.
+    status, best test accuracy, the wall seconds the store recorded, the device it trained on). Every point must be finished.
     Returns (folder, summary)."""
     from datetime import datetime
 
@@ -223,13 +223,14 @@ def write_grid_outputs(root, prefix: str, points: list[dict], store, settings: d
     run_rows = []
     for p in points:
         cfg = RunConfig.from_dict(p["config"])
-        res = store.result(store.find(cfg.key())["id"])
+        row = store.find(cfg.key())
+        res = store.result(row["id"])
         label = group_label(p)
         groups.setdefault(label, []).append(res)
         run_rows.append({"group": label, **{a: v for a, v in p["axes"].items()}, "method": cfg.label, "seed": cfg.seed,
                          "key": cfg.key(), "run_id": res.run_id, "status": res.status,
                          "best_test_acc": res.best_test_acc, "best_epoch": res.best_epoch,
-                         "seconds": res.seconds + res.noise_seconds})
+                         "seconds": res.seconds + res.noise_seconds, "trained_on": row.get("device")})
     root = Path(root)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder, i = root / f"{prefix}-{stamp}", 1
