@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -219,9 +220,18 @@ def cluster(tmp_path_factory):
     head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "1", "--num-gpus", "0",
                              "--temp-dir", str(root / "ray"), "--include-dashboard=false", *common],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    node_cmd = (f"mount -t tmpfs none /tmp && mkdir /tmp/nodeB && cd /tmp/nodeB && exec {ray_bin} start "
-                f"--address 127.0.0.1:{port} --num-cpus 1 --num-gpus 1 --resources '{json.dumps({'nodeB': 1})}' "
-                + " ".join(common))
+    # Node B's /tmp is an empty tmpfs: it sees none of the driver's temporary files (the store). The
+    # environment's own files stay where they are; one that lives under /tmp (a CI checkout's .venv)
+    # is held by a bind mount first and put back at its path, so the `ray` executable still runs.
+    venv, hold = Path(sys.prefix), None
+    keep_before = keep_after = ""
+    if Path("/tmp") in venv.parents:
+        hold = tempfile.mkdtemp(prefix="prealign-venv-", dir="/dev/shm")
+        keep_before = f"mount --bind {shlex.quote(str(venv))} {hold} && "
+        keep_after = f" && mkdir -p {shlex.quote(str(venv))} && mount --bind {hold} {shlex.quote(str(venv))}"
+    node_cmd = (f"{keep_before}mount -t tmpfs none /tmp{keep_after} && mkdir /tmp/nodeB && cd /tmp/nodeB && "
+                f"exec {ray_bin} start --address 127.0.0.1:{port} --num-cpus 1 --num-gpus 1 "
+                f"--resources '{json.dumps({'nodeB': 1})}' " + " ".join(common))
     node = None
     procs = []
     storage = tempfile.mkdtemp(prefix="prealign-cluster-", dir="/dev/shm")
@@ -260,6 +270,8 @@ def cluster(tmp_path_factory):
         _kill(list({p.pid: p for p in procs}.values()), signal.SIGTERM)
         _kill([p for p in procs if p.is_running()])
         shutil.rmtree(storage, ignore_errors=True)
+        if hold is not None:
+            os.rmdir(hold)  # empty here: the bind mount lived in node B's namespace, which ended with it
         if old_mode is None:
             os.environ.pop("RAY_AUTH_MODE")
         else:
