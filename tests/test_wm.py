@@ -24,11 +24,11 @@ def _angle(w, b) -> float:
     return math.degrees(math.acos(float((w @ b / (w.norm() * b.norm())).clamp(-1, 1))))
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_b_is_formed_from_activity_never_from_w(kind, monkeypatch):
-    """With W's values hidden (NaN) and the layer's forward activity produced by another matrix
-    W̃, a mirror step gives exactly (1 − λ) B + (η/N) corr(W̃ x, x): B only ever saw x and y."""
-    layer = (pa.convert(nn.Sequential(nn.Linear(5, 4)), "wm")[0] if kind == "linear"
+def _hidden_w_layer(kind: str, n_in: int, monkeypatch):
+    """A float64 wm layer (Linear(n_in, 4), or a grouped Conv2d) whose W is NaN and whose forward
+    activity is produced by another matrix W̃ (the mirror must form B from x and y only). Returns
+    ``(layer, W̃, B before)``; ``monkeypatch.undo()`` restores the real forward."""
+    layer = (pa.convert(nn.Sequential(nn.Linear(n_in, 4)), "wm")[0] if kind == "linear"
              else pa.convert(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)), "wm")[0]).double()
     w_tilde = torch.randn_like(layer.weight)
     b0 = layer.feedback.clone()
@@ -37,6 +37,14 @@ def test_b_is_formed_from_activity_never_from_w(kind, monkeypatch):
     op, linear = wm._CONV[4], F.linear
     monkeypatch.setattr(wm.F, "linear", lambda x, w: linear(x, w_tilde))
     monkeypatch.setitem(wm._CONV, 4, lambda x, w, *a: op(x, w_tilde, *a))
+    return layer, w_tilde, b0
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_b_is_formed_from_activity_never_from_w(kind, monkeypatch):
+    """With W's values hidden (NaN) and the layer's forward activity produced by another matrix
+    W̃, a mirror step gives exactly (1 − λ) B + (η/N) corr(W̃ x, x): B only ever saw x and y."""
+    layer, w_tilde, b0 = _hidden_w_layer(kind, 5, monkeypatch)
     state = torch.get_rng_state()
     wm.mirror_step(layer, lr=0.2, std=0.7, decay=0.1, batch=32)
     torch.set_rng_state(state)
@@ -58,16 +66,8 @@ def test_orthogonal_noise_mirrors_w_exactly_from_activity(kind, batch, monkeypat
     """Orthogonal noise with N >= fan-in: one mirror step is exactly B ← (1 − λ) B + λ W̃ (η = λ/σ²),
     W̃ being the matrix that produced the activity y (W's own values hidden as NaN): no sampling
     error, and B is computed from x and y = layer(x) only."""
-    layer = (pa.convert(nn.Sequential(nn.Linear(12, 4)), "wm")[0] if kind == "linear"
-             else pa.convert(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)), "wm")[0]).double()
+    layer, w_tilde, b0 = _hidden_w_layer(kind, 12, monkeypatch)
     assert wm.fan_in(layer) in (12, 18)
-    w_tilde = torch.randn_like(layer.weight)
-    b0 = layer.feedback.clone()
-    with torch.no_grad():
-        layer.weight.fill_(float("nan"))
-    op, linear = wm._CONV[4], F.linear
-    monkeypatch.setattr(wm.F, "linear", lambda x, w: linear(x, w_tilde))
-    monkeypatch.setitem(wm._CONV, 4, lambda x, w, *a: op(x, w_tilde, *a))
     pa.set_wm(nn.Sequential(layer), noise="orthogonal", decay=0.3, noise_std=0.7, **({} if batch is None else {"batch": batch}))
     s = wm.wm_settings(layer)
     assert s["wm_batch"] == (batch or wm.fan_in(layer)) and s["wm_lr"] == pytest.approx(0.3 / 0.49)
