@@ -177,3 +177,27 @@ def test_tracked_runs_do_not_reuse_untracked_ones(tmp_path):
     res = reproduce(exp, "smoke", store, tmp_path / "out", workers=1, progress=False)
     assert "Fig. 2f-k" in res.produced, res.missing
     assert not math.isnan(float(next(v for v in res.verdicts if v.id == "ifa-2-trace").numbers[0][1]))
+
+
+def test_trajectory_snapshots_live_in_the_run_storage(tmp_path):
+    """Tracked trajectories go where the run's checkpoint goes (issue 15: on a cluster the driver
+    cannot read a worker's disk): with checkpoints in an fsspec storage, the snapshots are there,
+    nothing is written beside the store, and the trajectory analysis reads them back."""
+    import uuid
+
+    import fsspec
+
+    from prealign.experiments.runner import reproduce
+    from prealign.run.store import Store
+
+    uri = f"memory://prealign-traj-{uuid.uuid4().hex}"
+    store = Store(tmp_path / "store")
+    res = reproduce(load("ifa_fig2"), "smoke", store, tmp_path / "out", workers=1, progress=False, storage=uri)
+    fs, root = fsspec.core.url_to_fs(uri)
+    snapshots = fs.glob(f"{root}/trajectories/*.npy")
+    assert snapshots, "no trajectory snapshots in the run storage"
+    assert not (store.root / "trajectories").exists() and not (store.root / "checkpoints" / "trajectories").exists()
+    assert not [m for m in res.missing if "trajectory" in m[0]], res.missing
+    report = (res.folder / "report.md").read_text()
+    assert "path_length_ratio" in report or any((res.folder).glob("*trajector*.png"))
+    fs.rm(root, recursive=True)

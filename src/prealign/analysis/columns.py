@@ -92,11 +92,23 @@ def landscape(ctx, p: dict) -> None:
         run.row["landscape_rise"] = float(np.nanmean(loss) - loss[steps // 2, steps // 2])
 
 
-def trajectory_file(store_root, key: str):
-    """Where the parameter snapshots of run ``key`` are kept (``<store>/trajectories/<key>.npy``)."""
-    from pathlib import Path
+def trajectory_file(key: str) -> str:
+    """The name of run ``key``'s parameter snapshots in its storage (:class:`prealign.run.storage.Storage`,
+    beside its checkpoint): ``trajectories/<key>.npy``."""
+    return f"trajectories/{key}.npy"
 
-    return Path(store_root) / "trajectories" / f"{key}.npy"
+
+def _trajectory_snapshots(store, run):
+    """The local path of ``run``'s snapshots: in its storage (whatever node trained it), or where
+    stores written before the snapshots moved there kept them (``<store>/trajectories/<key>.npy``)."""
+    path = store.storage_of(run.run_id).local_copy(trajectory_file(run.key))
+    legacy = store.root / trajectory_file(run.key)
+    if path is None and legacy.exists():
+        return legacy
+    if path is None:
+        raise Unavailable(f"no parameter snapshots {trajectory_file(run.key)} in the storage of run {run.run_id}: "
+                          "the run was trained without the trajectory tracker (delete it from the store and re-run)")
+    return path
 
 
 def trajectory(ctx, p: dict) -> None:
@@ -110,11 +122,7 @@ def trajectory(ctx, p: dict) -> None:
     for run in _finished(ctx):
         if run.row.get("seed", 0) != p.get("seed", 0):
             continue
-        path = trajectory_file(ctx.store.root, run.key)
-        if not path.exists():
-            raise Unavailable(f"no parameter snapshots at {path}: the run was trained without the trajectory "
-                              f"tracker (delete it from the store and re-run)")
-        snaps = np.load(path, mmap_mode="r")
+        snaps = np.load(_trajectory_snapshots(ctx.store, run), mmap_mode="r", allow_pickle=False)
         data = ctx.data(run.config)
         xs, ys = _sample(data.x_train, data.y_train, n)
         out = mod.trajectory_surface(ctx.model(run), np.asarray(snaps), xs, ys,

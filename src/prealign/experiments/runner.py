@@ -44,16 +44,22 @@ class ExperimentRun:
 
 def experiment_task(payload: dict, store_path: str) -> dict:
     """Worker: train one grid point with its trackers (see :func:`prealign.run.sweep.train_task`)."""
+    import os
+    import tempfile
+
     from ..run.config import RunConfig
+    from ..run.storage import Storage
     from ..run.sweep import train_task
 
     callbacks = an.callbacks_for(payload.get("track", []))
     out = train_task(payload["config"], store_path, callbacks=callbacks)
     recorders = [cb for cb in callbacks if type(cb).__name__ == "TrajectoryRecorder"]
     if recorders and out.get("status") in ("finished", "diverged") and len(recorders[0]):
-        path = an.trajectory_file(Path(store_path).parent, RunConfig.from_dict(payload["config"]).key())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        recorders[0].save(path)
+        # into the run's storage, beside its checkpoint: on a cluster the driver finds it there
+        storage = getattr(store_path, "storage", None) or Storage(Path(os.fspath(store_path)).parent / "checkpoints")
+        with tempfile.TemporaryDirectory(prefix="prealign-trajectory-") as tmp:
+            local = recorders[0].save(Path(tmp) / "snapshots.npy")
+            storage.put(local, an.trajectory_file(RunConfig.from_dict(payload["config"]).key()))
     return out
 
 

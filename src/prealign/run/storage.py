@@ -89,6 +89,35 @@ class Storage:
         if self.fs.exists(self.path(key)):
             self.fs.rm(self.path(key))
 
+    # -- other files of a run (trajectory snapshots): stored beside the checkpoints, so whatever
+    # node trained the run, the driver finds them where it finds its checkpoint
+    def file_path(self, name: str) -> str:
+        """Where the file ``name`` (e.g. ``trajectories/<key>.npy``) lives, in the file system's notation."""
+        _ = self.fs  # sets self.root
+        return f"{self.root}/{name}"
+
+    def put(self, local: str | os.PathLike, name: str) -> None:
+        """Copy the local file ``local`` into the storage as ``name``: a temporary object, then a
+        rename, so a reader never sees half a file."""
+        fs, remote = self.fs, self.file_path(name)
+        fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{remote}.{uuid.uuid4().hex}.tmp"
+        fs.put_file(os.fspath(local), tmp)
+        fs.mv(tmp, remote)
+
+    def local_copy(self, name: str) -> Path | None:
+        """The file ``name`` as a local path (itself on a local storage, else a fresh download into a
+        private cache file), or None when the storage has no such file."""
+        fs, remote = self.fs, self.file_path(name)
+        if not fs.exists(remote):
+            return None
+        if self.local:
+            return Path(remote)
+        cache = Path(tempfile.gettempdir()) / "prealign-files" / f"{os.getpid()}-{uuid.uuid4().hex}" / Path(name).name
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(cache))
+        return cache
+
 
 class StorageCheckpoint:
     """``load() -> dict | None`` / ``save(dict)`` of one run's checkpoint in a :class:`Storage`.

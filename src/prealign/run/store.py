@@ -351,6 +351,14 @@ class Store:
         another store (where the same row id is another run) is never taken for this run's."""
         return self.checkpoint_dir / f"{self.get(int(run_id))['key']}.pt"
 
+    def storage_of(self, run_id: int):
+        """The :class:`prealign.run.storage.Storage` holding run ``run_id``'s checkpoint and files: the
+        ``storage`` a sweep recorded for it, else ``checkpoints/`` beside the store."""
+        from .storage import Storage
+
+        row = self.get(int(run_id))
+        return Storage(row["storage"] or self.checkpoint_dir)
+
     def checkpoint_file(self, run_id: int):
         """The run's checkpoint file (load/save): ``checkpoints/<key>.pt``, or ``<key>.pt`` in the
         run's ``storage`` (:class:`prealign.run.storage.Storage`) when a sweep put it elsewhere."""
