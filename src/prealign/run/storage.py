@@ -154,13 +154,8 @@ class StorageCheckpoint:
 
     def save(self, state: dict) -> None:
         self.file.save(state)
-        if self.storage.local:
-            return
-        fs = self.storage.fs
-        fs.makedirs(self.storage.root, exist_ok=True)
-        tmp = f"{self.remote}.{uuid.uuid4().hex}.tmp"
-        fs.put_file(str(self.path), tmp)
-        fs.mv(tmp, self.remote)
+        if not self.storage.local:
+            self.storage.put(self.path, f"{self.key}.pt")  # Storage.path(key): the same object
 
 
 class _Logger:
