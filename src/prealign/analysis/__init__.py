@@ -4,11 +4,9 @@ Geometry of the loss (IFA paper B.6–B.8): :mod:`.hessian` (Hessian-vector prod
 eigenpairs, Hutchinson trace, spectral density, tracking callback) and :mod:`.landscape`
 (trajectory recorder, trajectory PCA, loss surfaces, perturbed surface). Their public names are
 importable from here; they load lazily, so importing a light sibling module (e.g.
-``prealign.analysis.stats``) does not pull in scipy's sparse solvers.
+``prealign.analysis.calibration``) does not pull in scipy's sparse solvers.
 """
 from __future__ import annotations
-
-import importlib
 
 _EXPORTS = {
     "hessian": ("HessianOperator", "HessianTracker", "hessian_operator", "hessian_summary", "hutchinson_trace",
@@ -24,9 +22,14 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    where = _WHERE.get(name)
+    if where == "hessian":
+        from . import hessian as module
+    elif where == "landscape":
+        from . import landscape as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
 
 
 def __dir__():

@@ -171,7 +171,7 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat torch vector ``v`` (length ``P``, any dtype/device); returns the params' dtype/device."""
-        from prealign import exact_gradients
+        from ..feedback import exact_gradients
 
         vs = self._split(v.to(device=self.device, dtype=self.param_dtype).reshape(-1))
         total = [torch.zeros_like(p) for p in self.params]
@@ -195,7 +195,7 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
         backward pass through the stored graph (``is_grads_batched``: the k products share every
         kernel launch), else :meth:`hvp` row by row. Returns ``(k, P)`` in the parameters' dtype/device;
         equal to :meth:`hvp` per row up to floating-point summation order."""
-        from prealign import exact_gradients
+        from ..feedback import exact_gradients
 
         vs = vs.to(device=self.device, dtype=self.param_dtype).reshape(len(vs), -1)
         if self.method != "graph" or len(vs) == 1:
