@@ -81,8 +81,8 @@ def bench_hessian(device: torch.device, quick: bool, *, eig_rtol: float = EIG_RT
 
     PyHessian: power iteration at the loosest tolerance of ``ladder`` that meets ``eig_rtol``, and
     Hutchinson with the number of probes its pilot variance says the standard error needs.
-    prealign: :func:`~prealign.analysis.hessian.lanczos_top_eigen` at the loosest ``rtol`` of the
-    same ladder that meets it, and :func:`~prealign.analysis.hessian.deflated_trace` (a Lanczos
+    prealign: :func:`~prealign.analysis.spectrum.lanczos_top_eigen` at the loosest ``rtol`` of the
+    same ladder that meets it, and :func:`~prealign.analysis.spectrum.deflated_trace` (a Lanczos
     basis, then batched projected Rademacher probes until the standard error is met). Both sides'
     timed answers are checked again; a miss fails the row and is listed in ``details``.
     """
@@ -93,7 +93,8 @@ def bench_hessian(device: torch.device, quick: bool, *, eig_rtol: float = EIG_RT
         return BenchRow("hessian/mlp", title, None, ">= 2",
                         skipped="PyHessian is not installed (pip install --no-deps pyhessian; it needs only numpy and torch)")
     from ..models import mlp
-    from ..analysis.hessian import deflated_trace, hessian_operator, lanczos_top_eigen
+    from ..analysis.hessian import hessian_operator
+    from ..analysis.spectrum import deflated_trace, lanczos_top_eigen
 
     hidden, n, reps, deflate = (16, 300, 1, 20) if quick else (32, 1000, 3, 100)
     trace_rse = trace_rse if trace_rse is not None else (0.05 if quick else 0.02)
