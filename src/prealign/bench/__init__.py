@@ -32,9 +32,9 @@ paired ratios. Rows:
 ``run_bench(quick=True)`` uses reduced sizes and repetitions (well under a minute). Every row uses
 only the embedded data sets (MNIST-5k), so the suite runs on a fresh machine.
 
-One module per row family; this package only re-exports them. A new row is a ``bench_NAME``
-function in the module of its family (or a new module), one entry in :data:`ROWS` and ``_run`` of
-:mod:`.suite`, and a line above:
+One module per row family; this package only re-exports them. A new row family is a
+``bench_NAME`` function in its own module and one entry in :data:`ROWS` (:mod:`.suite`); a new
+row of a family, a few lines in that family's function. Then a line above.
 
 - :mod:`.base` — :class:`BenchRow`, interleaved timing, the paired-ratio row, shared models/steps/data
 - :mod:`.step` — rows 1 and 7 (``step``, ``zoo``); :mod:`.recipe` — row 2; :mod:`.flops` — row 3;

@@ -18,7 +18,17 @@ from .sweep import bench_sweep, bench_sweep_store
 
 
 # -- the suite --------------------------------------------------------------------------------------------
-ROWS = ("step", "recipe", "flops", "hessian", "sweep", "batched", "zoo")
+#: Every row family, in table order: name -> ``(device, quick) -> [BenchRow]``. A new family is one
+#: entry here (its function in the module of its family, or a new module).
+ROWS: dict[str, Callable[[torch.device, bool], list[BenchRow]]] = {
+    "step": bench_step,
+    "recipe": lambda dev, quick: [bench_recipe(dev, quick)],
+    "flops": lambda dev, quick: [bench_flops(dev, quick)],
+    "hessian": lambda dev, quick: [bench_hessian(dev, quick)],
+    "sweep": lambda dev, quick: [*bench_sweep(quick), bench_sweep_store(quick)],
+    "batched": bench_batched,
+    "zoo": bench_zoo,
+}
 
 
 def run_bench(quick: bool = False, device: str | torch.device = "auto", only=None, threads: int | None = None,
@@ -44,26 +54,17 @@ def run_bench(quick: bool = False, device: str | torch.device = "auto", only=Non
 
 
 def _run(quick, dev, only, log) -> dict:
-    only = tuple(only) if only else ROWS
+    only = tuple(only) if only else tuple(ROWS)
     unknown = [name for name in only if name not in ROWS]
     if unknown:
         raise UnknownNameError("benchmark row", unknown[0], ROWS)
     start = time.perf_counter()
     rows: list[BenchRow] = []
-    jobs = {
-        "step": lambda: bench_step(dev, quick),
-        "flops": lambda: [bench_flops(dev, quick)],
-        "sweep": lambda: [*bench_sweep(quick), bench_sweep_store(quick)],
-        "batched": lambda: bench_batched(dev, quick),
-        "recipe": lambda: [bench_recipe(dev, quick)],
-        "hessian": lambda: [bench_hessian(dev, quick)],
-        "zoo": lambda: bench_zoo(dev, quick),
-    }
-    for name in ROWS:
+    for name, bench in ROWS.items():
         if name not in only:
             continue
         t = time.perf_counter()
-        rows.extend(jobs[name]())
+        rows.extend(bench(dev, quick))
         if log:
             log(f"{name}: {time.perf_counter() - t:.1f} s")
     order = {name: i for i, name in enumerate(ROWS)}
