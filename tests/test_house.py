@@ -209,3 +209,14 @@ def test_no_dynamic_import_of_a_prealign_module():
                 if isinstance(node.args[0], ast.JoinedStr) or str(first).startswith(("prealign", ".")):
                     found.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not found, f"dynamic imports of prealign modules (use an import statement): {found}"
+
+
+def test_the_architecture_doc_shows_the_contracts():
+    """docs/architecture.md draws the layers in pyproject.toml's order and names every contract."""
+    contracts = _contracts()
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    lines = (ROOT / "docs" / "architecture.md").read_text().splitlines()
+    drawn = [next((i for i, line in enumerate(lines) if line.split("  ")[0].strip() == layer), None) for layer in layers]
+    assert None not in drawn and drawn == sorted(drawn), dict(zip(layers, drawn))
+    text = "\n".join(lines)
+    assert all(f"| `{c['id']}` |" in text for c in contracts), [c["id"] for c in contracts]
