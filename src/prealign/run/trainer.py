@@ -196,8 +196,8 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     ``momentum`` then belong in the optimizer; giving them here raises). ``scheduler``: an LR
     scheduler on that optimizer, or a factory ``optimizer -> scheduler``, stepped once per epoch
     after the epoch's training steps and measurements (``ReduceLROnPlateau`` gets the validation
-    loss, else the training loss); records then carry ``lr``, the first parameter group's rate for
-    the next epoch (epoch 0: the initial rate).
+    loss, else the training loss); records then carry ``lr``, the first parameter group's rate that
+    epoch trained with (read before its first step; epoch 0: the initial rate).
 
     ``epochs``: maximum epochs; ``patience``: stop once the selection accuracy has not improved for
     that many epochs (SPEC §4 "until convergence"); ``seed`` seeds the batch permutation, so the same
@@ -363,15 +363,14 @@ def _resume(run: _Run, state: _State) -> None:
 
 def _measure_initial(run: _Run, state: _State) -> None:
     """Epoch 0: the network before any data training, measured (training loss included) and judged."""
-    record = run.measure({"epoch": 0, "seconds": 0.0})
-    if run.sched is not None:
-        record["lr"] = float(run.opt.param_groups[0]["lr"])
+    record = run.measure({"epoch": 0, "seconds": 0.0, **_lr(run)})
     _select(run, state, record)
 
 
 def _train_epoch(run: _Run, state: _State) -> dict:
     """One pass of optimizer steps over the training data. Returns the epoch's record so far: its
     training loss and accuracy are running means over its batches (read once, at the end)."""
+    lr = _lr(run)  # read before the first step: the rate this epoch trains with
     t = time.perf_counter()
     loss_sum = torch.zeros((), device=run.device, dtype=torch.float64)
     correct = torch.zeros((), device=run.device, dtype=torch.int64)
@@ -394,13 +393,19 @@ def _train_epoch(run: _Run, state: _State) -> dict:
         torch.cuda.synchronize(run.device)
     seconds = time.perf_counter() - t
     state.result.train_seconds += seconds
-    return {"epoch": state.epoch + 1, "seconds": seconds, "train_loss": float(loss_sum) / seen,
+    return {"epoch": state.epoch + 1, "seconds": seconds, **lr, "train_loss": float(loss_sum) / seen,
             "train_acc": int(correct) / seen if classes else float("nan")}
 
 
+def _lr(run: _Run) -> dict:
+    """``{"lr": the first parameter group's rate now}`` with a scheduler, else ``{}``."""
+    return {} if run.sched is None else {"lr": float(run.opt.param_groups[0]["lr"])}
+
+
 def _measure(run: _Run, record: dict) -> None:
-    """The end-of-epoch measurements, then the scheduler's step; an epoch whose training loss is
-    not finite is not measured (its losses and accuracies are NaN)."""
+    """The end-of-epoch measurements, then the scheduler's step (for the next epoch: the record's
+    ``lr`` is the rate this epoch trained with); an epoch whose training loss is not finite is not
+    measured (its losses and accuracies are NaN)."""
     if not math.isfinite(record["train_loss"]):
         for k in ("val_loss", "val_acc", "test_loss", "test_acc") if run.has_val else ("test_loss", "test_acc"):
             record[k] = float("nan")
@@ -411,7 +416,6 @@ def _measure(run: _Run, record: dict) -> None:
             run.sched.step(record["val_loss" if run.has_val else "train_loss"])
         else:
             run.sched.step()
-        record["lr"] = float(run.opt.param_groups[0]["lr"])
 
 
 def _select(run: _Run, state: _State, record: dict) -> None:
