@@ -88,7 +88,8 @@ class FileCheckpoint:
     ``bad_epochs``      epochs since the selected one (patience counter); ``step`` optimizer steps
     ``train_seconds``   summed training time
     ``done``            the run ended (budget, patience or divergence); ``diverged``,
-                        ``diverged_epoch`` (int or None), ``stopped_early`` say how
+                        ``diverged_epoch`` (int or None), ``diverged_reason`` (str or None;
+                        :func:`prealign.train` only), ``stopped_early`` say how
     ==================  ============================================================================
 
     :func:`prealign.run.config.run` adds ``noise_seconds``.

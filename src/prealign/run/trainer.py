@@ -23,8 +23,9 @@ Per-epoch record (``TrainResult.curves[i]``, epoch 0 = before any data training)
 =====================  ===========================================================================
 
 Measurements never change what they measure (:func:`measurement_guard`). Accuracies are
-fractions in [0, 1]. A NaN/inf loss stops training: the run is marked diverged,
-that epoch is recorded, the curves are kept, nothing is raised (IFA paper A.2.2).
+fractions in [0, 1]. A NaN/inf loss, or a training loss beyond :data:`DIVERGENCE_RATIO` × its
+start (:func:`divergence`), stops training: the run is marked diverged with the reason, that epoch
+is recorded, the curves are kept, nothing is raised (IFA paper A.2.2).
 
 The loop is :func:`train`: a few named steps over two small objects, a :class:`_Run` (what the
 call fixed before its first epoch) and a :class:`_State` (what changes epoch to epoch — what a
@@ -59,6 +60,12 @@ from .optimizers import OPTIMIZERS, make_optimizer, name_of, resolve_optimizer, 
 
 _check_resumable, _make_optimizer = check_resumable, make_optimizer  # the names batched.py and bench/ import
 
+# A run has diverged once an epoch's training loss exceeds DIVERGENCE_RATIO × max(epoch-0 training
+# loss, 1). Measured on digits (64-100-100-10 MLPs, bp/fa/dfa/brsf/kp, Adam 1e-4..1 and SGD
+# 1e-2..1000, 15 epochs): every run at a usable rate (Adam ≤ 0.1, SGD ≤ 1 under bp) peaked at ≤ 20×
+# its start; the runs past 10⁴× had blown up (losses 10⁴..10²⁹, e.g. SGD at lr 1000: 10²²×).
+DIVERGENCE_RATIO = 1e4
+
 
 @dataclass
 class TrainResult:
@@ -71,6 +78,7 @@ class TrainResult:
     selection: str = "test"  # "val": selected and stopped on the validation set; "test": the papers' protocol
     diverged: bool = False
     diverged_epoch: int | None = None
+    diverged_reason: str | None = None  # e.g. "non-finite training loss", "training loss 5e+16 > 1e+04 × ..."
     stopped_early: bool = False  # patience ran out
     epochs_run: int = 0
     seconds: float = 0.0  # wall time of train(), measurements included
@@ -90,7 +98,8 @@ class TrainResult:
 
     def to_dict(self, curves: bool = True) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in (
-            "best_test_acc", "best_epoch", "best_val_acc", "selection", "diverged", "diverged_epoch", "stopped_early",
+            "best_test_acc", "best_epoch", "best_val_acc", "selection", "diverged", "diverged_epoch", "diverged_reason",
+            "stopped_early",
             "epochs_run", "seconds", "train_seconds", "noise_seconds", "config", "run_id")}
         out["status"] = self.status
         out["final"] = self.final
@@ -128,6 +137,7 @@ class _Run:
     step_callbacks: list
     epoch_callbacks: list
     eval_batch_size: int
+    divergence_ratio: float | None  # see divergence()
     settings: dict  # what a checkpoint must match (checkpoint_settings)
     checkpoint: Any  # None or an object with load() and save(dict)
 
@@ -176,7 +186,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
           device: str | torch.device = "auto", callbacks: Sequence[Any] = (), progress: bool | None = None,
           eval_batch_size: int = 4096, checkpoint=None, grad_alignment: bool = True, description: str = "train",
           val_fraction: float = 0.0, kp_decay: float | None = None, wm: dict | None = None, test=None, val=None,
-          loss_fn=None, scheduler=None) -> TrainResult:
+          loss_fn=None, scheduler=None, divergence_ratio: float | None = DIVERGENCE_RATIO) -> TrainResult:
     """Train ``model`` on ``data`` with cross-entropy (or ``loss_fn``).
 
     ``data``: prealign's data (``x_train, y_train, x_test, y_test`` tensors; the fast path: moved to
@@ -238,14 +248,20 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     own, default :data:`prealign.feedback.KP_DECAY`; a model without ``kp`` layers raises).
     ``wm``: weight-mirror settings for ``wm`` layers, keyword arguments of :func:`prealign.set_wm`
     (``{"lr", "noise_std", "decay", "steps", "batch"}``; None: each layer's own, defaults in
-    :mod:`prealign.feedback.wm`; a model without ``wm`` layers raises). Never raises on divergence.
+    :mod:`prealign.feedback.wm`; a model without ``wm`` layers raises).
+
+    Divergence (:func:`divergence`): an epoch whose loss is not finite, or whose training loss
+    exceeds ``divergence_ratio × max(epoch-0 training loss, 1)`` (default :data:`DIVERGENCE_RATIO`
+    = 10⁴; None: only a non-finite loss), ends the run: ``diverged``, ``diverged_epoch`` and
+    ``diverged_reason`` say when and why, the curves keep every epoch up to it (that one included),
+    and the selected epoch is one before it. Never raises on divergence.
     """
     start = time.perf_counter()
     run = _setup(model, data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                  weight_decay=weight_decay, momentum=momentum, patience=patience, seed=seed, device=device,
                  callbacks=callbacks, eval_batch_size=eval_batch_size, checkpoint=checkpoint,
                  grad_alignment=grad_alignment, val_fraction=val_fraction, kp_decay=kp_decay, wm=wm, test=test, val=val,
-                 loss_fn=loss_fn, scheduler=scheduler)
+                 loss_fn=loss_fn, scheduler=scheduler, divergence_ratio=divergence_ratio)
     state = _State(TrainResult(selection="val" if run.has_val else "test"))
     _resume(run, state)
     model.train()
@@ -268,7 +284,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
 # -- the steps ------------------------------------------------------------------------------
 def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_decay, momentum, patience, seed, device,
            callbacks, eval_batch_size, checkpoint, grad_alignment, val_fraction, kp_decay, wm, test, val, loss_fn,
-           scheduler) -> _Run:
+           scheduler, divergence_ratio) -> _Run:
     """Check the arguments, move the model and the data to the device, build the optimizer and
     scheduler and record what a checkpoint must match: the :class:`_Run` of this call."""
     from ..data.base import holdout_validation
@@ -277,6 +293,9 @@ def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_
         raise ConfigError(f"train() needs epochs >= 0, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+    if divergence_ratio is not None and not divergence_ratio > 1:
+        raise ConfigError(f"divergence_ratio must be > 1 (a bound on the training loss relative to its start) or None "
+                          f"(only a non-finite loss diverges); got {divergence_ratio}")
     dev = resolve_device(device)
     model.to(dev)
     dtype = model_dtype(model)
@@ -313,6 +332,8 @@ def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_
                                    optimizer=opt_record, weight_decay=weight_decay or 0.0, momentum=momentum or 0.0,
                                    seed=seed, patience=patience, val_fraction=val_fraction)
     settings["data"] = data_record
+    if divergence_ratio != DIVERGENCE_RATIO:  # where the run stops (recorded only when not the default one)
+        settings["divergence_ratio"] = divergence_ratio
     if loss_fn is not None or sched is not None or loader or not isinstance(optimizer, str):
         settings.update(loss_fn=None if loss_fn is None else name_of(loss_fn),
                         scheduler=None if sched is None else name_of(type(sched)), unverified="; ".join(unverified))
@@ -332,7 +353,8 @@ def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_
                 splits=splits, data=data, grad_batch=grad_batch, order=torch.Generator().manual_seed(int(seed)),
                 step_callbacks=[cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")],
                 epoch_callbacks=[cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")],
-                eval_batch_size=eval_batch_size, settings=settings, checkpoint=as_checkpoint(checkpoint))
+                eval_batch_size=eval_batch_size, divergence_ratio=divergence_ratio, settings=settings,
+                checkpoint=as_checkpoint(checkpoint))
 
 
 def _resume(run: _Run, state: _State) -> None:
@@ -358,6 +380,7 @@ def _resume(run: _Run, state: _State) -> None:
     res.best_test_acc, res.best_val_acc, res.best_epoch = saved["best_test_acc"], saved["best_val_acc"], saved["best_epoch"]
     res.train_seconds = saved["train_seconds"]
     res.diverged, res.diverged_epoch, res.stopped_early = saved["diverged"], saved["diverged_epoch"], saved["stopped_early"]
+    res.diverged_reason = saved.get("diverged_reason")  # (absent from a batched run's checkpoint)
     state.epoch, state.bad_epochs, state.step = saved["epoch"], saved["bad_epochs"], saved["step"]
 
 
@@ -419,13 +442,13 @@ def _measure(run: _Run, record: dict) -> None:
 
 
 def _select(run: _Run, state: _State, record: dict) -> None:
-    """Add the measured epoch to the curves and judge it: divergence (a non-finite loss), the
+    """Add the measured epoch to the curves and judge it: divergence (:func:`divergence`), the
     selected epoch (best validation accuracy, else best test accuracy) and patience."""
     res, epoch = state.result, record["epoch"]
     res.curves.append(record)
     state.epoch = epoch
-    finite = all(math.isfinite(record[k]) for k in ("train_loss", "test_loss", "val_loss") if k in record)
-    if epoch == 0 or finite:  # epoch 0 is the first selected epoch whatever it measured
+    reason = divergence(record, res.curves[0]["train_loss"], run.divergence_ratio)
+    if epoch == 0 or reason is None:  # epoch 0 is the first selected epoch whatever it measured
         acc = record["val_acc" if run.has_val else "test_acc"]
         if not (res.best_val_acc if run.has_val else res.best_test_acc) >= acc:  # also true while the best is NaN
             res.best_test_acc, res.best_epoch, state.bad_epochs = record["test_acc"], epoch, 0
@@ -433,10 +456,25 @@ def _select(run: _Run, state: _State, record: dict) -> None:
                 res.best_val_acc = acc
         else:
             state.bad_epochs += 1
-    if not finite:
-        res.diverged, res.diverged_epoch = True, epoch
+    if reason is not None:
+        res.diverged, res.diverged_epoch, res.diverged_reason = True, epoch, reason
     elif epoch > 0:
         res.stopped_early = run.patience is not None and state.bad_epochs >= run.patience
+
+
+def divergence(record: dict, start_loss: float, ratio: float | None = DIVERGENCE_RATIO) -> str | None:
+    """Why the epoch of ``record`` (a :func:`train` record) counts as diverged, or None: a loss that
+    is not finite (training, validation or test), or — from epoch 1, unless ``ratio`` is None — a
+    training loss above ``ratio × max(start_loss, 1)``, ``start_loss`` being the epoch-0 training
+    loss (the floor of 1 keeps a run that starts near zero loss, e.g. a fine-tuned one, from
+    diverging on an ordinary rise; cross-entropy at chance is ln C, 2.3 for 10 classes)."""
+    for key, name in (("train_loss", "training"), ("val_loss", "validation"), ("test_loss", "test")):
+        if key in record and not math.isfinite(record[key]):
+            return f"non-finite {name} loss"
+    loss = record["train_loss"]
+    if ratio is not None and record["epoch"] > 0 and loss > ratio * max(start_loss, 1.0):
+        return f"training loss {loss:.3g} > {ratio:g} × max(epoch-0 training loss {start_loss:.3g}, 1)"
+    return None
 
 
 def _checkpoint(run: _Run, state: _State) -> None:
@@ -456,9 +494,9 @@ def _checkpoint(run: _Run, state: _State) -> None:
         "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch, "selection": res.selection,
         "bad_epochs": state.bad_epochs, "step": state.step, "train_seconds": res.train_seconds,
         "done": state.ended(run.epochs), "diverged": res.diverged, "diverged_epoch": res.diverged_epoch,
-        "stopped_early": res.stopped_early,
+        "diverged_reason": res.diverged_reason, "stopped_early": res.stopped_early,
     })
 
 
-__all__ = ["train", "TrainResult", "TensorData", "Batches", "evaluate", "gradient_alignment", "measurement_guard",
-           "FileCheckpoint", "read_checkpoint", "checkpoint_settings", "CHECKPOINT_FORMAT", "OPTIMIZERS"]
+__all__ = ["train", "TrainResult", "divergence", "DIVERGENCE_RATIO", "TensorData", "Batches", "evaluate",
+           "gradient_alignment", "measurement_guard", "FileCheckpoint", "read_checkpoint", "checkpoint_settings", "CHECKPOINT_FORMAT", "OPTIMIZERS"]
