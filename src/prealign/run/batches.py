@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .measure import cuda_devices
+from ..seeding import cuda_devices
 
 
 @dataclass

@@ -22,7 +22,10 @@ from ..errors import PrealignError
 from ..feedback import RULES, FeedbackLayer
 from ..feedback.wm import wm_settings
 
-CHECKPOINT_FORMAT = 2  # version of the checkpoint dict below; older files are refused with a one-line fix
+# version of the checkpoint dict below; older files are refused with a one-line fix. 3: the run's own
+# random streams (prealign.seeding: torch_rng/cuda_rng are the run's stream, no longer the caller's
+# global RNG; rules_rng), so a format-2 checkpoint cannot continue a run of this version bitwise
+CHECKPOINT_FORMAT = 3
 
 
 def _corrupt(path: Path) -> PrealignError:
@@ -80,7 +83,10 @@ class FileCheckpoint:
                         (:func:`prealign.train` only; absent from batched runs' checkpoints); ``loader_rng``
                         the states of a training loader's own generators (list of uint8 tensors)
     ``generator``       batch-order generator state (uint8 tensor); ``torch_rng``, ``cuda_rng``
-                        (uint8 tensor or None) the global RNGs
+                        (uint8 tensor or None) the run's global stream on the CPU and its CUDA
+                        device (:func:`prealign.seeding.global_stream`: dropout and other module
+                        randomness); ``rules_rng`` the rules' own streams
+                        (:func:`prealign.rules_rng_state`; :func:`prealign.train` only so far)
     ``epoch``           last completed epoch (int; 0 = before training)
     ``curves``          the per-epoch records so far (list of dicts)
     ``best_epoch``      selected epoch; ``best_test_acc``, ``best_val_acc`` (NaN without validation)

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..feedback import exact_gradients, feedback_layers
+from ..feedback.rng import rules_rng_state, set_rules_rng_state
 from ..init import alignment_angles
+from ..seeding import cuda_devices
 
 GRAD_BATCH = 256  # size of the fixed batch used for gradient alignment
 
@@ -68,19 +70,17 @@ def _flat_angle(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.degrees(math.acos(float(cos)))
 
 
-def cuda_devices() -> list[int]:
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-
-
 @contextmanager
 def measurement_guard(model: nn.Module):
     """Within the block, measure ``model`` freely: on exit the global RNGs (CPU and every
-    initialised CUDA device), every module's train/eval mode, the running statistics of its
-    normalisation layers (BatchNorm ``running_mean``/``running_var``/``num_batches_tracked``) and
-    every parameter's ``.grad`` are as they were on entry, also when the body raises. So a
-    measurement never changes the training it measures (weights and feedback are not restored:
-    a measurement must not write them)."""
+    initialised CUDA device), the rules' own streams (:func:`prealign.seed_rules`: a brsf layer
+    draws its magnitudes at every forward with gradients, e.g. in :func:`gradient_alignment`),
+    every module's train/eval mode, the running statistics of its normalisation layers (BatchNorm
+    ``running_mean``/``running_var``/``num_batches_tracked``) and every parameter's ``.grad`` are as
+    they were on entry, also when the body raises. So a measurement never changes the training it
+    measures (weights and feedback are not restored: a measurement must not write them)."""
     modes = [(m, m.training) for m in model.modules()]
+    streams = rules_rng_state(model)
     norms = [(m, {k: b.detach().clone() for k, b in m.named_buffers(recurse=False) if b is not None})
              for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
     grads = [(p, p.grad) for p in model.parameters()]
@@ -96,6 +96,8 @@ def measurement_guard(model: nn.Module):
                         getattr(m, k).copy_(b)
             for p, g in grads:
                 p.grad = g
+            if streams:
+                set_rules_rng_state(model, streams)
 
 
 def gradient_alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=None) -> dict[str, float]:
@@ -184,5 +186,5 @@ def measure_epoch(model: nn.Module, record: dict, *, train, val, test, grad_batc
     return record
 
 
-__all__ = ["GRAD_BATCH", "cuda_devices", "evaluate", "gradient_alignment", "gradient_batch", "measure_epoch",
+__all__ = ["GRAD_BATCH", "evaluate", "gradient_alignment", "gradient_batch", "measure_epoch",
            "measurement_guard"]

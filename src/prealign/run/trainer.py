@@ -50,8 +50,10 @@ from torch import nn
 from ..device import resolve_device
 from ..errors import ConfigError
 from ..feedback import set_kp_decay, set_wm
+from ..feedback.rng import rules_rng_state, seed_rules, set_rules_rng_state
 from ..feedback.wm import mirror_phases, set_mirror_phases
 from ..progress import progress_bar
+from ..seeding import global_stream, stream_seed
 from .batches import Batches, TensorData, cast_inputs, model_dtype, move_data
 from .checkpoint import (CHECKPOINT_FORMAT, FileCheckpoint, as_checkpoint, check_resumable, checkpoint_settings,
                          data_fingerprint, read_checkpoint)
@@ -257,24 +259,25 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     and the selected epoch is one before it. Never raises on divergence.
     """
     start = time.perf_counter()
-    run = _setup(model, data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                 weight_decay=weight_decay, momentum=momentum, patience=patience, seed=seed, device=device,
-                 callbacks=callbacks, eval_batch_size=eval_batch_size, checkpoint=checkpoint,
-                 grad_alignment=grad_alignment, val_fraction=val_fraction, kp_decay=kp_decay, wm=wm, test=test, val=val,
-                 loss_fn=loss_fn, scheduler=scheduler, divergence_ratio=divergence_ratio)
-    state = _State(TrainResult(selection="val" if run.has_val else "test"))
-    _resume(run, state)
-    model.train()
-    if state.epoch < 0:
-        _measure_initial(run, state)
-        _checkpoint(run, state)
-    with progress_bar(0 if state.ended(epochs) else epochs - state.epoch, description, enabled=progress) as bar:
-        while not state.ended(epochs):
-            record = _train_epoch(run, state)
-            _measure(run, record)
-            _select(run, state, record)
+    _check_arguments(epochs, batch_size, lr, optimizer, divergence_ratio)
+    dev = resolve_device(device)
+    with global_stream(stream_seed(seed, "modules"), dev):  # the caller's global RNG is back on return
+        run = _setup(model, data, dev, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                     weight_decay=weight_decay, momentum=momentum, patience=patience, seed=seed, callbacks=callbacks,
+                     eval_batch_size=eval_batch_size, checkpoint=checkpoint, grad_alignment=grad_alignment,
+                     val_fraction=val_fraction, kp_decay=kp_decay, wm=wm, test=test, val=val, loss_fn=loss_fn,
+                     scheduler=scheduler, divergence_ratio=divergence_ratio)
+        state = _resume(run)
+        if state.epoch < 0:
+            _measure_initial(run, state)
             _checkpoint(run, state)
-            bar.advance(1, test_acc=record["test_acc"], loss=record["train_loss"])
+        with progress_bar(0 if state.ended(epochs) else epochs - state.epoch, description, enabled=progress) as bar:
+            while not state.ended(epochs):
+                record = _train_epoch(run, state)
+                _measure(run, record)
+                _select(run, state, record)
+                _checkpoint(run, state)
+                bar.advance(1, test_acc=record["test_acc"], loss=record["train_loss"])
     res = state.result
     res.epochs_run = res.curves[-1]["epoch"] if res.curves else 0
     res.seconds = time.perf_counter() - start
@@ -282,13 +285,7 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
 
 
 # -- the steps ------------------------------------------------------------------------------
-def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_decay, momentum, patience, seed, device,
-           callbacks, eval_batch_size, checkpoint, grad_alignment, val_fraction, kp_decay, wm, test, val, loss_fn,
-           scheduler, divergence_ratio) -> _Run:
-    """Check the arguments, move the model and the data to the device, build the optimizer and
-    scheduler and record what a checkpoint must match: the :class:`_Run` of this call."""
-    from ..data.base import holdout_validation
-
+def _check_arguments(epochs, batch_size, lr, optimizer, divergence_ratio) -> None:
     if epochs < 0 or batch_size < 1 or not (lr is None or lr > 0):
         raise ConfigError(f"train() needs epochs >= 0, batch_size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
@@ -296,7 +293,16 @@ def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_
     if divergence_ratio is not None and not divergence_ratio > 1:
         raise ConfigError(f"divergence_ratio must be > 1 (a bound on the training loss relative to its start) or None "
                           f"(only a non-finite loss diverges); got {divergence_ratio}")
-    dev = resolve_device(device)
+
+
+def _setup(model: nn.Module, data, dev: torch.device, *, epochs, batch_size, lr, optimizer, weight_decay, momentum,
+           patience, seed, callbacks, eval_batch_size, checkpoint, grad_alignment, val_fraction, kp_decay, wm, test, val,
+           loss_fn, scheduler, divergence_ratio) -> _Run:
+    """Move the model and the data to the device, give the rules their seeded streams, build the
+    optimizer and scheduler, record what a checkpoint must match: the :class:`_Run` of this call.
+    Runs inside the run's global stream (a shuffling loader's first batch, for gradient alignment)."""
+    from ..data.base import holdout_validation
+
     model.to(dev)
     dtype = model_dtype(model)
     loader = not hasattr(data, "x_train")
@@ -320,6 +326,7 @@ def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_
         set_kp_decay(model, kp_decay)
     if wm is not None:
         set_wm(model, **wm)
+    seed_rules(model, int(seed))  # brsf magnitudes, wm noise: per-layer streams on the layer's device
     opt, opt_record = resolve_optimizer(optimizer, model, lr, weight_decay, momentum)
     sched = resolve_scheduler(scheduler, opt)
     if not isinstance(optimizer, str):
@@ -348,6 +355,7 @@ def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_
     grad_batch = None  # drawn from its own stream: does not move the batch order
     if grad_alignment:
         grad_batch = splits[0].first(GRAD_BATCH) if loader else gradient_batch(x, y, seed)
+    model.train()
     return _Run(model=model, device=dev, epochs=epochs, batch_size=batch_size, patience=patience, opt=opt, sched=sched,
                 loss=loss_fn or F.cross_entropy, loss_fn=loss_fn, loader=splits[0] if loader else None, x=x, y=y,
                 splits=splits, data=data, grad_batch=grad_batch, order=torch.Generator().manual_seed(int(seed)),
@@ -357,12 +365,13 @@ def _setup(model: nn.Module, data, *, epochs, batch_size, lr, optimizer, weight_
                 checkpoint=as_checkpoint(checkpoint))
 
 
-def _resume(run: _Run, state: _State) -> None:
-    """Continue from the run's checkpoint, if it has one: weights, optimizer, scheduler, random
-    streams, curves and counters come back, so the run goes on exactly as if never interrupted."""
+def _resume(run: _Run) -> _State:
+    """The run's state at its start: fresh, or where its checkpoint left it (weights, optimizer,
+    scheduler, every random stream, curves and counters), so it goes on as if never interrupted."""
+    state = _State(TrainResult(selection="val" if run.has_val else "test"))
     saved = run.checkpoint.load() if run.checkpoint is not None else None
     if saved is None:
-        return
+        return state
     check_resumable(run.checkpoint, saved, run.settings, run.epochs)
     run.model.load_state_dict(saved["model"])
     run.opt.load_state_dict(saved["optimizer"])
@@ -372,7 +381,8 @@ def _resume(run: _Run, state: _State) -> None:
     for g, s in zip(run.loader.generators() if run.loader is not None else (), saved.get("loader_rng", ())):
         g.set_state(s)
     run.order.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
+    set_rules_rng_state(run.model, saved.get("rules_rng", {}))  # (absent from a batched run's checkpoint)
+    torch.set_rng_state(saved["torch_rng"])  # the run's global stream (global_stream), not the caller's
     if run.device.type == "cuda" and saved.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(saved["cuda_rng"], run.device)
     res = state.result
@@ -382,6 +392,7 @@ def _resume(run: _Run, state: _State) -> None:
     res.diverged, res.diverged_epoch, res.stopped_early = saved["diverged"], saved["diverged_epoch"], saved["stopped_early"]
     res.diverged_reason = saved.get("diverged_reason")  # (absent from a batched run's checkpoint)
     state.epoch, state.bad_epochs, state.step = saved["epoch"], saved["bad_epochs"], saved["step"]
+    return state
 
 
 def _measure_initial(run: _Run, state: _State) -> None:
@@ -488,7 +499,7 @@ def _checkpoint(run: _Run, state: _State) -> None:
         "wm_phases": mirror_phases(run.model),
         "scheduler": None if run.sched is None else run.sched.state_dict(),
         "loader_rng": [g.get_state() for g in run.loader.generators()] if run.loader is not None else [],
-        "torch_rng": torch.get_rng_state(),
+        "rules_rng": rules_rng_state(run.model), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
         "epoch": state.epoch, "curves": res.curves, "best_test_acc": res.best_test_acc,
         "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch, "selection": res.selection,
