@@ -212,8 +212,15 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     epoch trained with (read before its first step; epoch 0: the initial rate).
 
     ``epochs``: maximum epochs; ``patience``: stop once the selection accuracy has not improved for
-    that many epochs (SPEC §4 "until convergence"); ``seed`` seeds the batch permutation, so the same
-    seed on the same machine gives identical curves.
+    that many epochs (SPEC §4 "until convergence").
+
+    ``seed`` alone fixes every random draw of the run (:mod:`prealign.seeding`): the batch
+    permutation, the rules' per-step draws (brsf magnitudes, wm noise: :func:`prealign.seed_rules`
+    ``(model, seed)``, left seeded afterwards), and everything else that draws from torch's global
+    RNG — dropout, any module's own draws, a ``DataLoader``'s shuffling — which draws, for the
+    call, from a stream of the seed on the CPU and the model's device. Whatever the caller did to
+    the global RNG before, the same seed on the same machine gives identical curves and weights, and
+    the caller's global RNG is exactly as it was when train() returns (or raises).
 
     Model selection: ``val_fraction > 0`` holds that fraction of the training set out
     (:func:`prealign.data.holdout_validation`, a fixed seed-0 split; tensor data only), as does data
@@ -237,8 +244,9 @@ def train(model: nn.Module, data, *, epochs: int, batch_size: int = 64, lr: floa
     raises a one-line PrealignError naming the file and the differences. What cannot be verified
     is recorded as far as it can be and listed under ``unverified``: a loader by its type and length
     (not its contents; its order may come from the global RNG, as a ``DataLoader``'s shuffling
-    does, or from ``torch.Generator`` objects the loader or its sampler hold, which are checkpointed
-    and restored around measurements; other RNGs, e.g. numpy's in a custom dataset, are not), a
+    does — the run's stream, checkpointed — or from ``torch.Generator`` objects the loader or its
+    sampler hold, which are checkpointed and restored around measurements; other RNGs, e.g. numpy's
+    in a custom dataset, are not), a
     custom ``loss_fn`` by its name, an optimizer object/factory by its class and defaults, a scheduler by its class.
     ``epochs`` alone may grow: a run that ended on its epoch budget continues to the new budget, and
     one that stopped early or diverged is returned as it ended — both exactly what an
