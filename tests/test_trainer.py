@@ -325,3 +325,25 @@ def test_resume_with_validation_keeps_selection(tmp_path):
     assert _metrics(resumed.curves) == _metrics(full.curves)
     assert (resumed.best_epoch, resumed.best_val_acc, resumed.best_test_acc, resumed.selection) == \
         (full.best_epoch, full.best_val_acc, full.best_test_acc, "val")
+
+
+def test_train_reads_as_a_short_loop_of_named_steps():
+    """Issue 23: train() is a short sequence of named steps (no inner closures sharing state), and
+    the trainer's modules are rooms a newcomer reads in one sitting (≤ 600 lines each)."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    import prealign.run.trainer as trainer
+
+    tree = ast.parse(inspect.getsource(trainer.train))
+    fn = tree.body[0]
+    nested = [n.name for n in ast.walk(fn) if isinstance(n, ast.FunctionDef) and n is not fn]
+    body = fn.body[1:] if isinstance(fn.body[0].value, ast.Constant) else fn.body  # without the docstring
+    lines = body[-1].end_lineno - body[0].lineno + 1
+    assert nested == [] and lines <= 30, (nested, lines)
+    called = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {"_resume", "_train_epoch", "_measure", "_select", "_checkpoint"} <= called
+    run_dir = Path(trainer.__file__).parent
+    for name in ("trainer", "checkpoint", "measure", "batches", "optimizers"):
+        assert len((run_dir / f"{name}.py").read_text().splitlines()) <= 600, name
