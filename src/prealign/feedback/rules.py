@@ -57,7 +57,9 @@ class Rule:
     does the angle ∠(W, B) (:func:`prealign.alignment_angles`) describe the rule; bp never reads
     ``B``, dfa reads its own ``D``, the sign rules read ``sign(W)`` (with ``|B|`` magnitudes at most).
     ``mirrors`` marks rules whose ``B`` learns ``W`` from the layer's noise-driven activity after
-    each optimizer step (weight mirror, :mod:`prealign.feedback.wm`).
+    each optimizer step (weight mirror, :mod:`prealign.feedback.wm`). ``draws`` marks rules that draw
+    random numbers at each step (brsf's magnitudes, wm's noise): :func:`prealign.seed_rules` gives
+    their layers seeded streams of their own (:mod:`prealign.feedback.rng`).
     """
 
     name: str
@@ -69,6 +71,7 @@ class Rule:
     transports: str = "nothing"
     reads_feedback: bool = True
     mirrors: bool = False
+    draws: bool = False
 
 
 RULES: dict[str, Rule] = {}
@@ -85,6 +88,23 @@ def get_rule(name: str) -> Rule:
         return RULES[name]
     except (KeyError, TypeError):
         raise UnknownNameError("rule", name, RULES) from None
+
+
+_RNG_ATTR = "_rules_rng"  # a layer's own torch.Generator (prealign.feedback.rng.seed_rules); absent/None: global RNG
+
+
+def generator(layer) -> torch.Generator | None:
+    """The generator ``layer``'s rule draws from (``None``: torch's global RNG), on the layer's device."""
+    gen = layer.__dict__.get(_RNG_ATTR)
+    if gen is None:
+        return None
+    device = layer.weight.device
+    if gen.device != device:  # the layer moved (.to(device)): a stream on its new device, seeded from the old one
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen, device=gen.device))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        layer.__dict__[_RNG_ATTR] = gen
+    return gen
 
 
 def _fixed(layer):
@@ -112,7 +132,7 @@ def _fixed_random_sign(layer, out=None):
 
 def _batchwise_random_sign(layer, out=None):
     out = torch.empty_like(layer.weight, requires_grad=False) if out is None else out
-    return out.normal_().abs_().mul_(_abs_feedback(layer)[3]).copysign_(layer.weight.detach())
+    return out.normal_(generator=generator(layer)).abs_().mul_(_abs_feedback(layer)[3]).copysign_(layer.weight.detach())
 
 
 register_rule(Rule("bp", "backpropagation: the error travels back through W (weight transport)", None, transports="weights",
@@ -123,10 +143,10 @@ register_rule(Rule("dfa", "direct feedback alignment: the output error reaches e
 register_rule(Rule("usf", "uniform sign-concordant feedback: sign(W) scaled by mean |B|", _uniform_sign, per_step=True,
                    transports="signs", reads_feedback=False))
 register_rule(Rule("brsf", "batchwise random-magnitude sign-concordant feedback: |R|·sign(W), R re-drawn each batch",
-                   _batchwise_random_sign, per_step=True, transports="signs", reads_feedback=False))
+                   _batchwise_random_sign, per_step=True, transports="signs", reads_feedback=False, draws=True))
 register_rule(Rule("frsf", "fixed random-magnitude sign-concordant feedback: |B|·sign(W)", _fixed_random_sign, per_step=True,
                    transports="signs", reads_feedback=False))
 register_rule(Rule("kp", "Kolen-Pollack: B receives W's update minus a decay d·(B - W) per optimizer step, so B -> W", _fixed,
                    learns_feedback=True))
 register_rule(Rule("wm", "weight mirror: after each optimizer step B learns W from the layer's noise-driven activity "
-                   "(B <- (1 - decay) B + lr y x^T, y = W x)", _fixed, mirrors=True))
+                   "(B <- (1 - decay) B + lr y x^T, y = W x)", _fixed, mirrors=True, draws=True))

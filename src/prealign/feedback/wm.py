@@ -79,8 +79,10 @@ count since the last mirroring (``layer.wm_phase``) is training state: :func:`mi
 by :func:`prealign.train`'s checkpoints; a loop of your own that resumes with ``every > 1`` must
 restore it with :func:`set_mirror_phases`, or the mirrorings shift. Several forwards per optimizer
 step, measurements, and changes of ``W`` outside a step (loading a checkpoint,
-:func:`prealign.align`) trigger nothing. The noise is drawn from the global RNG of ``W``'s device,
-so a checkpoint (which saves the RNG states) resumes the very same noise. Cost per mirroring:
+:func:`prealign.align`) trigger nothing. The noise is drawn from the layer's own stream after
+:func:`prealign.seed_rules` (``prealign.train`` seeds it from its ``seed``), else from the global RNG
+of ``W``'s device (:mod:`prealign.feedback.rng`); a checkpoint that saves
+:func:`~prealign.feedback.rng.rules_rng_state` (or the global RNG states) resumes the very same noise. Cost per mirroring:
 ``steps`` × (one forward and one weight-gradient-sized product of a ``batch``-sample noise batch)
 per layer.
 """
@@ -96,7 +98,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..errors import ConfigError
 from .rules import _LEARNING
-from .rules import RULES
+from .rules import RULES, generator
 
 WM_NOISE_STD = 1.0
 """Default std σ of the mirror noise (the update is linear in ``x``, so σ only sets the scale of ``η``)."""
@@ -172,8 +174,9 @@ def _dct(m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return c.to(device=device, dtype=dtype)
 
 
-def noise(kind: str, batch: int, n: int, std: float, *, device=None, dtype=None) -> torch.Tensor:
-    """Mirror noise ``x: (batch, n)`` from the global RNG of ``device``.
+def noise(kind: str, batch: int, n: int, std: float, *, device=None, dtype=None,
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror noise ``x: (batch, n)`` from ``generator`` (``None``: the global RNG of ``device``).
 
     ``"gaussian"``: i.i.d. ``N(0, σ²)``, ``E[xᵀx] = batch σ² I`` with sampling error.
     ``"orthogonal"``: ``σ sqrt(m) · (P C D)[:batch, :n]`` with ``m = max(batch, n)``, ``C`` the
@@ -184,10 +187,10 @@ def noise(kind: str, batch: int, n: int, std: float, *, device=None, dtype=None)
     ``E[xᵀx] = batch σ² I`` (unbiased); its error has ≈ ``(1 − batch / n)`` times the variance of
     Gaussian noise's."""
     if kind == "gaussian":
-        return torch.randn(batch, n, device=device, dtype=dtype).mul_(std)
+        return torch.randn(batch, n, device=device, dtype=dtype, generator=generator).mul_(std)
     m = max(batch, n)
-    rows = torch.randperm(m, device=device)[:batch]
-    signs = torch.randint(0, 2, (n,), device=device).mul_(2).sub_(1)
+    rows = torch.randperm(m, device=device, generator=generator)[:batch]
+    signs = torch.randint(0, 2, (n,), device=device, generator=generator).mul_(2).sub_(1)
     basis = _dct(m, torch.device(device or "cpu"), dtype or torch.get_default_dtype())
     return basis[rows, :n].mul_(signs.to(basis.dtype)).mul_(std * math.sqrt(m))
 
@@ -199,7 +202,7 @@ def mirror_step(layer: nn.Module, lr: float, std: float, decay: float, batch: in
     docstring). ``B`` is formed from ``x`` and ``y`` only."""
     check_mirrorable(layer)
     w, b = layer.weight, layer.feedback
-    x = noise(kind, batch, fan_in(layer), std, device=w.device, dtype=w.dtype)
+    x = noise(kind, batch, fan_in(layer), std, device=w.device, dtype=w.dtype, generator=generator(layer))
     if not isinstance(layer, nn.modules.conv._ConvNd):  # a linear map: Linear, an attention projection
         y = F.linear(x, w)  # the layer's forward activity, (batch, out)
         hebb = y.t() @ x  # (out, in): what the feedback synapse B[o, i] sees, y_o x_i summed over samples
@@ -252,7 +255,7 @@ def _after_step(optimizer, args, kwargs) -> None:
     if not by_weight:
         return
     # the layers this optimizer holds and just stepped (a parameter without a gradient is skipped), in the
-    # optimizer's parameter order: the noise comes from the global RNG, so the order must be deterministic
+    # optimizer's parameter order: without seed_rules the noise comes from the global RNG, so the order must be deterministic
     _mirror_layers(by_weight[id(p)] for group in optimizer.param_groups for p in group["params"]
                    if id(p) in by_weight and p.grad is not None)
 
