@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import method_label
 from .claims import CURVE_METRICS, part_signature, parts, signature
-from .units import Data, MissingData, unit_count
+from .units import Data, MissingData, count_text, unit_count
 from .verdict import design_needs, kind_of
 
 def plan_row(point: dict) -> tuple[dict, dict]:
@@ -100,10 +100,12 @@ def _plan_part(part: dict, data: Data) -> tuple[str, str, float, int]:
             paired = bool(common) and same_init
             n, m = (len(common), 0) if paired else (len(ua), len(ub))
     if n == 0:
+        if kind == "trend":
+            raise MissingData(f"no {data.unit} has 3 or more levels of {part['x']}: a trend needs them")
         return "no runs", "0", math.nan, design_needs(kind, paired, alpha, test)
     smallest = stats.min_p("one-sample", n, alternative=alt) if paired else \
         (stats.min_p("two-sample", n, m, alt) if m else 1.0)
-    text = f"{n} {data.unit}s" if paired else f"{n} vs {m} {data.unit}s"
+    text = count_text(n, data.unit) if paired else f"{n} vs {count_text(m, data.unit)}"
     status = "decidable" if smallest <= alpha + 1e-12 else "undecidable"
     return status, text, smallest, design_needs(kind, paired, alpha, test)
 
@@ -203,6 +205,21 @@ def shared_parts(budget: str) -> list[tuple]:
     return out
 
 
+def summary(plans: list[ClaimPlan]) -> str:
+    """One line: how many claims the budget can decide, and why the others cannot be."""
+    if not plans:
+        return "no claims"
+    ok = sum(p.status == "decidable" and not p.same_as for p in plans)
+    others = [p for p in plans if p.status != "decidable" or p.same_as]
+    text = f"claims: {ok} of {len(plans)} decidable"
+    if others:
+        text += "; " + "; ".join(
+            f"{p.id} repeats {p.same_as}" if p.same_as else
+            f"{p.id} undecidable (needs ≥ {p.needs} seeds, has {p.n or 0})" if p.status == "undecidable" else
+            f"{p.id} {p.reason or p.status}" for p in others)
+    return text
+
+
 def markdown(plans: list[ClaimPlan]) -> str:
     """The design table of a report: each claim's units, smallest p and whether it can be decided."""
     lines = ["| claim | design | units | smallest p | decidable |", "|---|---|---|---|---|"]
@@ -216,4 +233,4 @@ def markdown(plans: list[ClaimPlan]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CURVE_METRICS", "ClaimPlan", "markdown", "plan", "plan_claim", "plan_row", "same_tests", "shared_parts"]
+__all__ = ["ClaimPlan", "markdown", "plan", "plan_claim", "plan_row", "same_tests", "shared_parts", "summary"]

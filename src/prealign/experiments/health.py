@@ -6,10 +6,15 @@ partners of ``minus``) is checked on the runs' recorded curves (columns the runn
 row, see :func:`prealign.experiments.runner._metrics`):
 
 - **at chance** — its best test accuracy, averaged over seeds, is within ``CHANCE_MARGIN`` of
-  chance (1 / number of classes) in a cell of the other grid axes (``learns = "somewhere"``: in
-  *every* cell — for claims about where a method is trainable, e.g. IFA Fig. 3a);
-- **still improving** — over the last fifth of its epochs it gained more than ``IMPROVING``
-  (best test accuracy there minus the best before; seed mean, in some cell where it learns);
+  chance (1 / number of classes) in a cell of the other grid axes. With ``learns = "somewhere"``
+  (claims about *where* a method is trainable: IFA Fig. 3a–c, where failing in the hard cells is
+  the finding) the method is at chance only if it is so in *every* cell of the experiment — the
+  budget must let it learn in the easy ones;
+- **still improving** — over the last fifth of its epochs it gained more than ``IMPROVING`` (2
+  points: best test accuracy there minus the best before; seed mean, in some cell where it
+  learns). FA at lr 1e-4 creeps up about log-linearly for hundreds of epochs — ≈ 1 point per
+  fifth of any run past its start-up (mnist5k, 784-128-128-10: 1.8 points at 50 epochs, 0.9 at
+  60, 1.1 at 80) — so a slope of one point per fifth is "converging", not a cut-off climb;
 - **stopped by patience at epoch ≤ 1** — early stopping ended a run whose best epoch was 0 or 1.
 
 Any of these makes the claim *inconclusive (budget-limited: …)*, whatever its test says. Runs
@@ -21,7 +26,7 @@ from __future__ import annotations
 import math
 
 CHANCE_MARGIN = 0.05  # within 5 points of chance accuracy is "at chance"
-IMPROVING = 0.01  # more than 1 point gained over the last fifth of the epochs is "still improving"
+IMPROVING = 0.02  # more than 2 points gained over the last fifth of the epochs is "still improving"
 LEARNS = ("each", "somewhere")
 
 
@@ -64,15 +69,21 @@ def at_chance(record: dict, learns: str = "each") -> bool:
     return bool(flags) and (all(flags) if learns == "somewhere" else any(flags))
 
 
-def problems(records: list[dict], learns: str = "each") -> list[str]:
-    """The reasons a comparison of these methods is a budget artefact (empty: healthy)."""
+def problems(records: list[dict], learns: str = "each", everywhere: list[dict] | None = None) -> list[str]:
+    """The reasons a comparison of these methods is a budget artefact (empty: healthy).
+    ``records``: the compared cells (:func:`methods`); ``everywhere``: with ``learns =
+    "somewhere"``, each method's records over all its cells in the experiment, where it must learn
+    somewhere (at chance in the compared cells is then the finding, not an artefact)."""
     out = []
+    wide = {m["method"]: m for m in (everywhere or [])}
     for m in records:
         cells = m["cells"]
         chance = [c for c in cells if c["acc"] < c["chance"] + CHANCE_MARGIN]
-        if at_chance(m, learns):
-            worst = min(chance, key=lambda c: c["acc"])
-            out.append(f"{m['method']} at chance in {len(chance)} of {len(cells)} cell(s) "
+        scope = wide.get(m["method"], m) if learns == "somewhere" else m
+        if at_chance(scope, learns):
+            worst = min(scope["cells"], key=lambda c: c["acc"])
+            n_at = sum(c["acc"] < c["chance"] + CHANCE_MARGIN for c in scope["cells"])
+            out.append(f"{m['method']} at chance in {n_at} of {len(scope['cells'])} cell(s) "
                        f"(best test acc {100 * worst['acc']:.1f}%, chance {100 * worst['chance']:.0f}%)")
         learning = [c for c in cells if c not in chance]
         rising = [c for c in learning if c["gain"] is not None and c["gain"] > IMPROVING]

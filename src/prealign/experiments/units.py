@@ -154,6 +154,11 @@ class Data:
         return side
 
 
+def count_text(n: int, unit: str = UNIT) -> str:
+    """``"1 seed"``, ``"5 seeds"``."""
+    return f"{n} {unit}{'' if n == 1 else 's'}"
+
+
 def trend_values(side: Side, x: str, unit: str = UNIT) -> dict:
     """``{unit: [(x level, mean metric at that level)]}`` — levels averaged within the unit."""
     cells: dict = {}
@@ -185,5 +190,5 @@ def run_keys(side: Side) -> list:
     return sorted(out)
 
 
-__all__ = ["Data", "MissingData", "SIDE_KEYS", "Side", "UNIT", "finite", "matches", "run_keys", "trend_values",
+__all__ = ["Data", "MissingData", "SIDE_KEYS", "Side", "UNIT", "count_text", "finite", "matches", "run_keys", "trend_values",
            "unit_count"]

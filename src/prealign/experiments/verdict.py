@@ -35,7 +35,7 @@ import numpy as np
 
 from ..analysis import stats
 from . import health
-from .units import UNIT, Data, MissingData, Side, run_keys, trend_values
+from .units import UNIT, Data, MissingData, Side, count_text, run_keys, trend_values
 
 TREND_MIN_EFFECT = 0.3
 
@@ -58,8 +58,8 @@ class Evidence:
 
     def n_text(self) -> str:
         if self.design == "unpaired":
-            return f"{self.a.size} vs {self.b.size} {UNIT}s (independent)"
-        return f"{self.n} {UNIT}s"
+            return f"{self.a.size} vs {count_text(self.b.size)} (independent)"
+        return count_text(self.n)
 
     def estimate(self) -> float:
         if self.design == "unpaired":
@@ -159,7 +159,7 @@ def _spread(claim: dict, data: Data) -> float:
     return stats.pooled_std(groups)
 
 
-def decide(claim: dict, ev: Evidence, records: list, spread: float) -> tuple[str, str, list]:
+def decide(claim: dict, ev: Evidence, records: list, spread: float, everywhere=None) -> tuple[str, str, list]:
     """``(status, reason, numbers)`` of one part by the rule of the module docstring."""
     test, alpha = claim.get("test", "greater"), float(claim.get("alpha", 0.05))
     kind = kind_of(claim)
@@ -185,7 +185,7 @@ def decide(claim: dict, ev: Evidence, records: list, spread: float) -> tuple[str
                                f"exact test can never reach p ≤ {alpha:g} (smallest p = {smallest:.3g})"), numbers
     if not math.isfinite(p_claim):
         return "inconclusive", f"no test with n = {ev.n_text()} (each group needs at least 2 units)", numbers
-    issues = health.problems(records, claim.get("learns", "each")) if claim.get("trained", True) else []
+    issues = health.problems(records, claim.get("learns", "each"), everywhere) if claim.get("trained", True) else []
     if issues:
         return "inconclusive", "budget-limited: " + "; ".join(issues), numbers
     if p_claim <= alpha and effect >= size:
@@ -212,12 +212,15 @@ def check_part(claim: dict, data: Data) -> dict:
     record the audit re-checks (``n``, ``seeds``, ``smallest_p``, ``alpha``, ``methods``, ``learns``,
     ``runs``)."""
     ev, compared, sides = evidence(claim, data)
-    records = health.methods(compared, data.cell)
-    status, reason, numbers = decide(claim, ev, records, _spread(claim, data))
     seeds = sorted({str(r.get(data.unit)) for r in compared if r.get(data.unit) is not None})
+    records, everywhere = health.methods(compared, data.cell), None
+    if claim.get("learns", "each") == "somewhere":  # must learn somewhere in the experiment, not only here
+        names = {r.get("method") for r in compared}
+        everywhere = health.methods([r for r in data.rows if r.get("method") in names], data.cell)
+    status, reason, numbers = decide(claim, ev, records, _spread(claim, data), everywhere)
     return {"status": status, "reason": reason, "numbers": numbers, "n": ev.n, "seeds": seeds,
             "smallest_p": dict(numbers)["smallest p"], "alpha": float(claim.get("alpha", 0.05)),
-            "methods": records if claim.get("trained", True) else [], "learns": claim.get("learns", "each"),
+            "methods": (everywhere or records) if claim.get("trained", True) else [], "learns": claim.get("learns", "each"),
             "runs": [run_keys(s) for s in sides]}
 
 
