@@ -142,5 +142,5 @@ def _result_json(res) -> dict:
     """One experiment's result for ``--json``: run counts, each claim's verdict with its numbers, the report."""
     return {"name": res.name, "ref": res.ref, "budget": res.budget, "runs": res.counts, "seconds": res.seconds,
             "claims": [{"id": v.id, "status": v.status, "text": v.text, "test": v.test, "numbers": dict(v.numbers),
-                        "reason": v.reason} for v in res.verdicts],
+                        "reason": v.reason, "same_as": v.same_as} for v in res.verdicts],
             "not_produced": [w for w, _ in res.missing], "report": str(res.folder / "report.md")}
