@@ -79,7 +79,7 @@ def test_grid_sugar_and_restriction():
     assert d == {"hidden": [100, 100, 100], "method": "ifa", "angle": 30.0}
     exp = load("rnp_table_s5")
     pts = exp.points("paper", only={"dataset": ["fashion-mnist"]})
-    assert len(pts) == 3 * 4 * 3 and {p["config"]["dataset"] for p in pts} == {"fashion-mnist"}
+    assert len(pts) == 3 * 4 * 5 and {p["config"]["dataset"] for p in pts} == {"fashion-mnist"}  # 5 seeds
     assert {tuple(p["config"]["hidden"]) for p in pts} == {(100,), (100, 100), (100, 100, 100), (100, 100, 100, 100)}
     with pytest.raises(ConfigError):
         exp.points("paper", only={"dataset": ["imagenet"]})

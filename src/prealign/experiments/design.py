@@ -229,7 +229,8 @@ def markdown(plans: list[ClaimPlan]) -> str:
         if p.same_as:
             ok = f"repeats {p.same_as}: counted there"
         sp = "—" if not math.isfinite(p.smallest_p) else f"{p.smallest_p:.3g}"
-        lines.append(f"| {p.id} | one number per seed | {p.n or '—'} | {sp} | {ok} |")
+        kind = "—" if not p.n else ("independent groups" if " vs " in p.n else "paired, one number per seed")
+        lines.append(f"| {p.id} | {kind} | {p.n or '—'} | {sp} | {ok} |")
     return "\n".join(lines)
 
 
