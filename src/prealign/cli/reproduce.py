@@ -124,7 +124,10 @@ def run(args) -> int:
         print(f"{res.name} ({res.ref}, budget {args.budget}): "
               + ", ".join(f"{n} {s}" for s, n in res.counts.items() if n) + f" in {res.seconds:.0f} s")
         for v in res.verdicts:
-            print(f"  [{v.status}] {v.id}: {v.text}  ({v.numbers_text() or v.reason})")
+            if v.same_as:  # one claim, one row: the test is counted under the claim it repeats
+                print(f"  [same test as {v.same_as}] {v.id}: {v.text}")
+                continue
+            print(f"  [{v.status}] {v.id}: {v.text}  ({v.numbers_text()}{' — ' + v.reason if v.reason else ''})")
         if res.missing:
             print(f"  not produced: {', '.join(w for w, _ in res.missing)} (see the report)")
         print(f"report: {res.folder / 'report.md'}")
