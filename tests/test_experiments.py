@@ -52,6 +52,26 @@ def test_experiment_file_is_valid(name):
         assert a.get("probes", 2) <= 2 and a.get("noise_samples", 0) <= 2048
     for claim in exp.claims:  # parse and whitelist check, without data -> "not run"
         assert check_claim(claim, []).status == "not run"
+    # every claim a real budget keeps can be decided by its design (or is skipped there, saying why)
+    from prealign.experiments.design import plan
+
+    for budget in ("quick", "paper"):
+        for p in plan(exp, budget):
+            assert p.status in ("decidable", "skipped") or p.same_as, (name, budget, p.line())
+            assert p.status != "skipped" or len(p.reason) > 40, (name, budget, p.id)
+
+
+@pytest.mark.parametrize("budget", ["quick", "paper"])
+def test_no_two_claims_share_a_test_on_the_same_runs(budget):
+    """One claim, one row: a test on the same runs is made once (a repeat points to it)."""
+    from prealign.experiments.design import same_tests, shared_parts
+
+    assert shared_parts(budget) == []
+    if budget == "quick":  # mnist5k stands in for both MNIST (Fig. S3) and CIFAR-10 (Fig. S5)
+        assert same_tests(load("rnp_fig_s5"), "quick") == {"rnp-s5-auc": "rnp-s3-speed (rnp_fig_s3)",
+                                                           "rnp-s5-acc": "rnp-s3-acc (rnp_fig_s3)"}
+    else:
+        assert same_tests(load("rnp_fig_s5"), "paper") == {}
 
 
 def test_grid_sugar_and_restriction():
@@ -59,7 +79,7 @@ def test_grid_sugar_and_restriction():
     assert d == {"hidden": [100, 100, 100], "method": "ifa", "angle": 30.0}
     exp = load("rnp_table_s5")
     pts = exp.points("paper", only={"dataset": ["fashion-mnist"]})
-    assert len(pts) == 3 * 4 * 3 and {p["config"]["dataset"] for p in pts} == {"fashion-mnist"}
+    assert len(pts) == 3 * 4 * 5 and {p["config"]["dataset"] for p in pts} == {"fashion-mnist"}  # 5 seeds
     assert {tuple(p["config"]["hidden"]) for p in pts} == {(100,), (100, 100), (100, 100, 100), (100, 100, 100, 100)}
     with pytest.raises(ConfigError):
         exp.points("paper", only={"dataset": ["imagenet"]})
@@ -145,8 +165,10 @@ def test_every_experiment_runs_at_smoke(tmp_path):
     claims = (tmp_path / "out" / "claims.md").read_text()
     assert "| ifa_fig1 |" in claims and "stand-in: digits in place of the paper's" in claims
     assert sum(len(load(n).claims) for n in names()) == claims.count("\n| ") - 1  # one row per claim
-    # one seed at smoke: no claim with a statistical test can be held
-    assert "✅ held" not in "\n".join(l for l in claims.splitlines() if "exact:" not in l)
+    # one seed at smoke: every statistical claim is undecidable by design, none held or not held
+    rows = [l for l in claims.splitlines() if l.startswith("| ") and "exact:" not in l][2:]
+    assert not [l for l in rows if "✅ held" in l or "❌ not held" in l]
+    assert "**Audit: passed**" in claims and "↪ see **rnp-s3-acc (rnp_fig_s3)**" in claims
     # a second pass reuses every run from the store
     again = reproduce_many([load("ifa_fig1")], "smoke", store, tmp_path / "out2", workers=1, progress=False)
     assert "skipped as already in the store: 3" in (again[0].folder / "report.md").read_text()
@@ -201,3 +223,79 @@ def test_trajectory_snapshots_live_in_the_run_storage(tmp_path):
     report = (res.folder / "report.md").read_text()
     assert "path_length_ratio" in report or any((res.folder).glob("*trajector*.png"))
     fs.rm(root, recursive=True)
+
+
+TINY = """
+[paper]
+paper = "rnp"
+ref = "Test"
+title = "a tiny experiment"
+data = ["digits"]
+[base]
+dataset = "digits"
+train_subset = 256
+hidden = [16]
+batch_size = 64
+[grid]
+seed = [0, 1, 2, 3, 4]
+[budget.smoke]
+[budget.paper]
+"""
+
+
+def test_tiny_experiments_give_the_verdicts_their_design_allows(tmp_path):
+    """Through the user's path (parse a TOML, reproduce): runs that are the same network by
+    construction are one unit; a method left at chance gives no verdict; a design with 3 seeds is
+    undecidable before it runs; the audit passes on what they wrote."""
+    from prealign.experiments.audit import audit_folder
+    from prealign.experiments.design import plan
+    from prealign.experiments.runner import reproduce
+    from prealign.run.store import Store
+
+    store = Store(tmp_path / "store")
+    # 1. σ = 0 under Gaussian and uniform noise: 20 runs, 10 distinct networks, 5 units
+    dup = parse(TINY + """[budget.quick]
+base = { epochs = 0, noise_samples = 512 }
+grid = { method = ["rnp"], noise_distribution = ["gaussian", "uniform"], noise_std = [0.0, 1.0] }
+[[claim]]
+id = "aligns"
+text = "noise training moves the angle (σ = 1 against σ = 0)"
+metric = "init_angle"
+a = { noise_std = 1.0 }
+b = { noise_std = 0.0 }
+test = "less"
+""", "tiny_dup")
+    res = reproduce(dup, "quick", store, tmp_path / "out", workers=1, progress=False)
+    rows = list(__import__("csv").DictReader(open(res.folder / "results.csv")))
+    zero = [r for r in rows if float(r["noise_std"]) == 0.0]
+    for s in range(5):  # the two σ = 0 runs of a seed recorded the same numbers: one network
+        assert len({r["fingerprint"] for r in zero if r["seed"] == str(s)}) == 1
+    v = res.verdicts[0]
+    assert v.parts[0]["n"] == 5 and dict(v.numbers)["n"] == "5 seeds"
+    assert v.status in ("held", "not held", "inconclusive") and v.status != "undecidable"
+
+    # 2. FA after one epoch at lr 1e-5 is at chance: no verdict on it, whatever the test says
+    chance = parse(TINY + """[budget.quick]
+base = { epochs = 2, lr = 1e-5 }
+grid = { method = ["bp", "fa"] }
+[[claim]]
+id = "bp-beats-fa"
+text = "BP beats FA"
+metric = "best_test_acc"
+a = { method = "bp" }
+b = { method = "fa" }
+""", "tiny_chance")
+    res = reproduce(chance, "quick", store, tmp_path / "out", workers=1, progress=False)
+    v = res.verdicts[0]
+    assert v.status == "inconclusive" and v.reason.startswith("budget-limited:") and "fa at chance" in v.reason
+
+    # 3. the same claim over 3 seeds cannot be decided, and the design says so before anything runs
+    only = {"seed": ["0", "1", "2"]}
+    assert plan(chance, "quick", only)[0].status == "undecidable"
+    res = reproduce(chance, "quick", store, tmp_path / "out3", workers=1, progress=False, only=only)
+    v = res.verdicts[0]
+    assert v.status == "undecidable" and "needs ≥ 5 seeds" in v.reason
+    report = (res.folder / "report.md").read_text()
+    assert "**no** — needs ≥ 5 seeds" in report and "**Audit: passed**" in report
+    problems, verdicts = audit_folder(tmp_path / "out", tmp_path / "out3")
+    assert problems == [] and {v["id"] for v in verdicts} == {"aligns", "bp-beats-fa"}

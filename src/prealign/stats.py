@@ -182,6 +182,61 @@ def min_p(kind: str, n: int, m: int = 0, alternative: str = "greater") -> float:
     return min(1.0, 2 * p) if alternative == "two-sided" else p
 
 
+def seeds_needed(kind: str, alpha: float = 0.05, alternative: str = "greater", limit: int = 64) -> int:
+    """Smallest number of units (seeds) per group whose exact test can reach ``p ≤ alpha``
+    (:func:`min_p`; ``"two-sample"``: n vs n): 5 for a one-sided paired / one-sample test at
+    0.05 (1/32), 6 two-sided, 3 vs 3 one-sided rank-sum, 4 vs 4 two-sided. ``limit`` if none up
+    to it."""
+    for n in range(2, limit + 1):
+        if min_p(kind, n, n, alternative) <= alpha + 1e-12:
+            return n
+    return limit
+
+
+def _invert(p_of_shift, breaks: np.ndarray, alpha: float) -> tuple[float, float]:
+    """``(lo, hi)``: the shifts δ the one-sided tests at ``alpha`` do not reject, from a p-value
+    function ``p_of_shift(δ, alternative)`` that only changes at ``breaks`` (sorted): ``lo`` =
+    sup{δ : p(δ, "greater") ≤ α}, ``hi`` = inf{δ : p(δ, "less") ≤ α}; ±inf where no shift is
+    rejected. The p-value is evaluated between consecutive breaks, where it is constant."""
+    b = np.unique(np.asarray(breaks, float))
+    span = float(b[-1] - b[0]) if b.size > 1 else max(abs(float(b[0])), 1.0)
+    mids = np.concatenate([[b[0] - span - 1.0], (b[:-1] + b[1:]) / 2, [b[-1] + span + 1.0]])
+    lo = -math.inf  # p(δ, greater) grows with δ: the last midpoint still rejected bounds it
+    for i, m in enumerate(mids[:-1]):
+        if p_of_shift(m, "greater") <= alpha:
+            lo = float(b[i])
+        else:
+            break
+    hi = math.inf
+    for i in range(len(mids) - 1, 0, -1):
+        if p_of_shift(mids[i], "less") <= alpha:
+            hi = float(b[i - 1])
+        else:
+            break
+    return lo, hi
+
+
+def shift_interval(d: Sequence[float], alpha: float = 0.05) -> tuple[float, float]:
+    """Exact interval of the centre of paired differences ``d`` from the signed-rank test
+    (:func:`signed_rank`) inverted: every shift δ that neither one-sided test of ``d − δ`` at
+    ``alpha`` rejects (a ``1 − 2α`` interval; its ends are Walsh averages). With 5 values at
+    α = 0.05 it is [min d, max d]: the smallest p, 1/32, needs every difference on one side."""
+    x = _finite(d)
+    if x.size < 2:
+        return float("nan"), float("nan")
+    walsh = np.array([(x[i] + x[j]) / 2 for i in range(x.size) for j in range(i, x.size)])
+    return _invert(lambda s, alt: signed_rank(x - s, alt), walsh, alpha)
+
+
+def shift_interval_two(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> tuple[float, float]:
+    """Exact interval of the shift between two independent groups (``a − b``) from the rank-sum
+    test (:func:`ranksum`) inverted; its ends are pairwise differences a_i − b_j."""
+    x, y = _finite(a), _finite(b)
+    if x.size < 2 or y.size < 2:
+        return float("nan"), float("nan")
+    return _invert(lambda s, alt: ranksum(x - s, y, alt), (x[:, None] - y[None, :]).ravel(), alpha)
+
+
 def bootstrap_ci(statistic, samples: Sequence[Sequence[float]], *, paired: bool = False, level: float = 0.95,
                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(*samples)`` (seeded numpy, deterministic).
@@ -290,4 +345,5 @@ def fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:
 
 
 __all__ = ["ALTERNATIVES", "EXACT_LIMIT", "auroc", "bootstrap_ci", "fpr_at_tpr", "roc", "fmt_p", "fmt_pm", "fmt_values", "markdown_table",
-           "mean_std", "min_p", "pooled_std", "ranksum", "rich_table", "signed_rank", "spearman", "spearman_trend"]
+           "mean_std", "min_p", "pooled_std", "ranksum", "rich_table", "seeds_needed", "shift_interval", "shift_interval_two",
+           "signed_rank", "spearman", "spearman_trend"]

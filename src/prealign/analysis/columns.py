@@ -103,21 +103,23 @@ def _trajectory_snapshots(store, run):
 
 def trajectory(ctx, p: dict) -> None:
     """Training trajectory (per-epoch parameter snapshots) projected on its top-2 PCA directions
-    over the training-loss surface (IFA B.6, Fig. 2b–d), for one seed per method. Column
-    ``path_length_ratio`` = path length / straight distance in the PC plane (1 = straight)."""
+    over the training-loss surface (IFA B.6, Fig. 2b–d), for one seed per method (``seed``; ``"all"``:
+    every seed, so a claim on it has one number per seed; the figure keeps ``figure_seed``, default 0).
+    Column ``path_length_ratio`` = path length / straight distance in the PC plane (1 = straight)."""
     from . import landscape as mod
     import numpy as np
 
     n = p.get("n_samples", 1000)
     for run in _finished(ctx):
-        if run.row.get("seed", 0) != p.get("seed", 0):
+        if p.get("seed", 0) != "all" and run.row.get("seed", 0) != p.get("seed", 0):
             continue
         snaps = np.load(_trajectory_snapshots(ctx.store, run), mmap_mode="r", allow_pickle=False)
         data = ctx.data(run.config)
         xs, ys = _sample(data.x_train, data.y_train, n)
         out = mod.trajectory_surface(ctx.model(run), np.asarray(snaps), xs, ys,
                                      n=p.get("steps", 15))
-        ctx.artifacts.setdefault("trajectory", []).append((run.row, out))
+        if p.get("seed", 0) != "all" or run.row.get("seed", 0) == p.get("figure_seed", 0):  # the figure: one seed
+            ctx.artifacts.setdefault("trajectory", []).append((run.row, out))
         c = np.asarray(out["coords"])
         length = float(np.linalg.norm(np.diff(c, axis=0), axis=1).sum())
         run.row["path_length_ratio"] = length / max(float(np.linalg.norm(c[0] - c[-1])), 1e-12)

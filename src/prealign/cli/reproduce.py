@@ -61,6 +61,7 @@ def _only(items: list[str]) -> dict:
 
 def list_experiments() -> str:
     from ..experiments import BUDGETS, load_all
+    from ..experiments.design import plan, summary
 
     lines = []
     for exp in load_all():
@@ -69,7 +70,7 @@ def list_experiments() -> str:
         lines.append(f"{'':15s}     models: {'; '.join(exp.models('paper'))}")
         for b in BUDGETS:
             n = len(exp.points(b))
-            lines.append(f"{'':15s}     {b:5s}: {n:4d} runs on {', '.join(exp.datasets(b))}")
+            lines.append(f"{'':15s}     {b:5s}: {n:4d} runs on {', '.join(exp.datasets(b))}; {summary(plan(exp, b))}")
     return "\n".join(lines)
 
 
@@ -83,8 +84,11 @@ def run(args) -> int:
         if args.json:
             from ..experiments import BUDGETS, load_all
 
+            from ..experiments.design import plan
+
             print_json([{"name": e.name, "paper": e.paper["paper"], "ref": e.paper["ref"], "title": e.paper["title"],
-                         "runs": {b: len(e.points(b)) for b in BUDGETS}} for e in load_all()])
+                         "runs": {b: len(e.points(b)) for b in BUDGETS},
+                         "claims": {b: [vars(p) for p in plan(e, b)] for b in BUDGETS}} for e in load_all()])
         else:
             print(list_experiments())
         return 0
@@ -103,6 +107,12 @@ def run(args) -> int:
         raise PrealignError("--only applies to a single experiment; name one experiment with it")
     if only:
         experiments[0].points(args.budget, only)  # an unknown axis or value fails here, before the store opens
+    from ..experiments.design import plan, summary
+
+    for exp in experiments:  # the design is known before anything runs: say what this budget cannot decide
+        plans = [p for p in plan(exp, args.budget, only) if p.status != "decidable" and not p.same_as]
+        if plans and not args.json:
+            print(f"{exp.name} at budget {args.budget}: {summary(plans)}", file=sys.stderr)
     out = Path(args.out)
     store = Store(args.store or out / "store")
     kwargs = dict(**cluster_options(args), workers=args.workers, train=not args.report_only, batch_models=args.batch_models)
@@ -114,7 +124,10 @@ def run(args) -> int:
         print(f"{res.name} ({res.ref}, budget {args.budget}): "
               + ", ".join(f"{n} {s}" for s, n in res.counts.items() if n) + f" in {res.seconds:.0f} s")
         for v in res.verdicts:
-            print(f"  [{v.status}] {v.id}: {v.text}  ({v.numbers_text() or v.reason})")
+            if v.same_as:  # one claim, one row: the test is counted under the claim it repeats
+                print(f"  [same test as {v.same_as}] {v.id}: {v.text}")
+                continue
+            print(f"  [{v.status}] {v.id}: {v.text}  ({v.numbers_text()}{' — ' + v.reason if v.reason else ''})")
         if res.missing:
             print(f"  not produced: {', '.join(w for w, _ in res.missing)} (see the report)")
         print(f"report: {res.folder / 'report.md'}")
@@ -132,5 +145,5 @@ def _result_json(res) -> dict:
     """One experiment's result for ``--json``: run counts, each claim's verdict with its numbers, the report."""
     return {"name": res.name, "ref": res.ref, "budget": res.budget, "runs": res.counts, "seconds": res.seconds,
             "claims": [{"id": v.id, "status": v.status, "text": v.text, "test": v.test, "numbers": dict(v.numbers),
-                        "reason": v.reason} for v in res.verdicts],
+                        "reason": v.reason, "same_as": v.same_as} for v in res.verdicts],
             "not_produced": [w for w, _ in res.missing], "report": str(res.folder / "report.md")}

@@ -24,7 +24,10 @@ Each ``*.toml`` file beside this module is one figure or table of one paper. Its
 ``[[output]]``   ``kind`` = ``curves`` | ``alignment`` | ``line`` | ``heatmap`` | ``series`` | ``table``
                  | ``density``, with ``panel`` (the paper's panel letters) — figures and tables.
 ``[[claim]]``    ``id``, ``text`` and a declared test (``metric``, ``a``, ``b`` | ``value`` | ``x``,
-                 ``test``, ``alpha``, ``min_effect``…, see :mod:`prealign.experiments.claims`).
+                 ``test``, ``alpha``, ``min_effect``, ``margin``, ``trained``, ``learns``, ``skip``…, see
+                 :mod:`prealign.experiments.claims`): one number per seed, decided only where the
+                 budget's design can reach α (:mod:`prealign.experiments.design`), never on a
+                 method left at chance (:mod:`prealign.experiments.health`).
 """
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from . import PAPERS, Experiment, method_label
 from . import analyses as an
 from . import outputs as outs
 from .claims import Verdict, check_claim, checklist_markdown, describe
+from . import design
+from .design import plan_row
 
 STANDARD_METRICS = ("best_test_acc", "final_test_acc", "max_train_acc", "max_test_acc", "final_train_loss",
                     "final_test_loss", "gen_error", "auc_test_acc", "best_epoch", "epochs_run", "diverged")
@@ -124,6 +126,9 @@ def _metrics(curves: list[dict], summary: dict) -> dict:
         return math.nan
 
     out["best_test_acc"] = float(summary.get("best_test_acc", max(series("test_acc"), default=math.nan)))
+    out["late_gain"] = _late_gain([c for c in curves if c.get("epoch", 0) >= 1])
+    out["stopped_early"] = bool(summary.get("stopped_early", False))
+    out["fingerprint"] = _fingerprint(curves)
     out["best_epoch"] = summary.get("best_epoch", math.nan)
     out["epochs_run"] = summary.get("epochs_run", len(trained))
     out["diverged"] = 1.0 if summary.get("diverged") else 0.0
@@ -151,15 +156,33 @@ def _metrics(curves: list[dict], summary: dict) -> dict:
     return out
 
 
-def _collect(points, store) -> list[RunInfo]:
-    from ..run.config import RunConfig
+def _late_gain(trained: list[dict]) -> float:
+    """Best test accuracy over the last fifth of the epochs minus the best before (run health,
+    :mod:`.health`: > 1 point is "still improving"); NaN with fewer than 2 trained epochs."""
+    accs = [float(c["test_acc"]) for c in trained if c.get("test_acc") is not None]
+    if len(accs) < 2:
+        return math.nan
+    tail = max(1, math.ceil(len(accs) / 5))
+    return max(accs[-tail:]) - max(accs[:-tail])
 
+
+def _fingerprint(curves: list[dict]) -> str:
+    """A hash of everything a run recorded per epoch except timings: equal for runs that trained
+    the same network by construction (σ = 0 under any noise kind), so claims count them once."""
+    import hashlib
+    import json
+
+    kept = [{k: v for k, v in sorted(c.items()) if "seconds" not in k} for c in curves]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _collect(points, store) -> list[RunInfo]:
     runs = []
     for p in points:
-        cfg = RunConfig.from_dict(p["config"])
-        d = cfg.to_dict()
-        info = RunInfo(axes=p["axes"], config=d, key=cfg.key())
+        row, d = plan_row(p)
+        info = RunInfo(axes=p["axes"], config=d, key=row["run_key"])
         found = store.find(info.key)
+        summary = {}
         if found is not None:
             info.status, info.run_id = found["status"], found["id"]
             info.error = found.get("error") if hasattr(found, "get") else None
@@ -167,18 +190,7 @@ def _collect(points, store) -> list[RunInfo]:
                 res = store.result(info.run_id)
                 info.curves = res.curves
                 summary = res.to_dict(curves=False)
-            else:
-                summary = {}
-                info.curves = []
-        else:
-            summary = {}
-        row = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        row.update({k: v for k, v in p["axes"].items()})
-        row["method"] = method_label(d)
         row["selection"] = summary.get("selection", "test")  # rows stored before TrainResult.selection: test
-        row["depth"] = len(d.get("hidden", [])) + 1
-        row["train_size"] = d.get("train_subset")
-        row["angle"] = d.get("angle") if d.get("method") == "ifa" else (90.0 if d.get("method") in ("fa", "rnp") else None)
         if info.status in ("finished", "diverged"):
             row.update(_metrics(info.curves, summary))
         info.row = row
@@ -198,6 +210,7 @@ class ExperimentResult:
     seconds: float
     produced: list
     missing: list
+    plans: list = field(default_factory=list)  # each claim's design at this budget (prealign.experiments.design)
 
 
 def _stand_in_data(exp: Experiment, budget: str) -> tuple[list[str], list[str]]:
@@ -299,12 +312,16 @@ def reproduce(exp: Experiment, budget: str, store, out: str | Path, *, executor:
 
     rows = [r.row for r in ctx.done_runs()]
     axes, stand_in = list(exp.settings(budget)[1]), stand_in_text(exp, budget, ctx.notes)
-    verdicts = [check_claim(c, rows, exp.name, axes=axes, stand_in=stand_in) for c in exp.claims]
+    plans = design.plan(exp, budget, only)
+    same = {p.id: p.same_as for p in plans}
+    verdicts = [check_claim(c, rows, exp.name, axes=axes, stand_in=stand_in, budget=budget, same_as=same[c["id"]],
+                            analyses=design.analyses_of(exp, budget)) for c in exp.claims]
+    write_claims(folder / "claims.json", budget, verdicts)
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "diverged", "failed", "running", "not run")}
     _write_csv(folder / "results.csv", [r.row for r in runs])
     (folder / "tables.md").write_text("\n\n".join(f"### {p} {t}\n\n{md}" for p, t, md in tables) + "\n")
     seconds = time.perf_counter() - start
-    result = ExperimentResult(exp.name, exp.ref, budget, folder, verdicts, counts, seconds, produced, missing)
+    result = ExperimentResult(exp.name, exp.ref, budget, folder, verdicts, counts, seconds, produced, missing, plans)
     (folder / "report.md").write_text(_report(exp, budget, ctx, result, figures, tables, outcomes))
     return result
 
@@ -351,8 +368,29 @@ def _report(exp, budget, ctx, result, figures, tables, outcomes) -> str:
     if ctx.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in ctx.notes] + [""]
     if result.verdicts:
-        lines += ["## Claims", "", checklist_markdown(result.verdicts), ""]
+        lines += ["## Claims", "", "Design at this budget (known before training: one number per seed, the smallest p "
+                  "its exact test can reach):", "", design.markdown(result.plans), "",
+                  checklist_markdown(result.verdicts), "", audit_text(result.verdicts), ""]
     return "\n".join(lines)
+
+
+def write_claims(path: Path, budget: str, verdicts: list[Verdict]) -> None:
+    """``claims.json``: every verdict with the record :func:`prealign.experiments.audit.audit` re-checks."""
+    import json
+
+    path.write_text(json.dumps({"budget": budget, "claims": [v.to_dict() for v in verdicts]}, indent=1) + "\n")
+
+
+def audit_text(verdicts: list[Verdict]) -> str:
+    """The audit of these verdicts as a report paragraph (:mod:`prealign.experiments.audit`)."""
+    from .audit import audit
+
+    problems = audit(verdicts)
+    if not problems:
+        return ("**Audit: passed** — no claim tests more units than distinct seeds, no held/not-held verdict where "
+                "the design's smallest p exceeds α, no two claims share a test on the same numbers, no held/not-held "
+                "verdict compares a method at chance.")
+    return "**Audit: failed**\n\n" + "\n".join(f"- {p}" for p in problems)
 
 
 def reproduce_many(experiments: list[Experiment], budget: str, store, out: str | Path, **kwargs) -> list[ExperimentResult]:
@@ -375,7 +413,9 @@ def reproduce_many(experiments: list[Experiment], budget: str, store, out: str |
             continue
         results.append(res)
         verdicts += res.verdicts
-    (out / "claims.md").write_text(f"# Claims checklist (budget: {budget})\n\n" + checklist_markdown(verdicts) + "\n")
+    (out / "claims.md").write_text(f"# Claims checklist (budget: {budget})\n\n" + checklist_markdown(verdicts) + "\n\n"
+                                   + audit_text(verdicts) + "\n")
+    write_claims(out / "claims.json", budget, verdicts)
     index = ["| experiment | reference | runs | produced | not produced | seconds |", "|---|---|---|---|---|---|"]
     for r in results:
         index.append(f"| [{r.name}]({r.name}/report.md) | {r.ref} | "
