@@ -48,6 +48,7 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -153,6 +154,40 @@ def _end_workers(pool, grace: float = 5.0) -> None:
             proc.join(1.0)
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Worker processes spawned within the block never see Ctrl-C, and the spawning is never cut short.
+
+    SIGINT is blocked in this thread, so the workers spawned here start with it blocked (a signal mask
+    survives fork and exec): a Ctrl-C while a worker is still starting (importing torch takes seconds,
+    before :func:`_worker_init` ignores SIGINT) cannot end it with a KeyboardInterrupt traceback; the
+    parent alone decides (it ends its workers). SIGINT and SIGTERM that reach this process meanwhile (through
+    another of its threads) are held until the block ends and then handled as usual: an interruption
+    between starting a worker and sending it its start-up data would leave it to die with an EOFError
+    traceback."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if held:  # as if it arrived now
+            handler = handlers[held[0]]
+            if callable(handler):
+                handler(held[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(held[0])
+
+
 def _local_unit(unit: dict) -> dict:
     """Entry point of a local worker process: :func:`prealign.run.worker.execute`, epoch records
     into the pool's queue (:func:`_worker_init`)."""
@@ -228,8 +263,10 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
     """
     from .loggers import replay
 
+    from .config import RunConfig, not_reused, reuse_note
+
     store = _open_store(store)
-    todo, done, seen = [], [], set()
+    todo, done, seen, other = [], [], set(), []
     for cfg in configs:
         key = cfg.key()
         if key in seen:
@@ -243,6 +280,15 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
             done.append(Outcome(key=key, status="skipped", config=cfg.to_dict(), previous=status))
         else:
             todo.append(cfg)
+            if row is None and isinstance(cfg, RunConfig):
+                other += not_reused(cfg, store)
+    if other:  # stored runs of these configs that are not their runs (another network, an old key): say so once
+        import warnings
+
+        from ..errors import PrealignWarning
+
+        warnings.warn(reuse_note(other, f"{len(other)} stored run(s) in {getattr(store, 'path', store)}"),
+                      PrealignWarning, stacklevel=3)
     return todo, done
 
 
@@ -489,7 +535,8 @@ def _run_local(jobs, workers, write, finish, max_attempts) -> None:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=ctx,
                                    initializer=_worker_init, initargs=(os.getpid(), stream))
         try:
-            futures = {pool.submit(_local_unit, job[0]): job for job in remaining}
+            with _sigint_blocked():  # the workers are spawned by these submits, and inherit the blocked SIGINT
+                futures = {pool.submit(_local_unit, job[0]): job for job in remaining}
             waiting = set(futures)
             while waiting:
                 done, waiting = wait(waiting, timeout=0.2, return_when=FIRST_COMPLETED)
