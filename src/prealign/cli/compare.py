@@ -12,9 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
-from .args import add_tensorboard, logger_fields
-from .args import add_cluster_options
+from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, THREADS, WORKERS, Seeds, Widths
+from .args import add_batch_models, add_cluster_options, add_tensorboard, check_cluster_options, logger_fields
 
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
                 noise_samples=500_000, hidden="100")
@@ -43,14 +42,14 @@ def register(sub) -> None:
     p.add_argument("--same-init", action=argparse.BooleanOptionalAction, default=True,
                    help="every method of a seed starts from the same network (noise paper B.6; default on)")
     p.add_argument("--device", type=DEVICE, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=POSITIVE, default=None,
+    p.add_argument("--workers", type=WORKERS, default=None,
                    help="runs trained in parallel processes (default: 2 on a multi-core CPU, 1 on a GPU)")
-    p.add_argument("--threads", type=POSITIVE, default=None,
+    p.add_argument("--threads", type=THREADS, default=None,
                    help="torch threads with --workers 1 (default 1 for mlp: small nets train fastest single-threaded); "
                         "parallel workers use one thread each")
-    p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
-                   help="train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
+    add_batch_models(p, "train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
                         "(default; where it was measured to win), off, or a group size G")
+    p.add_argument("--yes", action="store_true", help="run a comparison of more than 10,000 runs (methods x seeds)")
     p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     add_cluster_options(p)
     p.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
@@ -90,7 +89,10 @@ def main(args) -> int:
     from ..run.sweep_batched import resolve_batch
     from ..viz.report import budget_line, settings_of
 
-    points = build_grid(args).points()  # unknown methods / bad values fail here, before any work
+    grid = build_grid(args)
+    grid.check_size(yes=args.yes)  # methods x seeds, before anything is expanded
+    check_cluster_options(args)
+    points = grid.points()  # unknown methods / bad values fail here, before any work
     configs = [RunConfig.from_dict(p["config"]) for p in points]
     resolve_batch(args.batch_models)
     check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)

@@ -53,6 +53,7 @@ from ..errors import ConfigError, PrealignError
 from ..feedback import RULES, FeedbackLayer, exact_gradients, feedback_layers, set_kp_decay, set_wm
 from ..feedback.wm import mirror_phases, set_mirror_phases, wm_settings
 from ..init import alignment_angles
+from ..models.fingerprint import difference, layout
 from ..progress import progress_bar
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -272,14 +273,16 @@ def checkpoint_settings(model: nn.Module, data, *, batch_size: int, lr: float, o
     return {"batch_size": int(batch_size), "lr": float(lr), "optimizer": str(optimizer),
             "weight_decay": float(weight_decay), "momentum": float(momentum), "seed": int(seed),
             "patience": None if patience is None else int(patience), "val_fraction": float(val_fraction),
-            "model": _model_fingerprint(model), "data": None if data is None else _data_fingerprint(data)}
+            "model": _model_fingerprint(model), "data": None if data is None else _data_fingerprint(data),
+            "layout": layout(model)}  # not compared: says what differs when "model" does (issue 24)
 
 
 def _check_resumable(ckpt, state: dict, settings: dict, epochs: int) -> None:
     """Raise a one-line PrealignError unless ``state`` was written by this very training run."""
     where = getattr(ckpt, "path", ckpt)
     saved = state.get("settings") or {}
-    diff = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in settings.items() if saved.get(k) != v]
+    diff = [f"{k} {saved.get(k)!r} there, {v!r} now" if k != "model" else f"model: {difference(saved.get('layout'), settings['layout'])}"
+            for k, v in settings.items() if k != "layout" and saved.get(k) != v]
     if not diff and state["epoch"] > epochs:
         diff = [f"epochs: it has trained {state['epoch']}, now epochs={epochs}"]
     if diff:
