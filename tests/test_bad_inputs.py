@@ -92,8 +92,11 @@ CASES = [
      ["lstm (LSTM)", "replace it in the factory", "a run from a config"], []),
     ("memory: compare --hidden 10000000", ["compare", "--hidden", "10000000", "--methods", "fa", "--seeds", "1",
                                            "--workers", "1"],  # mnist5k: 7.9e9 parameters, about 190 GB
-     ["model 'mlp' hidden=(10000000,)", "7.95e+09 parameters", "201.0 GB", "a batch of 64", "available",
-      "smaller network"], []),
+     ["model 'mlp' hidden=(10000000,)", "7.95e+09 parameters", "190.8 GB", "available", "smaller network"], []),
+    ("memory: a noise batch no machine holds", ["train", "--config", "run.toml", "--set", "method=rnp", "--set",
+                                                "noise_samples=1e9", "--set", "noise_batch_size=1e9", "--set",
+                                                "hidden=1000"],
+     ["model 'mlp' hidden=(1000,)", "a batch of 1000000000", "smaller network or batch"], []),
     ("threads: train --threads 100000", ["train", "--config", "run.toml", "--threads", HUGE_THREADS],
      ["--threads", "CPU cores"], []),
     ("threads: compare --threads 100000", ["compare", "--threads", HUGE_THREADS, *QUICK], ["--threads", "CPU cores"], []),
@@ -349,3 +352,13 @@ def _children(pid: int) -> list[int]:
     except OSError:
         pytest.skip("needs ps")
     return [int(p) for p in out.split()]
+
+
+@pytest.mark.ray
+def test_a_ray_task_no_node_can_hold_is_refused_not_left_waiting(tmp_path):
+    """--cpus-per-run beyond the largest node: Ray would keep the task pending forever."""
+    from prealign.run.sweep import run_sweep
+
+    cfg = RunConfig.from_toml(TINY)
+    with pytest.raises(PrealignError, match=r"asks for 64 CPU\(s\).*largest node.*wait forever"):
+        run_sweep([cfg], tmp_path / "st", executor="ray", cpus_per_run=64, progress=False)

@@ -2,8 +2,9 @@
 
 :func:`prealign.models.build_model` refuses a network that cannot fit instead of growing until the
 machine swaps or the kernel kills the process (``compare --hidden 10000000`` asked for ~190 GB).
-The factory is run once on PyTorch's ``meta`` device, which allocates nothing, and one meta forward
-pass of a single sample measures the activations. Float32 throughout:
+The factory is run once on PyTorch's ``meta`` device, which allocates nothing, to count the
+parameters before anything is allocated; once the network is built, one forward pass of a single
+zero sample (eval mode, no gradient) measures the activations. Float32 throughout:
 
     bytes ≈ 4 · (5 · parameters + weights + 2 · batch · activations per sample)
 
@@ -13,6 +14,9 @@ sample of a batch the output of every leaf module, kept for the backward pass, a
 It is compared with the memory available now (Linux ``MemAvailable``; elsewhere the physical
 memory). A factory that cannot run on the meta device (it reads tensor values while building) gets
 no estimate; its build goes ahead as before.
+
+(A meta forward pass would measure the activations before the build too, but its first call imports
+torch's Python decompositions: seconds added to every command that builds a model.)
 """
 from __future__ import annotations
 
@@ -32,7 +36,6 @@ class Estimate:
     weights: int  # elements of the weight matrices a rule converts (each gets a feedback matrix B)
     activations: int | None  # leaf-module outputs of one sample (None: the meta forward pass failed)
     batch_size: int
-    output_shape: tuple | None = None  # the network's output for one sample, e.g. (1, 10) (None: unknown)
 
     @property
     def bytes(self) -> int:
@@ -41,8 +44,9 @@ class Estimate:
 
 
 def estimate(factory, input_shape, num_classes: int, options: dict, batch_size: int = 1) -> Estimate | None:
-    """The :class:`Estimate` of ``factory(input_shape, num_classes, **options)`` trained in batches of
-    ``batch_size``, from a build on the meta device; None when the factory cannot build there."""
+    """The parameters of ``factory(input_shape, num_classes, **options)``, from a build on the meta device
+    (nothing allocated, a few milliseconds), as an :class:`Estimate` without activations (add them with
+    :func:`with_activations` once the network exists); None when the factory cannot build there."""
     from ..feedback import CONVERTIBLE
 
     try:
@@ -55,13 +59,16 @@ def estimate(factory, input_shape, num_classes: int, options: dict, batch_size: 
     params = sum(p.numel() for p in model.parameters())
     weights = sum(m.weight.numel() for m in model.modules()
                   if isinstance(m, CONVERTIBLE) and isinstance(getattr(m, "weight", None), torch.Tensor))
-    acts, out = _forward(model, input_shape)
-    return Estimate(params, weights, acts, int(batch_size), out)
+    return Estimate(params, weights, None, int(batch_size))
 
 
-def _forward(model: nn.Module, input_shape) -> tuple[int | None, tuple | None]:
-    """``(elements of every leaf module's output, shape of the network's output)`` for one sample
-    (a meta forward pass), or ``(None, None)``."""
+@torch.no_grad()
+def with_activations(est: Estimate | None, model: nn.Module, input_shape) -> tuple[Estimate | None, tuple]:
+    """``(est with the activations of one sample, the network's output shape for one sample)`` from one
+    forward pass of a zero sample through the plain ``model`` (a factory's, before conversion and
+    initialisation) in eval mode: no gradient, no running statistics, no random draw, so nothing the run
+    starts from changes (a lazy layer gets its size, as its first batch would give it). A network that
+    cannot take the sample raises whatever it raises."""
     total = [0]
 
     def count(module, inputs, output):
@@ -69,16 +76,22 @@ def _forward(model: nn.Module, input_shape) -> tuple[int | None, tuple | None]:
             if isinstance(t, torch.Tensor):
                 total[0] += t.numel()
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    was, threads = model.training, torch.get_num_threads()
+    model.eval()
+    torch.set_num_threads(1)  # one sample: threads only add their start-up (100x slower on a busy machine)
     try:
-        with torch.no_grad():
-            out = model(torch.empty(1, *input_shape, device="meta"))
-    except Exception:  # noqa: BLE001 - e.g. a data-dependent branch: parameters alone
-        return None, None
+        out = model(torch.zeros(1, *input_shape))
     finally:
+        torch.set_num_threads(threads)
+        model.train(was)
         for h in hooks:
             h.remove()
-    return total[0], (tuple(out.shape) if isinstance(out, torch.Tensor) else None)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if est is not None:
+        est = Estimate(est.parameters, est.weights, total[0], est.batch_size)
+    return est, shape
 
 
 def machine_memory() -> tuple[int, int]:
@@ -96,4 +109,4 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-__all__ = ["Estimate", "estimate", "gb", "machine_memory"]
+__all__ = ["Estimate", "estimate", "gb", "machine_memory", "with_activations"]

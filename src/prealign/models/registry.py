@@ -189,53 +189,89 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, hidd
     The factory builds the plain network; :func:`prealign.convert` (strict) switches every
     ``Linear``/``Conv*`` to ``rule``; :func:`prealign.init_weights` draws ``W``, ``B`` and the DFA
     seeds from ``generator``. The result carries ``input_shape`` and ``num_classes`` attributes
-    (what :func:`prealign.pretrain_noise` reads). For ``mlp``, ``hidden=(100,)`` on MNIST is 784-100-10.
+    (what :func:`prealign.pretrain_noise` reads) and ``memory_estimate`` (the
+    :class:`prealign.models.memory.Estimate` of training it, or None). For ``mlp``, ``hidden=(100,)`` on
+    MNIST is 784-100-10.
 
-    Before anything is allocated the factory runs once on the meta device
-    (:mod:`prealign.models.memory`): a network whose training (in batches of ``batch_size``) needs
-    more memory than this machine has available, or whose output is not ``num_classes`` wide, is a
-    one-line :class:`~prealign.errors.ConfigError`; so is a factory that raises, returns something
-    other than an ``nn.Module`` or holds a layer the rule cannot follow.
+    Before anything is allocated the factory runs once on the meta device, and after the build one
+    zero sample goes through the plain network (:mod:`prealign.models.memory`): a network whose
+    training (in batches of ``batch_size``) needs more memory than this machine has available, that
+    cannot take a sample of ``input_shape`` or whose output is not ``num_classes`` wide is a one-line
+    :class:`~prealign.errors.ConfigError`; so is a factory that raises, returns something other than
+    an ``nn.Module`` or holds a layer the rule cannot follow.
     """
+    from .memory import estimate, with_activations
+
     options = model_options(name, hidden=hidden, activation=activation)
     factory = resolve_model(name)
     shape = tuple(int(d) for d in input_shape)
     what = f"model {name!r}" + "".join(f" {k}={v!r}" for k, v in options.items() if _differs(v, OPTION_DEFAULTS[k]))
-    check_fits(what, factory, shape, int(num_classes), options, batch_size)
+    est = estimate(factory, shape, int(num_classes), options, batch_size)
+    available = _check_memory(what, est)  # the parameters alone, before anything is allocated
     try:
         model = factory(shape, int(num_classes), **options)
     except PrealignError:
         raise
     except Exception as err:  # noqa: BLE001 - the factory is user code: its failure is one line naming it
-        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"{what} cannot be built for inputs {shape} and {num_classes} classes: its factory raised "
-                          f"{type(err).__name__}: {first}; fix the factory or choose a model that fits the data") from None
+                          f"{_first_line(err)}; fix the factory or choose a model that fits the data") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r} returned a {type(model).__name__}, not an nn.Module; "
                           f"a factory must return the network")
+    try:
+        est, out = with_activations(est, model, shape)
+    except Exception as err:  # noqa: BLE001 - the network cannot take one sample of the data
+        raise ConfigError(f"{what} cannot take one sample of the data (shape {shape}): {_first_line(err)}; its factory "
+                          f"must build a network for inputs of shape {shape} (it is called as factory(input_shape, "
+                          "num_classes, **options))") from None
+    if out is None or len(out) != 2 or out[1] != num_classes:
+        got = "no tensor" if out is None else f"outputs of shape {out[1:]}"
+        raise ConfigError(f"{what} gives {got} per sample, but the data has {num_classes} classes; its factory must "
+                          f"build a network with {num_classes} outputs (it is called as factory(input_shape, "
+                          "num_classes, **options))")
+    _check_memory(what, est, available)  # with a batch's activations
     _check_convertible(name, model, rule)
-    return finish(model, input_shape, num_classes, rule=rule, generator=generator, alpha_w=alpha_w, alpha_b=alpha_b)
+    model = finish(model, input_shape, num_classes, rule=rule, generator=generator, alpha_w=alpha_w, alpha_b=alpha_b)
+    model.memory_estimate = est  # what training it needs (prealign.models.memory.Estimate; None: unknown)
+    return model
 
 
-def check_fits(what: str, factory: Factory, input_shape: tuple, num_classes: int, options: dict, batch_size: int = 1) -> None:
-    """Refuse (one line) a network that cannot be trained here or does not fit the data, from its meta
-    build (:func:`prealign.models.memory.estimate`): more memory than available, or an output width
-    other than ``num_classes``. Nothing is allocated."""
-    from .memory import estimate, gb, machine_memory
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
 
-    est = estimate(factory, input_shape, num_classes, options, batch_size)
-    if est is None:
+
+def check_device_memory(model: nn.Module, device) -> None:
+    """Refuse (one line) to train ``model`` (built by :func:`build_model`) on a CUDA ``device`` whose free
+    memory is below its ``memory_estimate``, before it is moved there."""
+    from .memory import gb
+
+    device = torch.device(device)
+    est = getattr(model, "memory_estimate", None)
+    if est is None or device.type != "cuda":
         return
-    if est.output_shape is not None and (len(est.output_shape) != 2 or est.output_shape[1] != num_classes):
-        raise ConfigError(f"{what} gives outputs of shape {est.output_shape[1:]} per sample, but the data has "
-                          f"{num_classes} classes; its factory must build a network with {num_classes} outputs "
-                          f"(it is called as factory(input_shape, num_classes, **options))")
-    available, total = machine_memory()
+    free, total = torch.cuda.mem_get_info(device)
+    if est.bytes > free:
+        raise ConfigError(f"training this network on {device} needs about {gb(est.bytes)} ({est.parameters:.3g} "
+                          f"parameters, a batch of {est.batch_size}), but the GPU has {gb(free)} free ({gb(total)} in "
+                          "all); use a smaller network or batch, or another GPU")
+
+
+def _check_memory(what: str, est, available: int | None = None) -> int | None:
+    """Refuse (one line) a network whose training needs more memory than this machine has available
+    (:mod:`prealign.models.memory`; ``available`` as measured before the build). Returns ``available``."""
+    from .memory import gb, machine_memory
+
+    if est is None:
+        return available
+    free, total = machine_memory()
+    available = free if available is None else available
     if est.bytes > available:
+        batch = f", a batch of {est.batch_size}" if est.activations else ""
         raise ConfigError(f"{what} has {est.parameters:.3g} parameters; training it needs about {gb(est.bytes)} "
-                          f"(weights, feedback, gradients, optimizer state, a batch of {est.batch_size}), but this "
-                          f"machine has {gb(available)} available ({gb(total)} in all); use a smaller network or a "
-                          f"machine with more memory")
+                          f"(weights, feedback, gradients, optimizer state{batch}), but this machine has "
+                          f"{gb(available)} available ({gb(total)} in all); use a smaller network"
+                          f"{' or batch' if est.activations else ''} or a machine with more memory")
+    return available
 
 
 def _check_convertible(name: str, model: nn.Module, rule: str) -> None:

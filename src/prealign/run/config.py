@@ -418,7 +418,9 @@ def build(config: RunConfig, data) -> torch.nn.Module:
     model_seed = inputs[5]
     torch.manual_seed(model_seed)  # anything drawn outside the generator (e.g. DFA seeds) is seeded too
     gen = torch.Generator().manual_seed(model_seed)
-    batch = max(config.batch_size, config.noise_batch_size if config.noise_samples else 1)
+    n_train = min(len(data.y_train), config.train_subset or len(data.y_train))  # no batch holds more samples
+    noise = min(config.noise_batch_size, config.noise_samples)  # nor a noise batch more than the noise budget
+    batch = max(min(config.batch_size, n_train), noise)
     model = build_model(config.model, data.x_train.shape[1:], int(data.num_classes), hidden=config.hidden,
                         rule=config.method_object().rule, activation=config.activation, generator=gen,
                         alpha_w=config.alpha_w, alpha_b=config.alpha_b, batch_size=batch)
@@ -439,7 +441,11 @@ def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, nois
     preparation seed. Returns ``(model, noise_seconds, generator)``. ``noise=False`` stops before
     the noise pretraining; ``generator`` is then where that pretraining would draw its seed (for
     :func:`prealign.run.batched.pretrain_noise_batched`, which pretrains several models at once)."""
-    model = build(config, data).to(device)
+    from ..models.registry import check_device_memory
+
+    model = build(config, data)
+    check_device_memory(model, device)
+    model = model.to(device)
     method = config.method_object()
     if not noise:
         method = method.with_options(noise_samples=0)

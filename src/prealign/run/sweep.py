@@ -464,6 +464,14 @@ def _dispatch(units, store, ckpt, column, outcomes, *, executor, workers, addres
             gpus_available, max_cpus = float(torch.cuda.device_count()), float(os.cpu_count() or 1)
         specs = [_resources([_run_config(i) for i in items], gpus_per_run, cpus_per_run, gpus_available, max_cpus)
                  for items, *_ in units]
+        if ray is not None:  # a task no node can hold would wait forever: refuse it now, in one line
+            alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            most_gpus = max([r.get("GPU", 0.0) for r in alive], default=0.0)
+            for gpus, cpus in specs:
+                if cpus > max_cpus or (gpus and most_gpus and gpus > most_gpus):
+                    raise PrealignError(f"a run asks for {cpus:g} CPU(s) and {gpus:g} GPU(s), but the largest node of "
+                                        f"the Ray cluster has {max_cpus:g} CPU(s) and {most_gpus:g} GPU(s), so it would "
+                                        "wait forever; lower --cpus-per-run / --gpus-per-run or add a larger node")
         wanted = max(g for g, _ in specs)
         if wanted and not gpus_available:
             raise PrealignError(f"the runs ask for {wanted:g} GPU each but the {executor} executor has no GPU "
