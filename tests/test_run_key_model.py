@@ -183,3 +183,19 @@ def test_a_dry_run_imports_no_model_module(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert not marker.exists()
     assert out.count("unchecked") == 2 and "does not import the model module(s) marker_nets:build" in err
+
+
+def test_listing_and_showing_runs_imports_no_model_module(tmp_path, monkeypatch, capsys):
+    """A store of someone else's runs names their model modules: runs list/show/export read the names only."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = tmp_path / "imported"
+    (tmp_path / "listed_nets.py").write_text(f"open({str(marker)!r}, 'a').write('x')\n" + NET_V1)
+    cfg = RunConfig(**{**TINY, "model": "listed_nets:build", "hidden": (100,)})
+    run(cfg, Store(tmp_path / "st"), progress=False)  # training imports it, of course
+    marker.unlink()
+    sys.modules.pop("listed_nets")
+    for argv in (["list"], ["list", "--json"], ["show", "1"], ["show", "1", "--json"],
+                 ["export", "--csv", str(tmp_path / "e.csv")]):
+        assert main(["runs", "--out", str(tmp_path / "st"), *argv]) == 0
+    assert "listed_nets:build" in capsys.readouterr().out
+    assert not marker.exists() and "listed_nets" not in sys.modules

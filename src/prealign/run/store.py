@@ -142,6 +142,7 @@ class Store:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
             with self._errors():
                 self._conn.execute("PRAGMA busy_timeout = 60000")
                 self._refuse_foreign()
@@ -203,11 +204,13 @@ class Store:
             conn.close()
             conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             conn.executescript(_SCHEMA)
+            conn.row_factory = sqlite3.Row
             return conn
         if not {"runs", "epochs"} <= tables:
             conn.close()
             raise PrealignError(f"{str(self.path)!r} is not a prealign result store (it has no runs table); point "
                                 "--out at a folder prealign made, or move the file aside; prealign will not overwrite it")
+        conn.row_factory = sqlite3.Row
         return conn
 
     @contextmanager
@@ -330,9 +333,8 @@ class Store:
                 args.append(val)
         return [self._row(r) for r in self._query(query + " ORDER BY id", args)]
 
-    def _row(self, row) -> dict:
-        cols = ("id", "key", "label", "dataset", "seed", "config", "status", "summary", "error", "created", "updated")
-        d = {"device": None, "storage": None, **dict(zip(cols + _ADDED_COLUMNS, row))}
+    def _row(self, row: sqlite3.Row) -> dict:
+        d = {**dict.fromkeys(_ADDED_COLUMNS), **dict(zip(row.keys(), row))}  # by name: a column's place may differ
         d["config"] = json.loads(d["config"])
         d["summary"] = _unnull(json.loads(d["summary"])) if d["summary"] else None
         return d
