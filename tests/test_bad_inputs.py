@@ -362,3 +362,17 @@ def test_a_ray_task_no_node_can_hold_is_refused_not_left_waiting(tmp_path):
     cfg = RunConfig.from_toml(TINY)
     with pytest.raises(PrealignError, match=r"asks for 64 CPU\(s\).*largest node.*wait forever"):
         run_sweep([cfg], tmp_path / "st", executor="ray", cpus_per_run=64, progress=False)
+
+
+def test_a_network_larger_than_the_gpus_free_memory_is_refused_before_it_moves(monkeypatch):
+    """No GPU here: torch's free-memory query is replaced by a GPU with 1 MB free of 2 MB."""
+    from prealign.errors import ConfigError
+    from prealign.models import build_model
+    from prealign.models.registry import check_device_memory
+
+    model = build_model("mlp", (1, 28, 28), 10, hidden=(1000,), batch_size=64)
+    assert model.memory_estimate.bytes > 1e7 and model.memory_estimate.activations > 0
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**6, 2 * 10**6))
+    with pytest.raises(ConfigError, match=r"on cuda:0 needs about .* but the GPU has 1 MB free \(2 MB in all\)"):
+        check_device_memory(model, "cuda:0")
+    check_device_memory(model, "cpu")  # the CPU was checked when it was built
