@@ -75,7 +75,7 @@ def _pct(v):
 
 
 def list_runs(args) -> int:
-    from ..analysis.stats import rich_table
+    from ..stats import rich_table
 
     store = _store(args)
     runs = store.summaries(**_selected(args))
@@ -93,7 +93,7 @@ def list_runs(args) -> int:
 
 
 def show_run(args) -> int:
-    from ..analysis.stats import rich_table
+    from ..stats import rich_table
 
     store = _store(args)
     row = store.get(args.run)
