@@ -297,7 +297,7 @@ def test_rule_of_says_mixed_when_strict_false_left_every_layer_on_backprop():
 def test_budget_line_names_the_methods_that_pretrain_on_noise():
     from prealign.cli import build_parser
     from prealign.cli.compare import build_configs
-    from prealign.viz.report import budget_line, settings_of
+    from prealign.reports.compare import budget_line, settings_of
 
     args = build_parser().parse_args(["compare", "--methods", "bp,fa,bp+noise", "--dataset", "digits", "--seeds", "1"])
     line = budget_line(settings_of(build_configs(args), device="cpu"))

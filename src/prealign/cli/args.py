@@ -18,9 +18,9 @@ import argparse
 import copy
 import sys
 
-from .argpaths import DEVICE, FOLDER, IN_FILE, OUT_FILE, STORE, Device, PathArg
+from .argpaths import DEVICE, FOLDER, IN_FILE, OUT_FILE, STORE, BatchModels, Device, PathArg
 from .argtypes import (ANGLES, CORES, INT_MAX, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, SEED_MAX, THREADS,
-                       WORKERS, BatchModels, Float, Floats, Int, Seeds, Widths)
+                       WORKERS, Float, Floats, Int, Seeds, Widths)
 from .output import console, print_json, stdout_closed
 
 STORE_HELP = "output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)"
@@ -127,22 +127,6 @@ def add_cluster_options(p) -> None:
                    "object (e.g. '{\"pip\": [\"prealign\"]}') or a folder shipped as their working_dir")
 
 
-def check_cluster_options(args) -> None:
-    """Refuse (one line) what the chosen executor would ignore or could not bear: ``--address`` and
-    ``--runtime-env`` without ``--executor ray``; ``--cpus-per-run`` (each local worker's torch threads)
-    beyond this machine's cores with the local executor. Commands call it before they open a store."""
-    from ..errors import PrealignError
-
-    if args.executor != "ray":
-        given = [o for o, v in (("--address", args.address), ("--runtime-env", args.runtime_env)) if v is not None]
-        if given:
-            raise PrealignError(f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only to --executor ray "
-                                f"(the executor is {args.executor}); add --executor ray or drop {' and '.join(given)}")
-        if args.cpus_per_run is not None and args.cpus_per_run > CORES:
-            raise PrealignError(f"--cpus-per-run {args.cpus_per_run:g} is more than this machine's {CORES} CPU cores (with "
-                                f"the local executor it is each worker's torch threads); give at most {CORES}")
-
-
 def add_batch_models(p, help: str) -> None:
     """``--batch-models auto|off|G`` (:class:`~prealign.cli.argtypes.BatchModels`)."""
     p.add_argument("--batch-models", type=BatchModels(), default="auto", metavar="auto|off|G", help=help)
@@ -150,8 +134,7 @@ def add_batch_models(p, help: str) -> None:
 
 def cluster_options(args) -> dict:
     """The :func:`add_cluster_options` values as :func:`prealign.run.sweep.run_sweep` keywords (the
-    ``executor`` and ``address`` keywords included), checked by :func:`check_cluster_options`."""
-    check_cluster_options(args)
+    ``executor`` and ``address`` keywords included)."""
     return {"executor": args.executor, "address": args.address, "storage": args.storage, "gpus_per_run": args.gpus_per_run,
             "cpus_per_run": args.cpus_per_run, "runtime_env": args.runtime_env}
 

@@ -23,8 +23,7 @@ def _fail(text: str, need: str):
 
 @dataclass(frozen=True)
 class Int:
-    """An integer in ``[lo, hi]`` (odd if ``odd``); ``5e5`` is accepted as 500000. ``bound`` says what
-    ``hi`` is, in the refusal (e.g. "this machine's CPU cores")."""
+    """An integer in ``[lo, hi]`` (odd if ``odd``; ``5e5`` is 500000); ``bound``: what ``hi`` is, for the refusal."""
 
     lo: int = 0
     hi: int = INT_MAX
@@ -135,23 +134,6 @@ class Seeds:
         return list(range(count))
 
 
-@dataclass(frozen=True)
-class BatchModels:
-    """``--batch-models``: ``auto``, ``off`` or a group size ``G`` in ``[1, hi]`` (1 trains every run alone,
-    as ``off``; a group holds ``G`` networks in memory at once)."""
-
-    hi: int = 256
-
-    def __call__(self, text: str):
-        word = str(text).strip().lower()
-        if word in ("auto", "off"):
-            return word
-        size = _integer(word)
-        if size is None or not 1 <= size <= self.hi:
-            _fail(text, f"auto, off or a group size in [1, {self.hi}] (the runs trained together as one model)")
-        return size
-
-
 CORES = os.cpu_count() or 1  # torch threads and local worker processes are bounded by them
 
 # the numeric types every subcommand uses
@@ -164,5 +146,5 @@ POSITIVE_FLOAT = Float(0.0, lo_open=True)
 NONNEG_FLOAT = Float(0.0)
 ANGLES = Floats(Float(0.0, 180.0))
 
-__all__ = ["ANGLES", "CORES", "INT_MAX", "NONNEG", "THREADS", "WORKERS", "BatchModels", "NONNEG_FLOAT", "POSITIVE", "POSITIVE_FLOAT", "SEED", "SEED_MAX", "Float",
+__all__ = ["ANGLES", "CORES", "INT_MAX", "NONNEG", "THREADS", "WORKERS", "NONNEG_FLOAT", "POSITIVE", "POSITIVE_FLOAT", "SEED", "SEED_MAX", "Float",
            "Floats", "Int", "Seeds", "Widths"]

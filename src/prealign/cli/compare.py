@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, THREADS, WORKERS, Seeds, Widths
-from .args import add_batch_models, add_cluster_options, add_tensorboard, check_cluster_options, logger_fields
+from .args import add_batch_models, add_cluster_options, add_tensorboard, logger_fields
 
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
                 noise_samples=500_000, hidden="100")
@@ -91,11 +91,11 @@ def main(args) -> int:
 
     grid = build_grid(args)
     grid.check_size(yes=args.yes)  # methods x seeds, before anything is expanded
-    check_cluster_options(args)
     points = grid.points()  # unknown methods / bad values fail here, before any work
     configs = [RunConfig.from_dict(p["config"]) for p in points]
     resolve_batch(args.batch_models)
-    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                  address=args.address, runtime_env=args.runtime_env)
     data = load_data(configs[0])  # unknown or missing data set fails here
     build(configs[0], data)  # and a model that does not fit the data (lenet on 8×8 digits)
     device = resolve_device(args.device)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .args import (FOLDER, STORE, WORKERS, add_batch_models, add_cluster_options, add_json, add_tensorboard,
-                   check_cluster_options, cluster_options, logger_fields, print_json)
+                   cluster_options, logger_fields, print_json)
 
 
 def register(sub) -> None:
@@ -97,8 +97,8 @@ def run(args) -> int:
     from ..run.sweep_batched import resolve_batch
 
     resolve_batch(args.batch_models)  # a bad value is a user error before anything runs
-    check_cluster_options(args)
-    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                  address=args.address, runtime_env=args.runtime_env)
     if only and (len(experiments) != 1 or args.name == "all"):
         raise PrealignError("--only applies to a single experiment; name one experiment with it")
     if only:

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from .args import IN_FILE, STORE, WORKERS, add_batch_models, add_cluster_options, add_tensorboard, check_cluster_options, with_loggers
+from .args import IN_FILE, STORE, WORKERS, add_batch_models, add_cluster_options, add_tensorboard, with_loggers
 
 
 def register(sub) -> None:
@@ -107,7 +107,8 @@ def main(args) -> int:
     from ..reports.compare import budget_line, settings_of
     from .gridrun import sweep_and_report
 
-    check_cluster_options(args)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                  address=args.address, runtime_env=args.runtime_env)
     grid = Grid.from_toml(args.grid)
     root = Path(args.out) if args.out else default_root()
     n = grid.size()  # from the axis lengths: nothing expanded yet
@@ -120,7 +121,6 @@ def main(args) -> int:
         db = root if root.suffix in (".sqlite", ".db") else root / DB_NAME
         return _dry_run(grid, points, Store(root, read_only=True) if db.is_file() else _NoStore(db), args.json)
     resolve_batch(args.batch_models)
-    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
     configs = with_loggers(grid.configs(), args)  # --tensorboard (not part of the run key)
     _check_buildable(configs)  # before the store is opened: a bad model leaves nothing behind
     store = Store(root)
