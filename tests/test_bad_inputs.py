@@ -263,7 +263,7 @@ def _replace_builtin():
 def _factory_that_raises():
     from prealign.models import build_model
 
-    build_model("builtins:print", (1, 8, 8), 10)
+    build_model("builtins:divmod", (1, 8, 8), 10)  # divmod((1, 8, 8), 10): a raw TypeError before
 
 
 LIBRARY = [
@@ -271,7 +271,7 @@ LIBRARY = [
     ("pretrain_noise(num_classes=9) on 5 outputs", _pretrain_wrong_classes, ["(5,) per sample", "num_classes=5"]),
     ("Hessian method='func' on DFA", _hessian_func_on_dfa, ["'func'", "method='autograd'"]),
     ("register_model('mlp') without replace", _replace_builtin, ["'mlp' is taken", "replace=True"]),
-    ("a factory whose result is no module", _factory_that_raises, ["builtins:print", "not an nn.Module"]),
+    ("a factory that raises", _factory_that_raises, ["'builtins:divmod'", "factory raised TypeError"]),
 ]
 
 

@@ -199,3 +199,19 @@ def test_listing_and_showing_runs_imports_no_model_module(tmp_path, monkeypatch,
         assert main(["runs", "--out", str(tmp_path / "st"), *argv]) == 0
     assert "listed_nets:build" in capsys.readouterr().out
     assert not marker.exists() and "listed_nets" not in sys.modules
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet20", "vit"])
+def test_the_key_time_build_matches_a_training_build_on_any_thread_count(model):
+    """key() builds on one thread; a run (or a sweep worker) builds on its own count: the same network."""
+    cfg = RunConfig(**{**TINY, "model": model, "method": "dfa", "hidden": (8,) if model == "mlp" else (100,)})
+    from prealign.run.config import _NETWORKS
+
+    _NETWORKS.clear()
+    key_time = cfg.model_fingerprint()  # built on one thread
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert fingerprint(build(cfg, load_data(cfg))) == key_time  # build() would also refuse a different network
+    finally:
+        torch.set_num_threads(before)

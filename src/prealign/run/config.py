@@ -278,8 +278,13 @@ class RunConfig:
         inputs = _build_inputs(self, data)
         if inputs not in _NETWORKS:
             cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-            with torch.random.fork_rng(devices=cuda):
-                build(self, data)  # records its fingerprint in _NETWORKS
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # small ops: threads only add their start-up (8x slower on a busy machine)
+            try:
+                with torch.random.fork_rng(devices=cuda):
+                    build(self, data)  # records its fingerprint in _NETWORKS (the same on any thread count)
+            finally:
+                torch.set_num_threads(threads)
         return _NETWORKS[inputs][0]
 
     def key_fields(self) -> dict:
