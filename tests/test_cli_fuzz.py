@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prealign.cli import build_parser, main
-from prealign.cli.args import SEED_MAX, Device, Float, Floats, Int, PathArg, Seeds, Widths
+from prealign.cli.args import SEED_MAX, BatchModels, Device, Float, Floats, Int, PathArg, Seeds, Widths
 
 # names looked up by the library (one-line UnknownNameError there), free text by nature, or run references
-FREE_TEXT = {"dataset", "model", "methods", "optimizer", "batch_models", "only", "address", "corruptions", "method",
+FREE_TEXT = {"dataset", "model", "methods", "optimizer", "only", "address", "corruptions", "method",
              "surrogate", "overrides", "name", "runs", "run", "status", "storage", "runtime_env"}
 
 
@@ -89,6 +89,8 @@ def _bad_values(action) -> st.SearchStrategy:
     elif isinstance(kind, Seeds):
         strategy = st.one_of(st.integers(max_value=0).map(str), st.integers(SEED_MAX + 1, 2**80).map(lambda s: f"0,{s}"),
                              st.integers(max_value=-1).map(lambda s: f"{s},1"), junk)
+    elif isinstance(kind, BatchModels):
+        strategy = st.one_of(st.integers(max_value=0).map(str), st.integers(kind.hi + 1, 2**80).map(str), junk)
     elif isinstance(kind, Device):
         strategy = st.one_of(st.from_regex(r"[a-z]{1,8}(:[0-9]{1,3})?", fullmatch=True), junk)
     elif isinstance(kind, PathArg):
@@ -115,7 +117,7 @@ def _canonical_bad(action) -> str:
         return str(kind.lo - 1)
     if isinstance(kind, (Float, Floats)):
         return "nan"
-    if isinstance(kind, (Widths, Seeds)):
+    if isinstance(kind, (Widths, Seeds, BatchModels)):
         return "0"
     if isinstance(kind, Device):
         return "bogus"

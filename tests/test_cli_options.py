@@ -179,6 +179,7 @@ JSON_COMMANDS = [
     (["runs", "list", "--out", "st"], list),
     (["runs", "show", "2", "--out", "st"], dict),
     (["runs", "export", "--csv", "e.csv", "--out", "st"], dict),
+    (["runs", "remove", "1", "--out", "st"], list),
     (["datasets", "list"], list),
     (["datasets", "info", "digits"], dict),
     (["datasets", "fetch", "digits"], dict),

@@ -24,7 +24,8 @@ def test_unknown_key_names_key_and_lists_valid_ones():
     ("optimizer", "adagrad", ["'optimizer'", "adam", "sgd"]),
     ("hidden", [100, 0], ["'hidden'"]),
     ("patience", 0, ["'patience'"]),
-    ("same_init", "maybe", ["'same_init'", "bool"]),
+    ("same_init", "maybe", ["'same_init'", "true or false"]),
+    ("same_init", "yes", ["'same_init'", "true or false"]),  # issue 24: "yes" was taken for true
     ("activation", "swish", ["'activation'", "relu"]),
 ])
 def test_bad_values_name_the_key(key, value, words):

@@ -24,7 +24,9 @@ def _writer(root, worker, n_runs, n_epochs):
 
 
 def test_two_concurrent_writer_processes_lose_and_duplicate_nothing(tmp_path):
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a run key builds the network (issue 24), and torch's parallel ops hang in a child
+    # forked after the parent ran them (PyTorch's fork hazard); the writers still run at the same time
+    ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 20, 5)) for w in (1, 2)]
     for p in procs:
         p.start()

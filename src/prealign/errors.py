@@ -23,3 +23,8 @@ class UnknownNameError(PrealignError, ValueError):
 
 class ConfigError(PrealignError, ValueError):
     """A configuration value or key is invalid."""
+
+
+class PrealignWarning(UserWarning):
+    """Something the user should know that changes no result (e.g. a stored run that is not reused
+    and why); the CLI prints it as one line ``prealign: warning: ...``."""

@@ -82,6 +82,23 @@ def noise_batch(n: int, shape, classes: int, gen: torch.Generator, device, dtype
     return x, torch.randint(0, classes, (n,), generator=gen, device=device)
 
 
+def _first_forward(model: nn.Module, x: torch.Tensor, classes: int) -> torch.Tensor:
+    """``model(x)`` of the first noise batch, with a one-line ConfigError where the model cannot take inputs
+    of ``x``'s shape or does not give ``classes`` scores per sample (issue 24: not a raw torch error)."""
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, IndexError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ConfigError(f"pretrain_noise: the model cannot take noise inputs of shape {tuple(x.shape[1:])} "
+                          f"({type(err).__name__}: {first}); pass input_shape= as one sample of its data, without "
+                          "the batch (e.g. (1, 28, 28))") from None
+    if out.dim() != 2 or out.shape[1] != classes:
+        raise ConfigError(f"pretrain_noise: the model gives outputs of shape {tuple(out.shape[1:])} per sample, but "
+                          f"num_classes is {classes}; pass num_classes={out.shape[-1]} (its output width) or leave it "
+                          "out for a model built by prealign")
+    return out
+
+
 def pretrain_noise(model: nn.Module, samples: int = 500_000, batch_size: int = 64, lr: float = 1e-4,
                    distribution: str = "gaussian", std: float = 1.0, generator: torch.Generator | None = None,
                    callback: Callable[[int, int, nn.Module], None] | None = None, callback_every: int = 100,
@@ -117,7 +134,7 @@ def pretrain_noise(model: nn.Module, samples: int = 500_000, batch_size: int = 6
         for step in range(1, steps + 1):
             n = min(batch_size, samples - seen)
             x, y = noise_batch(n, shape, classes, gen, device, dtype, distribution, std)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(_first_forward(model, x, classes) if step == 1 else model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

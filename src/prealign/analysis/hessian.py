@@ -152,7 +152,14 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
         if self.method == "autograd":
             return self._hvp_autograd(xb, yb, vs)
         if self.method == "func":
-            return self._hvp_func(xb, yb, vs)
+            try:
+                return self._hvp_func(xb, yb, vs)
+            except RuntimeError as err:
+                if "autograd.Function" not in str(err) and "functorch" not in str(err):
+                    raise
+                raise ConfigError("Hessian method 'func' cannot run on this model: torch.func cannot transform its "
+                                  "custom autograd Function (e.g. DFA's output-error hook); use method='autograd' "
+                                  "(or 'auto', which picks it)") from None
         try:  # auto over several batches: the fast path, unless torch.func cannot transform this forward
             out = self._hvp_func(xb, yb, vs)
             self.method = "func"

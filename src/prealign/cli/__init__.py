@@ -76,6 +76,29 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Within the block, a :class:`~prealign.errors.PrealignWarning` prints as ``prealign: warning: ...``
+    (one line, no file and line number); other warnings as Python prints them."""
+    import warnings
+
+    from ..errors import PrealignWarning
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PrealignWarning):
+            print(f"prealign: warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..errors import PrealignError
     from ..progress import set_quiet
@@ -94,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _one_line_warnings():
             return int(args.func(args) or 0)
     except PrealignError as err:
         print(f"prealign: error: {err}", file=sys.stderr)

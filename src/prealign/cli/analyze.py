@@ -15,7 +15,10 @@ from .args import DEVICE, FOLDER, NONNEG, POSITIVE, POSITIVE_FLOAT, SEED, STORE,
 
 
 TYPES = {"str": None, "int>=1": POSITIVE, "int>=0": NONNEG, "seed": SEED, "float>0": POSITIVE_FLOAT,
-         "floats>=0": Floats(Float(0.0)), "odd>=3": Int(3, odd=True), "device": DEVICE}
+         "floats>=0": Floats(Float(0.0)), "device": DEVICE,
+         # landscape --grid: grid² loss evaluations and a grid² surface; 1001 is a million already
+         "odd>=3": Int(3, 1001, odd=True, bound="points per axis; a surface holds grid² loss evaluations")}
+MAX_SEEDS = 10_000  # as compare --seeds: runs trained on the fly are methods × seeds
 
 
 def register(sub) -> None:
@@ -53,7 +56,7 @@ def _sources(p: argparse.ArgumentParser, entry) -> None:
         g.add_argument("--method", nargs="+", default=None, metavar="M", help="methods, e.g. bp fa ifa ifa@30 ifa@60")
         g.add_argument("--dataset", default="mnist5k", help="data set for --method (default mnist5k)")
         g.add_argument("--epochs", type=NONNEG, default=20, help="epochs for --method (default 20)")
-        g.add_argument("--seeds", type=POSITIVE, default=3, help="seeds 0..N-1 per method for --method (default 3)")
+        g.add_argument("--seeds", type=Int(1, MAX_SEEDS), default=3, help="seeds 0..N-1 per method for --method (default 3)")
         g.add_argument("--hidden", type=POSITIVE, nargs="+", default=[100], help="MLP hidden widths (default 100)")
         g.add_argument("--model", default="mlp", help="model for --method: mlp, lenet, alexnet")
         g.add_argument("--batch-size", type=POSITIVE, default=64)

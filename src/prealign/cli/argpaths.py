@@ -1,12 +1,12 @@
-"""Device and path option types of every ``prealign`` subcommand (the numeric ones are in
-:mod:`prealign.cli.argtypes`): checked while the command line is parsed, one line on a bad value."""
+"""Device, path and ``--batch-models`` option types of every ``prealign`` subcommand (the numeric ones
+are in :mod:`prealign.cli.argtypes`): checked while the command line is parsed, one line on a bad value."""
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .argtypes import _fail
+from .argtypes import _fail, _integer
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,27 @@ class PathArg:
         return str(text)
 
 
+@dataclass(frozen=True)
+class BatchModels:
+    """``--batch-models``: ``auto``, ``off`` or a group size ``G`` in ``[1, hi]`` (1 trains every run alone,
+    as ``off``; a group holds ``G`` networks in memory at once)."""
+
+    hi: int = 256
+
+    def __call__(self, text: str):
+        word = str(text).strip().lower()
+        if word in ("auto", "off"):
+            return word
+        size = _integer(word)
+        if size is None or not 1 <= size <= self.hi:
+            _fail(text, f"auto, off or a group size in [1, {self.hi}] (the runs trained together as one model)")
+        return size
+
+
 DEVICE = Device()
 FOLDER = PathArg("dir")
 STORE = PathArg("store")
 OUT_FILE = PathArg("out_file")
 IN_FILE = PathArg("in_file")
 
-__all__ = ["DEVICE", "FOLDER", "IN_FILE", "OUT_FILE", "STORE", "Device", "PathArg"]
+__all__ = ["BatchModels", "DEVICE", "FOLDER", "IN_FILE", "OUT_FILE", "STORE", "Device", "PathArg"]

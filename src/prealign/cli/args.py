@@ -18,9 +18,9 @@ import argparse
 import copy
 import sys
 
-from .argpaths import DEVICE, FOLDER, IN_FILE, OUT_FILE, STORE, Device, PathArg
-from .argtypes import (ANGLES, INT_MAX, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, SEED_MAX, Float,
-                       Floats, Int, Seeds, Widths)
+from .argpaths import DEVICE, FOLDER, IN_FILE, OUT_FILE, STORE, BatchModels, Device, PathArg
+from .argtypes import (ANGLES, CORES, INT_MAX, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, SEED_MAX, THREADS,
+                       WORKERS, Float, Floats, Int, Seeds, Widths)
 from .output import console, print_json, stdout_closed
 
 STORE_HELP = "output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)"
@@ -127,6 +127,11 @@ def add_cluster_options(p) -> None:
                    "object (e.g. '{\"pip\": [\"prealign\"]}') or a folder shipped as their working_dir")
 
 
+def add_batch_models(p, help: str) -> None:
+    """``--batch-models auto|off|G`` (:class:`~prealign.cli.argtypes.BatchModels`)."""
+    p.add_argument("--batch-models", type=BatchModels(), default="auto", metavar="auto|off|G", help=help)
+
+
 def cluster_options(args) -> dict:
     """The :func:`add_cluster_options` values as :func:`prealign.run.sweep.run_sweep` keywords (the
     ``executor`` and ``address`` keywords included)."""
@@ -134,7 +139,7 @@ def cluster_options(args) -> dict:
             "cpus_per_run": args.cpus_per_run, "runtime_env": args.runtime_env}
 
 
-__all__ = ["add_cluster_options", "cluster_options", "ANGLES", "DEVICE", "FOLDER", "INT_MAX", "IN_FILE", "NONNEG", "NONNEG_FLOAT", "OUT_FILE", "POSITIVE",
+__all__ = ["add_batch_models", "add_cluster_options", "cluster_options", "CORES", "THREADS", "WORKERS", "BatchModels", "ANGLES", "DEVICE", "FOLDER", "INT_MAX", "IN_FILE", "NONNEG", "NONNEG_FLOAT", "OUT_FILE", "POSITIVE",
            "POSITIVE_FLOAT", "SEED", "SEED_MAX", "STORE", "STORE_HELP", "Device", "Float", "Floats", "Int",
            "OneLineParser", "PathArg", "Seeds", "Widths", "add_json", "add_out", "add_tensorboard", "console",
            "logger_fields", "print_json", "stdout_closed", "with_loggers"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 
 INT_MAX = 2**31 - 1  # counts (samples, epochs, threads, ...) beyond this are typos, and overflow torch
@@ -22,16 +23,18 @@ def _fail(text: str, need: str):
 
 @dataclass(frozen=True)
 class Int:
-    """An integer in ``[lo, hi]`` (odd if ``odd``); ``5e5`` is accepted as 500000."""
+    """An integer in ``[lo, hi]`` (odd if ``odd``; ``5e5`` is 500000); ``bound``: what ``hi`` is, for the refusal."""
 
     lo: int = 0
     hi: int = INT_MAX
     odd: bool = False
+    bound: str = ""
 
     @property
     def need(self) -> str:
         kind = "an odd integer" if self.odd else "an integer"
-        return f"{kind} >= {self.lo}" if self.hi == INT_MAX else f"{kind} in [{self.lo}, {self.hi}]"
+        need = f"{kind} >= {self.lo}" if self.hi == INT_MAX else f"{kind} in [{self.lo}, {self.hi}]"
+        return f"{need} ({self.hi} = {self.bound})" if self.bound else need
 
     def __call__(self, text: str) -> int:
         value = _integer(text)
@@ -131,13 +134,17 @@ class Seeds:
         return list(range(count))
 
 
+CORES = os.cpu_count() or 1  # torch threads and local worker processes are bounded by them
+
 # the numeric types every subcommand uses
 POSITIVE = Int(1)
 NONNEG = Int(0)
 SEED = Int(0, SEED_MAX)
+THREADS = Int(1, CORES, bound="this machine's CPU cores")
+WORKERS = Int(1, CORES, bound="this machine's CPU cores; each worker is a process with one torch thread")
 POSITIVE_FLOAT = Float(0.0, lo_open=True)
 NONNEG_FLOAT = Float(0.0)
 ANGLES = Floats(Float(0.0, 180.0))
 
-__all__ = ["ANGLES", "INT_MAX", "NONNEG", "NONNEG_FLOAT", "POSITIVE", "POSITIVE_FLOAT", "SEED", "SEED_MAX", "Float",
+__all__ = ["ANGLES", "CORES", "INT_MAX", "NONNEG", "THREADS", "WORKERS", "NONNEG_FLOAT", "POSITIVE", "POSITIVE_FLOAT", "SEED", "SEED_MAX", "Float",
            "Floats", "Int", "Seeds", "Widths"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .args import DEVICE, POSITIVE, add_json, print_json
+from .args import DEVICE, THREADS, add_json, print_json
 
 
 def register(subparsers) -> None:
@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="reduced sizes and repetitions (under a minute; for CI)")
     p.add_argument("--only", nargs="+", choices=ROWS, metavar="ROW", help=f"run only these rows: {', '.join(ROWS)}")
     p.add_argument("--device", type=DEVICE, default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--threads", type=POSITIVE, default=None,
+    p.add_argument("--threads", type=THREADS, default=None,
                    help="torch threads for the run (default: one per core; 1 with --quick); 1 is steadier on a shared machine")
     p.set_defaults(func=cmd_bench)
 

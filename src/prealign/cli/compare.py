@@ -12,9 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, Seeds, Widths
-from .args import add_tensorboard, logger_fields
-from .args import add_cluster_options
+from .args import ANGLES, DEVICE, NONNEG, NONNEG_FLOAT, POSITIVE, POSITIVE_FLOAT, STORE, THREADS, WORKERS, Seeds, Widths
+from .args import add_batch_models, add_cluster_options, add_tensorboard, logger_fields
 
 DEFAULTS = dict(dataset="mnist5k", methods="bp,fa,ifa,rnp", seeds="3", epochs=30, batch_size=64, lr=1e-4,
                 noise_samples=500_000, hidden="100")
@@ -39,18 +38,18 @@ def register(sub) -> None:
     p.add_argument("--noise-samples", type=NONNEG, default=DEFAULTS["noise_samples"],
                    help="noise-pretraining samples of rnp and of X+noise warm-up methods such as bp+noise "
                         "(default 500000, the noise paper's); bp, fa, ifa ... stay noise-free")
-    p.add_argument("--patience", type=POSITIVE, default=None, help="stop after this many epochs without a better test accuracy")
+    p.add_argument("--patience", type=POSITIVE, default=None, help="stop after this many epochs without a better validation accuracy (the held-out 10%% of the training set the epoch is selected on)")
     p.add_argument("--same-init", action=argparse.BooleanOptionalAction, default=True,
                    help="every method of a seed starts from the same network (noise paper B.6; default on)")
     p.add_argument("--device", type=DEVICE, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=POSITIVE, default=None,
+    p.add_argument("--workers", type=WORKERS, default=None,
                    help="runs trained in parallel processes (default: 2 on a multi-core CPU, 1 on a GPU)")
-    p.add_argument("--threads", type=POSITIVE, default=None,
+    p.add_argument("--threads", type=THREADS, default=None,
                    help="torch threads with --workers 1 (default 1 for mlp: small nets train fastest single-threaded); "
                         "parallel workers use one thread each")
-    p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
-                   help="train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
+    add_batch_models(p, "train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
                         "(default; where it was measured to win), off, or a group size G")
+    p.add_argument("--yes", action="store_true", help="run a comparison of more than 10,000 runs (methods x seeds)")
     p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     add_cluster_options(p)
     p.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
@@ -90,10 +89,13 @@ def main(args) -> int:
     from ..run.sweep_batched import resolve_batch
     from ..reports.compare import budget_line, settings_of
 
-    points = build_grid(args).points()  # unknown methods / bad values fail here, before any work
+    grid = build_grid(args)
+    grid.check_size(yes=args.yes)  # methods x seeds, before anything is expanded
+    points = grid.points()  # unknown methods / bad values fail here, before any work
     configs = [RunConfig.from_dict(p["config"]) for p in points]
     resolve_batch(args.batch_models)
-    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                  address=args.address, runtime_env=args.runtime_env)
     data = load_data(configs[0])  # unknown or missing data set fails here
     build(configs[0], data)  # and a model that does not fit the data (lenet on 8×8 digits)
     device = resolve_device(args.device)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import (FOLDER, POSITIVE, STORE, add_cluster_options, add_json, add_tensorboard, cluster_options,
-                   logger_fields, print_json)
+from .args import (FOLDER, STORE, WORKERS, add_batch_models, add_cluster_options, add_json, add_tensorboard,
+                   cluster_options, logger_fields, print_json)
 
 
 def register(sub) -> None:
@@ -30,10 +30,9 @@ def register(sub) -> None:
                    help="smoke: seconds, tiny data; quick: minutes on 2 cores, offline stand-in data (default); "
                         "paper: the paper's settings and data")
     add_cluster_options(p)
-    p.add_argument("--workers", type=POSITIVE, default=None, help="local worker processes, one torch thread each "
+    p.add_argument("--workers", type=WORKERS, default=None, help="local worker processes, one torch thread each "
                                                              "(default: number of CPU cores; 1 = serial in this process)")
-    p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
-                   help="train compatible runs (MLPs under bp/fa/ifa/rnp with the same data and optimizer settings) "
+    add_batch_models(p, "train compatible runs (MLPs under bp/fa/ifa/rnp with the same data and optimizer settings) "
                         "as one vectorized model per group of up to G (auto: 8); same stored results as separate "
                         "runs; off trains each run alone (default auto)")
     p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
@@ -102,7 +101,8 @@ def run(args) -> int:
     from ..run.sweep_batched import resolve_batch
 
     resolve_batch(args.batch_models)  # a bad value is a user error before anything runs
-    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+    check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                  address=args.address, runtime_env=args.runtime_env)
     if only and (len(experiments) != 1 or args.name == "all"):
         raise PrealignError("--only applies to a single experiment; name one experiment with it")
     if only:

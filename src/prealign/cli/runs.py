@@ -1,9 +1,12 @@
-"""``prealign runs list | show RUN | export --csv FILE``: browse the result store.
+"""``prealign runs list | show RUN | export --csv FILE | remove RUN...``: browse the result store.
 
 RUN is a run id (``12``) or a unique prefix of its key (``3fa9c1``). ``list`` and ``export`` take
 the filters ``--method`` (``ifa`` matches every ``ifa@θ``), ``--model``, ``--dataset``, ``--status``.
 Every action takes ``--out DIR`` and ``--json`` (JSON on stdout, nothing else there); into a pipe
-the tables are tab-separated lines.
+the tables are tab-separated lines. Browsing opens the store read-only and never imports a model
+module (a config's ``model = "pkg.mod:build"`` is shown, not run). ``remove`` deletes runs — row,
+epochs and checkpoint — so running their configs again trains them anew (e.g. a finished run whose
+checkpoint was lost: its results stay until it is removed).
 """
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ def register(sub) -> None:
     _filters(ex)
     add_json(ex, "what was written (file, rows)")
     ex.set_defaults(func=export_runs)
+    rm = rsub.add_parser("remove", help="delete runs (row, epochs, checkpoint) so their configs train anew")
+    rm.add_argument("runs", nargs="+", metavar="RUN", help="run ids or unique key prefixes")
+    add_json(rm, "the removed runs")
+    rm.set_defaults(func=remove_runs)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -119,4 +126,19 @@ def export_runs(args) -> int:
         print_json({"csv": str(args.csv), "rows": n, "store": str(store.path)})
     else:
         print(f"wrote {n} rows (one per run and epoch) to {args.csv}", file=sys.stderr)
+    return 0
+
+
+def remove_runs(args) -> int:
+    from ..run.store import Store
+
+    store = Store(args.out)
+    ids = [store.resolve(r) for r in args.runs]  # every RUN checked before anything is removed
+    removed = [store.remove(i) for i in dict.fromkeys(ids)]
+    if args.json:
+        print_json([{k: r[k] for k in ("id", "key", "label", "dataset", "seed", "status")} for r in removed])
+    else:
+        for r in removed:
+            print(f"removed run {r['id']} ({r['key']}): {r['label']} on {r['dataset']}, seed {r['seed']}, {r['status']}",
+                  file=sys.stderr)
     return 0

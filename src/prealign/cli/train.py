@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .args import IN_FILE, POSITIVE, add_json, add_out, add_tensorboard, print_json, with_loggers
+from .args import IN_FILE, THREADS, add_json, add_out, add_tensorboard, print_json, with_loggers
 
 
 def register(sub) -> None:
@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config key, e.g. --set lr=1e-3 --set hidden=100,100 (repeatable)")
     add_out(p)
-    p.add_argument("--threads", type=POSITIVE, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads, at most the CPU cores (default: torch's)")
     add_tensorboard(p)
     add_json(p, "the result summary")
     p.set_defaults(func=main)

@@ -76,6 +76,8 @@ class Evaluator:
             ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b, ast.Div: lambda: a / b}
             if type(node.op) not in ops:
                 raise ConfigError(f"operator {type(node.op).__name__} is not allowed in a claim")
+            if not all(isinstance(v, (int, float)) for v in (a, b)):  # no 'x' * 10**20: arithmetic on numbers only
+                raise ConfigError(f"a claim's arithmetic takes numbers, got {type(a).__name__} and {type(b).__name__}")
             return ops[type(node.op)]()
         if isinstance(node, ast.BoolOp):
             vals = [self.eval(v) for v in node.values]
@@ -119,6 +121,28 @@ def validate_check(check: str) -> None:
             raise ConfigError(f"claim check {check!r} calls a function that is not allowed")
         if isinstance(node, (ast.Attribute, ast.Subscript, ast.Lambda)):
             raise ConfigError(f"claim check {check!r} uses {type(node).__name__}, which is not allowed")
+        # checked here, before any training, not when the claim is evaluated after it (issue 24)
+        if isinstance(node, ast.BinOp) and not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+            raise ConfigError(f"claim check {check!r} uses the operator {type(node.op).__name__}; only + - * / are allowed")
+        if isinstance(node, ast.BinOp) and any(isinstance(side, (ast.List, ast.Tuple, ast.Dict, ast.JoinedStr)) or
+                                               (isinstance(side, ast.Constant) and not _number(side.value))
+                                               for side in (node.left, node.right)):
+            raise ConfigError(f"claim check {check!r} does arithmetic on something other than a number")
+        if isinstance(node, ast.Compare) and not all(isinstance(op, _COMPARISONS) for op in node.ops):
+            raise ConfigError(f"claim check {check!r} uses a comparison other than < <= > >= == !=")
+        if isinstance(node, ast.Name) and not any(isinstance(p, ast.Call) and p.func is node for p in ast.walk(tree)):
+            raise ConfigError(f"claim check {check!r} names {node.id!r}, which is not a claim function; use one of "
+                              f"{Evaluator.FUNCS + ('abs', 'min', 'max')}")
+        if isinstance(node, (ast.JoinedStr, ast.NamedExpr, ast.IfExp, ast.ListComp, ast.SetComp, ast.DictComp,
+                             ast.GeneratorExp, ast.Starred, ast.Set)):
+            raise ConfigError(f"claim check {check!r} uses {type(node).__name__}, which is not allowed")
+
+
+_COMPARISONS = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def evaluate(check: str, rows: list[dict]) -> tuple[str, list, str]:

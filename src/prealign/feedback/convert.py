@@ -126,6 +126,7 @@ def convert(model: nn.Module, rule: str = "fa", *, generator: torch.Generator | 
                 module._setup_projections(rule, generator, alpha_b)
             else:
                 module._setup_feedback(rule, generator, alpha_b)
+    model._prealign_rule = rule  # what was asked for: rule_of says "mixed" even when no layer could follow it
     hook = dfa.install(model) if r.direct else None
     if not r.direct:
         dfa.remove(model)
@@ -135,12 +136,14 @@ def convert(model: nn.Module, rule: str = "fa", *, generator: torch.Generator | 
 
 
 def rule_of(model: nn.Module) -> str | None:
-    """The rule every weight of ``model`` learns by: ``None`` if it has no feedback layers,
-    ``"mixed"`` if its feedback layers differ or if some weight layers were left unconverted
-    (:func:`unconverted_layers`, on exact backprop) while the feedback layers are not ``bp``."""
+    """The rule every weight of ``model`` learns by: ``None`` if it was never converted (no feedback
+    layers), ``"mixed"`` if its feedback layers differ or if some weight layers were left unconverted
+    (:func:`unconverted_layers`, on exact backprop) under a rule other than ``bp`` — also when
+    ``convert(model, rule, strict=False)`` could convert none of them."""
     rules = {layer.rule for _, layer in feedback_layers(model)}
-    if not rules:
-        return None
+    if not rules:  # never converted; or converted with strict=False where no layer could follow the rule
+        asked = getattr(model, "_prealign_rule", "bp")
+        return "mixed" if asked != "bp" and unconverted_layers(model) else None
     if len(rules) > 1 or (rules != {"bp"} and unconverted_layers(model)):
         return "mixed"
     return rules.pop()

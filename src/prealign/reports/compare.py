@@ -166,7 +166,8 @@ def _g(value) -> str:
 
 def budget_line(settings: dict) -> str:
     noise = settings.get("noise_samples")
-    noise_txt = f"{_g(noise)} noise samples for rnp" if noise else "no noise pretraining"
+    noisy = [m for m in settings.get("methods", []) if m == "rnp" or str(m).endswith("+noise")]  # labels that pretrain
+    noise_txt = f"{_g(noise)} noise samples for {', '.join(noisy) or 'rnp'}" if noise else "no noise pretraining"
     return (f"Budget: {_g(settings['epochs'])} epochs max, batch {_g(settings['batch_size'])}, {_g(settings['optimizer'])} lr "
             f"{_g(settings['lr'])}, {len(settings['seeds'])} seed(s) {settings['seeds']}, {noise_txt}, "
             f"{'same' if settings.get('same_init', True) else 'independent'} initial network per seed, "

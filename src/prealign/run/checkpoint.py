@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import PrealignError
 from ..feedback import RULES, FeedbackLayer
 from ..feedback.wm import wm_settings
+from ..models.fingerprint import difference, layout
 
 # version of the checkpoint dict below; older files are refused with a one-line fix. 3: the run's own
 # random streams (prealign.seeding: torch_rng/cuda_rng are the run's stream, no longer the caller's
@@ -175,14 +176,16 @@ def checkpoint_settings(model: nn.Module, data, *, batch_size: int, lr: float, o
     return {"batch_size": int(batch_size), "lr": float(lr), "optimizer": str(optimizer),
             "weight_decay": float(weight_decay), "momentum": float(momentum), "seed": int(seed),
             "patience": None if patience is None else int(patience), "val_fraction": float(val_fraction),
-            "model": model_fingerprint(model), "data": None if data is None else data_fingerprint(data)}
+            "model": model_fingerprint(model), "data": None if data is None else data_fingerprint(data),
+            "layout": layout(model)}  # not compared: says what differs when "model" does (issue 24)
 
 
 def check_resumable(ckpt, state: dict, settings: dict, epochs: int) -> None:
     """Raise a one-line PrealignError unless ``state`` was written by this very training run."""
     where = getattr(ckpt, "path", ckpt)
     saved = state.get("settings") or {}
-    diff = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in settings.items() if saved.get(k) != v]
+    diff = [f"{k} {saved.get(k)!r} there, {v!r} now" if k != "model" else f"model: {difference(saved.get('layout'), settings['layout'])}"
+            for k, v in settings.items() if k != "layout" and saved.get(k) != v]
     if not diff and state["epoch"] > epochs:
         diff = [f"epochs: it has trained {state['epoch']}, now epochs={epochs}"]
     if diff:

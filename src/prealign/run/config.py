@@ -38,6 +38,7 @@ NOISE_SETTINGS = ("noise_batch_size", "noise_lr", "noise_distribution", "noise_s
 _NOT_IN_KEY = ("device", "name", "tensorboard")
 # Fields added after run keys were first stored enter the key only when set (not None), so every run
 # stored before they existed keeps its key (a stored run is never orphaned by an upgrade).
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 _KEY_WHEN_SET = ("wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch", "wm_noise", "wm_every")
 
 
@@ -121,6 +122,9 @@ class RunConfig:
                     raise ConfigError(f"key {key!r} = {getattr(self, key)!r} applies only with noise pretraining, "
                                       f"but noise_samples is 0 (method {self.method!r}); set noise_samples > 0"
                                       f"{warmup} or drop {key}")
+        if method.noise_samples and not self.noise_samples and not warm:  # rnp given noise_samples = 0
+            raise ConfigError(f"method {base!r} is noise pretraining, but noise_samples = 0 leaves none (it would train "
+                              f"as 'fa'); give noise_samples > 0, or method 'fa' for no pretraining")
         if self.kp_decay is not None and not get_rule(method.rule).learns_feedback:
             raise ConfigError(f"key 'kp_decay' applies only to method kp (its feedback learns W's updates); method is {base!r}")
         for key, value in self.wm_settings().items():
@@ -149,11 +153,16 @@ class RunConfig:
                                   ("noise_distribution", self.noise_distribution, NOISE_DISTRIBUTIONS)):
             if value not in valid:
                 raise ConfigError(f"key {key!r} has unknown value {value!r}; valid: {', '.join(valid)}")
-        from ..models import ACTIVATIONS, model_options
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"key 'device' has unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N, mps")
+        from ..models import ACTIVATIONS, MODELS, model_options
+        from ..models.registry import check_model_name
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"key 'activation' has unknown value {self.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
-        try:  # a registered name or an importable "package.module:function", taking the options set
-            model_options(self.model, hidden=self.hidden, activation=self.activation)
+        try:  # a registered name (taking the options set) or an import path, checked without importing it
+            check_model_name(self.model)
+            if self.model in MODELS:
+                model_options(self.model, hidden=self.hidden, activation=self.activation)
         except ConfigError as err:
             raise ConfigError(f"key 'model': {err}") from None
         return self
@@ -206,6 +215,9 @@ class RunConfig:
             raise ConfigError(f"config {str(path) if path else 'text'} is not valid TOML: {err}") from None
         if isinstance(d.get("run"), dict):  # allow a [run] table
             d = {**{k: v for k, v in d.items() if k != "run"}, **d["run"]}
+        if not d:  # an empty file would train the default config without a word
+            raise ConfigError(f"config {str(path) if path else 'text'} sets no keys, so it would train the default "
+                              "config; write the keys you mean (method, dataset, ...; see docs/usage.md)")
         if isinstance(overrides, dict):
             d.update(overrides)
         else:
@@ -221,12 +233,27 @@ class RunConfig:
         return "\n".join(lines) + "\n"
 
     def key(self) -> str:
-        """Stable 16-hex-digit hash of everything that determines the result (not device/name),
-        the data included: :func:`prealign.data.fingerprint` of ``dataset``/``train_subset``, so a
-        result computed on damaged or other data is never served for this data. Computing a key
-        therefore loads the data set once per process (cached; mnist5k ≈ 0.05 s, Fashion-MNIST ≈ 1 s).
-        A data set that is unknown or not on this machine gets the fingerprint ``"unavailable"``
-        (no run can finish without its data); a corrupt or mismatching file raises PrealignError."""
+        """Stable 16-hex-digit hash of everything that determines the result (not device/name): the
+        fields (:meth:`key_fields`), the data (:func:`prealign.data.fingerprint` of ``dataset``/
+        ``train_subset``, so a result computed on damaged or other data is never served for this data)
+        and the network the run starts from (:meth:`model_fingerprint`: architecture and initial values,
+        so a changed factory or a replaced model name is a new run, never a stored result of another
+        network). Computing a key therefore loads the data set once per process (cached; mnist5k ≈
+        0.05 s, Fashion-MNIST ≈ 1 s) and builds the network once per process for each distinct model,
+        seed, rule and options (cached; an MLP in milliseconds, ResNet-56 ≈ 0.3 s). A data set that is
+        unknown or not on this machine gets the fingerprints ``"unavailable"`` (no run can finish without
+        its data); a corrupt or mismatching file, or a model that cannot be built, raises PrealignError."""
+        d = self._identity()
+        d["model_fingerprint"] = self.model_fingerprint()
+        return _hash(d)
+
+    def config_key(self) -> str:
+        """The key without the network (fields and data only): what :meth:`key` was before run keys
+        saw the model, so a run stored then has ``key == config_key()`` of its config. The store
+        records it beside the key, to say that a stored run has this config but another network."""
+        return _hash(self._identity())
+
+    def _identity(self) -> dict:
         from ..data import DataNotFoundError, fingerprint
         from ..errors import UnknownNameError
 
@@ -235,8 +262,31 @@ class RunConfig:
             d["data_fingerprint"] = fingerprint(self.dataset, self.train_subset)
         except (DataNotFoundError, UnknownNameError):
             d["data_fingerprint"] = "unavailable"
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return d
+
+    def model_fingerprint(self) -> str:
+        """:func:`prealign.models.fingerprint.fingerprint` of the network :func:`build` makes for this
+        config (before any method preparation), built once per process per distinct build (torch's
+        global RNG is left as it was); ``"unavailable"`` when the data set is not here."""
+        from ..data import DataNotFoundError
+        from ..data.identity import loaded
+        from ..errors import UnknownNameError
+
+        try:
+            data = loaded(self.dataset)
+        except (DataNotFoundError, UnknownNameError):
+            return "unavailable"
+        inputs = _build_inputs(self, data)
+        if inputs not in _NETWORKS:
+            cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # small ops: threads only add their start-up (8x slower on a busy machine)
+            try:
+                with torch.random.fork_rng(devices=cuda):
+                    build(self, data)  # records its fingerprint in _NETWORKS (the same on any thread count)
+            finally:
+                torch.set_num_threads(threads)
+        return _NETWORKS[inputs][0]
 
     def key_fields(self) -> dict:
         """The fields :meth:`key` hashes (before the data fingerprint is added). A wm run's noise kind
@@ -250,6 +300,10 @@ class RunConfig:
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _toml_value(value) -> str:
@@ -272,8 +326,8 @@ def _coerce(key: str, value, typ: str):
     base = typ.replace(" | None", "")
     try:
         if base == "bool":
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # --set same_init=false
+                return value.strip().lower() == "true"
             if isinstance(value, bool):
                 return value
             raise ValueError
@@ -304,7 +358,8 @@ def _coerce(key: str, value, typ: str):
             return tuple(int(v) for v in value)
     except (TypeError, ValueError):
         pass
-    raise ConfigError(f"key {key!r} must be {base.replace('tuple[int, ...]', 'a list of integers')}, got {value!r}")
+    need = {"tuple[int, ...]": "a list of integers", "bool": "true or false"}.get(base, base)
+    raise ConfigError(f"key {key!r} must be {need}, got {value!r}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -334,16 +389,55 @@ def _seed_for(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "big")
 
 
-def build(config: RunConfig, data) -> torch.nn.Module:
-    """The config's initial network, converted to the method's rule but not yet prepared."""
-    from ..models import build_model
+# (factory, input shape, classes, options, rule, model seed, alpha_w, alpha_b) -> (fingerprint, layout) of the
+# network build() made from them in this process: RunConfig.key() reuses it, and a second build that
+# differs (a factory that is not deterministic given the seed) is refused
+_NETWORKS: dict[tuple, tuple[str, list[str]]] = {}
 
-    model_seed = config.seed if config.same_init else _seed_for(config.seed, config.label, "model")
+
+def _model_seed(config: RunConfig) -> int:
+    return config.seed if config.same_init else _seed_for(config.seed, config.label, "model")
+
+
+def _build_inputs(config: RunConfig, data) -> tuple:
+    """Everything :func:`build` passes to the factory and the initialisation (the factory object itself
+    included: a name registered again, or a module reloaded, is another build)."""
+    from ..models import model_options, resolve_model
+
+    factory = resolve_model(config.model)
+    options = model_options(config.model, hidden=config.hidden, activation=config.activation)
+    return (factory, tuple(int(d) for d in data.x_train.shape[1:]), int(data.num_classes),
+            tuple(sorted(options.items())), config.method_object().rule, _model_seed(config), config.alpha_w,
+            config.alpha_b)
+
+
+def build(config: RunConfig, data) -> torch.nn.Module:
+    """The config's initial network, converted to the method's rule but not yet prepared.
+
+    Its fingerprint (:mod:`prealign.models.fingerprint`) is what :meth:`RunConfig.key` hashes; a
+    factory that builds another network from the same inputs in this process (it draws from an
+    unseeded source such as numpy or ``random``) raises a one-line ConfigError naming what differs."""
+    from ..models import build_model
+    from ..models.fingerprint import difference, fingerprint, layout
+
+    inputs = _build_inputs(config, data)
+    model_seed = inputs[5]
     gen = torch.Generator().manual_seed(model_seed)
+    n_train = min(len(data.y_train), config.train_subset or len(data.y_train))  # no batch holds more samples
+    noise = min(config.noise_batch_size, config.noise_samples)  # nor a noise batch more than the noise budget
+    batch = max(min(config.batch_size, n_train), noise)
     with global_stream(model_seed):  # what a factory draws from the global RNG is seeded too; the caller's RNG is kept
-        return build_model(config.model, data.x_train.shape[1:], int(data.num_classes), hidden=config.hidden,
-                           rule=config.method_object().rule, activation=config.activation, generator=gen,
-                           alpha_w=config.alpha_w, alpha_b=config.alpha_b)
+        model = build_model(config.model, data.x_train.shape[1:], int(data.num_classes), hidden=config.hidden,
+                            rule=config.method_object().rule, activation=config.activation, generator=gen,
+                            alpha_w=config.alpha_w, alpha_b=config.alpha_b, batch_size=batch)
+    found, lines = fingerprint(model), layout(model)
+    before = _NETWORKS.setdefault(inputs, (found, lines))
+    if before[0] != found:
+        raise ConfigError(f"model {config.model!r} built two different networks from the same seed {model_seed} in "
+                          f"this process ({difference(before[1], lines)}); its factory must be deterministic given "
+                          f"torch's seeded RNG (no numpy/random draws, no state kept between calls), or run keys "
+                          f"and resumed runs cannot refer to one network")
+    return model
 
 
 def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, noise: bool = True,
@@ -353,7 +447,11 @@ def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, nois
     preparation seed. Returns ``(model, noise_seconds, generator)``. ``noise=False`` stops before
     the noise pretraining; ``generator`` is then where that pretraining would draw its seed (for
     :func:`prealign.run.batched.pretrain_noise_batched`, which pretrains several models at once)."""
-    model = build(config, data).to(device)
+    from ..models.registry import check_device_memory
+
+    model = build(config, data)
+    check_device_memory(model, device)
+    model = model.to(device)
     method = config.method_object()
     if not noise:
         method = method.with_options(noise_samples=0)
@@ -362,6 +460,36 @@ def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, nois
     method.prepare(model, generator=gen, noise_batch_size=config.noise_batch_size, noise_lr=config.noise_lr,
                    noise_distribution=config.noise_distribution, noise_std=config.noise_std, progress=progress)
     return model, (time.perf_counter() - start if method.noise_samples else 0.0), gen
+
+
+def not_reused(config: RunConfig, store) -> list[dict]:
+    """The stored runs of ``config``'s fields and data that are *not* its run (another network, or a
+    key from before run keys saw the network): :meth:`prealign.run.store.Store.same_config`; ``[]``
+    for a store that cannot tell (a sweep worker's)."""
+    same = getattr(store, "same_config", None)
+    return same(config) if callable(same) else []
+
+
+def reuse_note(rows: list[dict], what: str) -> str:
+    """One line on why the stored ``rows`` (:func:`not_reused`) of ``what`` are not reused."""
+    ids = ", ".join(str(r["id"]) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    if all(r["legacy"] for r in rows):
+        return (f"{what}: run(s) {ids} of the same config were stored before run keys saw the network, so prealign "
+                f"cannot tell which network they trained; they are not reused and the config trains anew "
+                f"(`prealign runs remove {rows[0]['id']}` drops an old run)")
+    return (f"{what}: run(s) {ids} of the same config trained another network (the model's factory changed, or "
+            f"another factory was registered under its name); they are not reused and the config trains anew")
+
+
+def warn_not_reused(config: RunConfig, store) -> None:
+    import warnings
+
+    from ..errors import PrealignWarning
+
+    rows = not_reused(config, store)
+    if rows:
+        warnings.warn(reuse_note(rows, f"{config.label} seed {config.seed} in {getattr(store, 'path', store)}"),
+                      PrealignWarning, stacklevel=3)
 
 
 def run(config: RunConfig, store=None, *, progress: bool | None = None, callbacks=(), data=None):
@@ -385,6 +513,8 @@ def run(config: RunConfig, store=None, *, progress: bool | None = None, callback
         found = store.find(config.key())
         if found is not None and found["status"] in ("finished", "diverged"):
             return replay(config, store.result(found["id"]))  # its loggers get the stored records
+        if found is None:
+            warn_not_reused(config, store)
     # everything checkable before the run is registered: a bad device or data set is the
     # caller's error, not a failed run stored under the config's key
     data = data if data is not None else load_data(config)

@@ -43,6 +43,7 @@ Points come out in a fixed order: the ``[grid]`` axes in file order, first axis 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import itertools
@@ -57,6 +58,9 @@ from ..errors import ConfigError, PrealignError
 
 SECTIONS = ("base", "grid", "zip")
 SUGAR = ("depth", "width")  # keys that are not RunConfig fields
+# Bounds (issue 24), on the grid's size computed from the axis lengths before anything is expanded:
+LARGE_SWEEP = 10_000  # a sweep (or compare) of more runs asks for --yes; a dry run of more gives only the count
+MAX_POINTS = 1_000_000  # more combinations than one grid may expand (memory, time): split the grid
 
 
 def _method(name: str):
@@ -187,6 +191,9 @@ class Grid:
             raise ConfigError(f"cannot read grid file {str(path)!r} ({err}); give a readable UTF-8 TOML file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"grid file {str(path)!r} is not valid TOML: {err}") from None
+        if not any(data.get(section) for section in SECTIONS) and not (set(data) - set(SECTIONS)):
+            raise ConfigError(f"grid file {str(path)!r} sets nothing (no [base], [grid] or [zip] keys), so it would "
+                              "train the default config; write the runs you mean (see docs/sweeps.md)")
         return cls.from_dict(data, path.name)
 
     # -- checking --------------------------------------------------------------------------
@@ -201,7 +208,7 @@ class Grid:
                 if not isinstance(values, list) or not values:
                     raise ConfigError(f"{where}: an axis must be a non-empty list of values, e.g. {axis} = [1, 2]")
                 labels = [str(_label(v)) for v in values]
-                dup = next((lab for lab in labels if labels.count(lab) > 1), None)
+                dup = next((lab for lab, n in collections.Counter(labels).items() if n > 1), None)
                 if dup is not None:
                     raise ConfigError(f"{where}: value {dup} is listed twice; list each value once")
                 keys = {k for v in values for k in _fields(v, axis)}
@@ -218,6 +225,25 @@ class Grid:
             raise ConfigError(f"{self.name} [zip]: zipped axes must have the same length, got "
                               + ", ".join(f"{a}={n}" for a, n in lengths.items()))
         return self
+
+    def size(self) -> int:
+        """The number of combinations, from the axis lengths alone (nothing is expanded): the product of the
+        ``[grid]`` axes' lengths times the ``[zip]`` length. :meth:`points` gives at most this many runs
+        (fewer where a method-specific value does not apply and points merge)."""
+        n = math.prod(len(v) for v in self.axes.values())
+        return n * (len(next(iter(self.zipped.values()))) if self.zipped else 1)
+
+    def check_size(self, yes: bool = False, limit: int = LARGE_SWEEP) -> int:
+        """:meth:`size`, refused in one line above :data:`MAX_POINTS` (always) or above ``limit`` unless
+        ``yes`` (the command line's ``--yes``)."""
+        n = self.size()
+        if n > MAX_POINTS:
+            raise ConfigError(f"{self.name} has {n:,} combinations, more than the {MAX_POINTS:,} one grid may expand; "
+                              "split it into several grid files or shorten its axes")
+        if n > limit and not yes:
+            raise ConfigError(f"{self.name} has {n:,} runs, more than the {limit:,} a sweep starts without asking; "
+                              "add --yes to run them all, or shorten its axes (--dry-run shows the count)")
+        return n
 
     def restrict(self, only: dict | None) -> Grid:
         """A copy keeping, on each axis of ``only`` (``{axis: [labels]}``), the values whose label is listed."""
@@ -246,6 +272,8 @@ class Grid:
         value was dropped. Each config is checked as a RunConfig here (a bad one names its point)."""
         from .config import RunConfig
 
+        if self.size() > MAX_POINTS:
+            self.check_size(yes=True)  # raises: too many to expand
         names = list(self.axes)
         zipped = [dict(zip(self.zipped, values)) for values in zip(*self.zipped.values())] or [{}]
         out, seen, applied, self.collapsed = [], {}, set(), 0
@@ -349,14 +377,24 @@ def sweep_grid(configs: list, store, **kwargs) -> list:
     return outcomes
 
 
-def stored_status(points: list[dict], store) -> list[str]:
-    """Per point: its status in ``store`` (``finished``, ``diverged``, ``running``, ``failed``) or ``new``."""
-    from .config import RunConfig
+def stored_status(points: list[dict], store) -> list[tuple[str | None, str]]:
+    """Per point: ``(run key, status)``, the status in ``store`` (``finished``, ``diverged``, ``running``,
+    ``failed``), ``new``, ``new*`` (new, but a run of the same config is stored under an older key or
+    for another network; it is not reused), or ``unchecked`` with key None for a model whose module
+    is not imported yet: a dry run lists the points of someone else's grid without running their code
+    (:func:`prealign.models.registry.is_loaded`)."""
+    from ..models.registry import is_loaded
+    from .config import RunConfig, not_reused
 
     out = []
     for p in points:
-        row = store.find(RunConfig.from_dict(p["config"]).key())
-        out.append(row["status"] if row else "new")
+        cfg = RunConfig.from_dict(p["config"])
+        if not is_loaded(cfg.model):
+            out.append((None, "unchecked"))
+            continue
+        key = cfg.key()
+        row = store.find(key)
+        out.append((key, row["status"] if row else ("new*" if not_reused(cfg, store) else "new")))
     return out
 
-__all__ = ["METHOD_KEYS", "SECTIONS", "SUGAR", "Grid", "desugar", "group_label", "stored_status", "sweep_grid", "valid_keys"]
+__all__ = ["LARGE_SWEEP", "MAX_POINTS", "METHOD_KEYS", "SECTIONS", "SUGAR", "Grid", "desugar", "group_label", "stored_status", "sweep_grid", "valid_keys"]

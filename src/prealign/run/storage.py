@@ -197,8 +197,10 @@ class WorkerStore:
     def start(self, config) -> int:
         key = config.key()
         if key not in self.ids:
-            raise PrealignError(f"run {key} was not registered by the sweep that sent this task; a task may only "
-                                "train the configs it was given")
+            raise PrealignError(f"run {key} was not registered by the sweep that sent this task: a task may only "
+                                "train the configs it was given, and the run key sees the network, so a worker whose "
+                                "model code or packages differ from the driver's builds another run; give every node "
+                                "the same code (--runtime-env, or the same install)")
         return self.ids[key]
 
     def get(self, run_id: int) -> dict:

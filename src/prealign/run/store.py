@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS runs (
     created  REAL NOT NULL,
     updated  REAL NOT NULL,
     device   TEXT,
-    storage  TEXT
+    storage  TEXT,
+    config_key TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id   INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -64,8 +65,10 @@ CREATE TABLE IF NOT EXISTS epochs (
 
 
 # columns added after the first schema (older stores get them on opening): ``device`` the run trained on
-# ("cpu", "cuda:0 (NVIDIA H200)"), ``storage`` the URI of its checkpoint folder when not checkpoints/
-_ADDED_COLUMNS = ("device", "storage")
+# ("cpu", "cuda:0 (NVIDIA H200)"), ``storage`` the URI of its checkpoint folder when not checkpoints/,
+# ``config_key`` the run's RunConfig.config_key() (its key without the network; NULL for a run stored
+# before run keys saw the network, whose key *is* its config key)
+_ADDED_COLUMNS = ("device", "storage", "config_key")
 
 
 def default_root() -> Path:
@@ -139,16 +142,31 @@ class Store:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
             with self._errors():
                 self._conn.execute("PRAGMA busy_timeout = 60000")
+                self._refuse_foreign()
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self._conn.executescript(_SCHEMA)
                 self._add_columns()
+                self._conn.execute("CREATE INDEX IF NOT EXISTS runs_config_key ON runs (config_key)")
         except (sqlite3.Error, OSError) as err:
             raise PrealignError(f"cannot open the result store {str(self.path)!r}: {err}; "
                                 f"choose another folder with --out or PREALIGN_RUNS") from None
+
+    def _refuse_foreign(self) -> None:
+        """An SQLite file of another program (tables, but not prealign's) is refused, as reading refuses
+        it: prealign never adds its tables to someone else's database. An empty file (0 bytes, or an
+        SQLite file with no tables) is a new store, for writing and reading alike."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables.discard("sqlite_sequence")
+        if tables and not {"runs", "epochs"} <= tables:
+            self._conn.close()
+            raise PrealignError(f"{str(self.path)!r} is not a prealign result store (it holds the tables "
+                                f"{', '.join(sorted(tables))}); point --out at a folder prealign made, or move the file "
+                                "aside; prealign will not overwrite it")
 
     def _add_columns(self) -> None:
         """Give a store made before :data:`_ADDED_COLUMNS` existed those columns (in order: rows are read by position)."""
@@ -182,10 +200,17 @@ class Store:
                 if not immutable and no_wal_index and not wal.exists():
                     continue
                 raise (_store_error(self.path, err) or err) from None
+        if not tables - {"sqlite_sequence"}:  # an empty file (0 bytes): a store with no runs yet, as writing sees it
+            conn.close()
+            conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            conn.executescript(_SCHEMA)
+            conn.row_factory = sqlite3.Row
+            return conn
         if not {"runs", "epochs"} <= tables:
             conn.close()
             raise PrealignError(f"{str(self.path)!r} is not a prealign result store (it has no runs table); point "
                                 "--out at a folder prealign made, or move the file aside; prealign will not overwrite it")
+        conn.row_factory = sqlite3.Row
         return conn
 
     @contextmanager
@@ -246,10 +271,12 @@ class Store:
         URI of the checkpoint folder (:class:`prealign.run.storage.Storage`) when not ``checkpoints/``."""
         now = time.time()
         with self._write() as c:
-            c.execute("INSERT OR IGNORE INTO runs (key, label, dataset, seed, config, status, created, updated) "
-                      "VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                      (config.key(), config.label, config.dataset, config.seed, _json(config.to_dict()), now, now))
-            run_id, status = c.execute("SELECT id, status FROM runs WHERE key = ?", (config.key(),)).fetchone()
+            key = config.key()
+            c.execute("INSERT OR IGNORE INTO runs (key, label, dataset, seed, config, status, created, updated, config_key) "
+                      "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                      (key, config.label, config.dataset, config.seed, _json(config.to_dict()), now, now,
+                       config.config_key()))
+            run_id, status = c.execute("SELECT id, status FROM runs WHERE key = ?", (key,)).fetchone()
             if status not in ("finished", "diverged", "running"):
                 c.execute("UPDATE runs SET status = 'running', error = NULL, updated = ? WHERE id = ?", (now, run_id))
             if storage is not None and status not in ("finished", "diverged"):
@@ -260,6 +287,22 @@ class Store:
         """The run with exactly this key, or None."""
         rows = self._query("SELECT * FROM runs WHERE key = ?", (key,))
         return self._row(rows[0]) if rows else None
+
+    def same_config(self, config) -> list[dict]:
+        """The stored runs of ``config``'s fields and data whose key is not ``config.key()``: runs of
+        another network (its factory changed), and runs stored before run keys saw the network
+        (``legacy`` True: prealign cannot tell which network they trained). Oldest first."""
+        ck, key = config.config_key(), config.key()
+        have = {r[1] for r in self._query("PRAGMA table_info(runs)")}
+        if "config_key" not in have:  # a read-only store from before the column: every run is legacy
+            rows = self._query("SELECT * FROM runs WHERE key = ? ORDER BY id", (ck,))
+        else:
+            rows = self._query("SELECT * FROM runs WHERE (config_key = ? OR (config_key IS NULL AND key = ?)) "
+                               "AND key != ? ORDER BY id", (ck, ck, key))
+        out = [self._row(r) for r in rows]
+        for r in out:
+            r["legacy"] = r.get("config_key") is None
+        return out
 
     def resolve(self, run: int | str) -> int:
         """Run id from an id (``12``) or a unique key prefix (``3fa9c1``; compared literally, no wildcards)."""
@@ -290,9 +333,8 @@ class Store:
                 args.append(val)
         return [self._row(r) for r in self._query(query + " ORDER BY id", args)]
 
-    def _row(self, row) -> dict:
-        cols = ("id", "key", "label", "dataset", "seed", "config", "status", "summary", "error", "created", "updated")
-        d = {"device": None, "storage": None, **dict(zip(cols + _ADDED_COLUMNS, row))}
+    def _row(self, row: sqlite3.Row) -> dict:
+        d = {**dict.fromkeys(_ADDED_COLUMNS), **dict(zip(row.keys(), row))}  # by name: a column's place may differ
         d["config"] = json.loads(d["config"])
         d["summary"] = _unnull(json.loads(d["summary"])) if d["summary"] else None
         return d
@@ -395,9 +437,7 @@ class Store:
         from .config import RunConfig, build, load_data
 
         row = self.get(run)
-        state = self.load_checkpoint(row["id"])
-        if state is None:
-            raise PrealignError(f"run {row['id']} has no saved weights (status {row['status']}); re-run it to create them")
+        state = self._weights(row)
         bad = [name for name, t in state["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
             epoch = state.get("diverged_epoch")
@@ -409,6 +449,51 @@ class Store:
         model.load_state_dict(state["model"])
         model.run_config = config
         return model.to(device).eval()
+
+    def _weights(self, row: dict) -> dict:
+        """The checkpoint of ``row`` for an analysis, or a one-line error that says what to do: a run
+        that ended keeps its results in the store even when its weights are lost, and running its config
+        again serves those results, so the fix is to remove it (``prealign runs remove``) and train anew."""
+        rid, status = row["id"], row["status"]
+        ended = status in ("finished", "diverged")
+        anew = (f"its results stay readable (`prealign runs show {rid}`); to train it again, `prealign runs remove "
+                f"{rid}` and run its config once more (while it is stored, running the config serves the stored result)")
+        try:
+            state = self.load_checkpoint(rid)
+        except PrealignError as err:
+            if not ended:
+                raise
+            text = str(err)
+            why = ("is damaged (it fails the integrity check)" if "corrupt" in text else
+                   "belongs to another run" if "another run" in text else
+                   "is from another prealign version" if "version" in text else
+                   "holds objects other than tensors and was not loaded" if "objects other" in text else f"cannot be read ({text})")
+            raise PrealignError(f"run {rid} {status}, but its saved weights {self._checkpoint_name(row)} {why}, and "
+                                f"analyses need them; {anew}") from None
+        if state is None:
+            if ended:
+                raise PrealignError(f"run {rid} {status}, but its saved weights {self._checkpoint_name(row)} are "
+                                    f"missing, and analyses need them; {anew}")
+            raise PrealignError(f"run {rid} has no saved weights yet (status {status}); run its config again to "
+                                f"train it (it resumes from its last epoch)")
+        return state
+
+    def _checkpoint_name(self, row: dict) -> str:
+        return f"({row['storage']}/{row['key']}.pt)" if row.get("storage") else f"({self.checkpoint_dir / row['key']}.pt)"
+
+    def remove(self, run: int | str) -> dict:
+        """Delete a run — its row, its epochs and its checkpoint — so its config trains anew when run
+        again. Returns the removed row."""
+        row = self.get(run)
+        try:
+            self.storage_of(row["id"]).remove(row["key"])
+        except OSError as err:  # left behind, a later run of the config would resume from it: stop here
+            raise PrealignError(f"cannot remove run {row['id']}'s checkpoint {self._checkpoint_name(row)} ({err}); "
+                                "fix the access to it and remove the run again; nothing was removed") from None
+        with self._write() as c:
+            c.execute("DELETE FROM epochs WHERE run_id = ?", (row["id"],))
+            c.execute("DELETE FROM runs WHERE id = ?", (row["id"],))
+        return row
 
     # -- export -----------------------------------------------------------------------------------
     def export_csv(self, path: str | os.PathLike, runs: list[int] | None = None, **filters) -> int:

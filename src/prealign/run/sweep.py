@@ -97,66 +97,8 @@ def _field(row, name):
     return row[name] if isinstance(row, dict) else getattr(row, name)
 
 
-PARENT_POLL_SECONDS = 0.25  # how often a worker checks that its parent is still alive
-
-
-_STREAM = None  # in a local worker process: the queue its epoch records go to (set by _worker_init)
-
-
-def _worker_init(parent_pid: int, stream=None) -> None:
-    """Initializer of every local worker process: exit when the sweeping process ``parent_pid`` dies.
-
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the kernel kill this worker the moment its
-    parent dies (also on ``kill -9``; strictly, when the parent thread that started it ends: the
-    pool starts its workers from the thread calling :func:`run_sweep`, which outlives the pool). Everywhere: a daemon thread polls ``os.getppid()`` every
-    :data:`PARENT_POLL_SECONDS` and ends the process once it differs from ``parent_pid`` (the
-    worker was re-parented: its parent is gone). SIGINT is ignored here: on Ctrl-C the terminal
-    signals the whole process group, and the parent alone decides (it ends the workers)."""
-    import signal
-    import sys
-    import threading
-
-    global _STREAM
-    _STREAM = stream
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="prealign-parent-watch", daemon=True).start()
-
-
-def _end_workers(pool, grace: float = 5.0) -> None:
-    """Stop a process pool now: cancel the queued units, SIGTERM every worker, wait for them.
-
-    A worker ended mid-run leaves that run ``running`` with its last (atomically written) epoch
-    checkpoint, which the next invocation resumes."""
-    # ProcessPoolExecutor has no public way to stop running workers; its ``_processes`` (pid -> Process) does
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in processes:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1.0)
-
-
-def _local_unit(unit: dict) -> dict:
-    """Entry point of a local worker process: :func:`prealign.run.worker.execute`, epoch records
-    into the pool's queue (:func:`_worker_init`)."""
-    return execute(unit, _STREAM.put if _STREAM is not None else (lambda msg: None))
+# the local executor's worker processes: started with SIGINT held, ended with their parent (run/processes.py)
+from .processes import PARENT_POLL_SECONDS, _end_workers, _local_unit, _sigint_blocked, _worker_init  # noqa: E402,F401
 
 
 def _ray_unit(unit: dict):
@@ -228,8 +170,10 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
     """
     from .loggers import replay
 
+    from .config import RunConfig, not_reused, reuse_note
+
     store = _open_store(store)
-    todo, done, seen = [], [], set()
+    todo, done, seen, other = [], [], set(), []
     for cfg in configs:
         key = cfg.key()
         if key in seen:
@@ -243,6 +187,15 @@ def pending(configs: Iterable, store) -> tuple[list, list[Outcome]]:
             done.append(Outcome(key=key, status="skipped", config=cfg.to_dict(), previous=status))
         else:
             todo.append(cfg)
+            if row is None and isinstance(cfg, RunConfig):
+                other += not_reused(cfg, store)
+    if other:  # stored runs of these configs that are not their runs (another network, an old key): say so once
+        import warnings
+
+        from ..errors import PrealignWarning
+
+        warnings.warn(reuse_note(other, f"{len(other)} stored run(s) in {getattr(store, 'path', store)}"),
+                      PrealignWarning, stacklevel=3)
     return todo, done
 
 
@@ -278,9 +231,11 @@ def _run_config(item):
 
 
 def check_options(executor: str = "local", workers: int | None = None, *, gpus_per_run: float | None = None,
-                  cpus_per_run: float | None = None) -> None:
-    """Raise a one-line error for an unknown ``executor``, ``workers < 1`` or a bad resource request
-    (commands call this before they open a store, so a bad option leaves nothing behind)."""
+                  cpus_per_run: float | None = None, address: str | None = None, runtime_env=None) -> None:
+    """Raise a one-line error for an unknown ``executor``, ``workers < 1``, a bad resource request, or
+    what the executor would ignore or could not bear: ``address``/``runtime_env`` without Ray,
+    ``cpus_per_run`` (each local worker's torch threads) beyond this machine's cores. Commands call
+    this before they open a store, so a bad option leaves nothing behind."""
     if executor not in EXECUTORS:
         raise UnknownNameError("executor", executor, EXECUTORS)
     if workers is not None and workers < 1:
@@ -289,6 +244,15 @@ def check_options(executor: str = "local", workers: int | None = None, *, gpus_p
         raise PrealignError(f"--gpus-per-run must be a fraction in [0, 1] or a whole number of GPUs, got {gpus_per_run}")
     if cpus_per_run is not None and not cpus_per_run > 0:
         raise PrealignError(f"--cpus-per-run must be > 0, got {cpus_per_run}")
+    ignored = " and ".join(o for o, v in (("--address", address), ("--runtime-env", runtime_env)) if v is not None)
+    if executor != "ray" and ignored:
+        raise PrealignError(f"{ignored} appl{'y' if ' and ' in ignored else 'ies'} only to --executor ray (the executor "
+                            f"is {executor}); add --executor ray "
+                            f"or drop {ignored}")
+    cores = os.cpu_count() or 1
+    if executor == "local" and cpus_per_run is not None and cpus_per_run > cores:
+        raise PrealignError(f"--cpus-per-run {cpus_per_run:g} is more than this machine's {cores} CPU cores (with the "
+                            f"local executor it is each worker's torch threads); give at most {cores}")
 
 
 def parse_runtime_env(value) -> dict | None:
@@ -361,7 +325,8 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     from .storage import Storage
     from .sweep_batched import GROUP_TASK, plan, resolve_batch
 
-    check_options(executor, workers, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+    check_options(executor, workers, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, address=address,
+                  runtime_env=runtime_env)
     group_size, auto = resolve_batch(batch_models)
     runtime_env = parse_runtime_env(runtime_env)
     own = isinstance(store, (str, os.PathLike))
@@ -418,6 +383,14 @@ def _dispatch(units, store, ckpt, column, outcomes, *, executor, workers, addres
             gpus_available, max_cpus = float(torch.cuda.device_count()), float(os.cpu_count() or 1)
         specs = [_resources([_run_config(i) for i in items], gpus_per_run, cpus_per_run, gpus_available, max_cpus)
                  for items, *_ in units]
+        if ray is not None:  # a task no node can hold would wait forever: refuse it now, in one line
+            alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            most_gpus = max([r.get("GPU", 0.0) for r in alive], default=0.0)
+            for gpus, cpus in specs:
+                if cpus > max_cpus or (gpus and most_gpus and gpus > most_gpus):
+                    raise PrealignError(f"a run asks for {cpus:g} CPU(s) and {gpus:g} GPU(s), but the largest node of "
+                                        f"the Ray cluster has {max_cpus:g} CPU(s) and {most_gpus:g} GPU(s), so it would "
+                                        "wait forever; lower --cpus-per-run / --gpus-per-run or add a larger node")
         wanted = max(g for g, _ in specs)
         if wanted and not gpus_available:
             raise PrealignError(f"the runs ask for {wanted:g} GPU each but the {executor} executor has no GPU "
@@ -489,7 +462,8 @@ def _run_local(jobs, workers, write, finish, max_attempts) -> None:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(remaining)), mp_context=ctx,
                                    initializer=_worker_init, initargs=(os.getpid(), stream))
         try:
-            futures = {pool.submit(_local_unit, job[0]): job for job in remaining}
+            with _sigint_blocked():  # the workers are spawned by these submits, and inherit the blocked SIGINT
+                futures = {pool.submit(_local_unit, job[0]): job for job in remaining}
             waiting = set(futures)
             while waiting:
                 done, waiting = wait(waiting, timeout=0.2, return_when=FIRST_COMPLETED)
