@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"),
-                                reason="a private mount namespace with a made-up /usr/share/datasets needs Linux, root "
-                                       "and unshare")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="a private mount namespace with a made-up /usr/share/datasets needs Linux, root and unshare")
 
 
 def _script(path: Path, text: str) -> None:

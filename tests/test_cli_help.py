@@ -78,7 +78,8 @@ def test_version_is_the_installed_distribution_s():
     ``prealign.__version__`` (pyproject reads it from there: one place)."""
     import prealign
 
-    done = subprocess.run([sys.executable, "-m", "prealign.cli", "--version"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "prealign.cli", "--version"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"prealign {version('prealign')} (torch {version('torch')}, Python ")
     assert version("prealign") == prealign.__version__

@@ -549,7 +549,8 @@ def test_a_head_refusing_this_process_s_token_is_one_line_with_the_fix(cluster, 
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     home = tmp_path / "home"
     home.mkdir()
-    cases = [({**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}, "refused this process's auth token"),
+    cases = [({**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+              "refused this process's auth token"),
              ({**base, "HOME": str(home)}, "refused this process's auth token"),
              ({**base, "HOME": str(home), "RAY_AUTH_MODE": "token"}, "needs an auth token and this machine has none")]
     for env, words in cases:

@@ -251,7 +251,8 @@ def test_the_layer_table_is_what_convert_does():
     and every convertible class has its row."""
     from prealign.feedback.convert import _FEEDBACK_CLASS
 
-    expected = {t.__name__: f.__name__ for t, f in _FEEDBACK_CLASS.items() if t.__name__ != "NonDynamicallyQuantizableLinear"}
+    expected = {t.__name__: f.__name__ for t, f in _FEEDBACK_CLASS.items()
+                if t.__name__ != "NonDynamicallyQuantizableLinear"}
     table = {}
     for row in (ROOT / "docs" / "layers.md").read_text().splitlines():
         cells = [c.strip() for c in row.split("|")[1:-1]]

@@ -124,6 +124,6 @@ def refusal(address: str | None, err: BaseException) -> str:
     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     if address:
         return (f"cannot connect to the Ray cluster at {where} ({first}); something answers there but Ray could not "
-                f"reach a head in {GCS_ATTEMPTS} attempts: check the address `ray start --head` printed and that head's "
-                f"and this machine's Ray versions; {_GCS_WAIT}=N lets Ray try N times (docs/cluster.md)")
+                f"reach a head in {GCS_ATTEMPTS} attempts: check the address `ray start --head` printed and that "
+                f"head's and this machine's Ray versions; {_GCS_WAIT}=N lets Ray try N times (docs/cluster.md)")
     return f"cannot start a local Ray instance ({first}); see docs/cluster.md"
