@@ -40,15 +40,18 @@ def connect(address: str | None, runtime_env: dict | None = None):
                             "`pip install ray` or use --executor local") from exc
     if ray.is_initialized():
         return ray, False
-    if address:
+    existing = address and _target(address) is not None  # a running cluster's address (not "local")
+    if existing:
         reachable(address)
     kwargs = {"include_dashboard": False, "log_to_driver": False}
     if runtime_env:
         kwargs["runtime_env"] = runtime_env
     try:
-        if address:
+        if existing:  # connect only: the bound must not shorten a new local head's own start-up wait
             with _bounded_gcs_wait():
                 ray.init(address=address, **kwargs)
+        elif address:
+            ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
     except Exception as err:  # noqa: BLE001 - refused token, no GCS at the port, version mismatch
