@@ -9,6 +9,27 @@ os.environ.setdefault("PREALIGN_QUIET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_ray_token(tmp_path_factory):
+    """Every Ray process the suite starts (a test's local ``ray.init``, the two-node cluster of
+    tests/test_cluster.py, a CLI run with ``--executor ray``) authenticates with a token made for this
+    session: Ray 2.60 needs one (token auth), a fresh machine has none, and the user's own
+    ``~/.ray/auth_token`` is neither read nor written (a local ``ray.init`` creates it there when
+    missing). ``RAY_AUTH_TOKEN_PATH`` points at it; the file path is yielded."""
+    import secrets
+
+    path = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes: 256 random bits, hex
+    path.chmod(0o600)
+    saved = {name: os.environ.pop(name, None) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    yield path
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)

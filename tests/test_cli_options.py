@@ -27,7 +27,7 @@ def _leaves(parser, path=(), inherited=()):
     if not subs:
         yield path, parser, inherited
         return
-    own = tuple(a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction))
+    own = tuple(a for a in parser._actions if a.option_strings and not isinstance(a, (argparse._HelpAction, argparse._VersionAction)))
     for name, sub in subs[0].choices.items():
         yield from _leaves(sub, (*path, name), inherited + own)
 

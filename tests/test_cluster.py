@@ -190,6 +190,10 @@ def _tree(pid: int) -> list:
         return []
 
 
+def _tail(path: Path, lines: int = 5) -> str:
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
 def _kill(procs: list, sig=signal.SIGKILL) -> None:
     import psutil
 
@@ -202,9 +206,14 @@ def _kill(procs: list, sig=signal.SIGKILL) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, private_ray_token):
     """A head node (1 CPU) and node B (1 CPU, 1 fake GPU, resource ``nodeB``) in its own mount
-    namespace; the driver (this process) connected to the head. Yields a dict of what the tests need."""
+    namespace; the driver (this process) connected to the head. Yields a dict of what the tests need.
+
+    Token authentication (``RAY_AUTH_MODE=token``, which this setup needs) with the session's own
+    token (``private_ray_token``, conftest.py): the nodes get it as ``RAY_AUTH_TOKEN`` (node B's
+    private ``/tmp`` hides the file), the driver through ``RAY_AUTH_TOKEN_PATH``. Nothing depends on
+    a token left in ``~/.ray`` by an earlier run: on a fresh machine ``ray start --head`` exited 1."""
     ray = pytest.importorskip("ray", reason="the cluster tests need ray")
     pytest.importorskip("psutil", reason="the cluster tests stop Ray by PID with psutil (Ray ships a copy)")
     if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"):
@@ -214,12 +223,15 @@ def cluster(tmp_path_factory):
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     root = tmp_path_factory.mktemp("cluster")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_TOKEN": private_ray_token.read_text()}
+    env.pop("RAY_AUTH_TOKEN_PATH")
     env.pop("PYTHONPATH", None)  # the nodes get prealign from the tasks' runtime_env, not from here
     common = ["--block", "--disable-usage-stats"]
     head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "1", "--num-gpus", "0",
                              "--temp-dir", str(root / "ray"), "--include-dashboard=false", *common],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env, stdout=open(root / "head.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     # Node B's /tmp is an empty tmpfs: it sees none of the driver's temporary files (the store). The
     # environment's own files stay where they are; one that lives under /tmp (a CI checkout's .venv)
     # is held by a bind mount first and put back at its path, so the `ray` executable still runs.
@@ -242,8 +254,8 @@ def cluster(tmp_path_factory):
     Config.initialize("")                  # refresh it, as ray's own _enable_token_auth does
     try:
         time.sleep(1.0)
-        node = subprocess.Popen(["unshare", "-m", "sh", "-c", node_cmd], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        node = subprocess.Popen(["unshare", "-m", "sh", "-c", node_cmd], env=env, stdout=open(root / "node.log", "wb"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 90
         while True:
             try:
@@ -256,7 +268,9 @@ def cluster(tmp_path_factory):
                     raise
             if time.time() > deadline:
                 pytest.fail("the two-node Ray cluster did not come up in 90 s")
-            assert head.poll() is None and node.poll() is None, "a Ray node exited"
+            for name, proc, log in (("head", head, "head.log"), ("node B", node, "node.log")):
+                if proc.poll() is not None:
+                    pytest.fail(f"the Ray {name} exited ({proc.returncode}): {_tail(root / log)}")
             time.sleep(0.5)
         procs = _tree(head.pid) + _tree(node.pid)
         ray.shutdown()  # each test connects as a user would: a job with prealign in its runtime_env
@@ -472,3 +486,78 @@ def test_a_plain_run_records_its_device(tmp_path):
     store = Store(tmp_path)
     result = run(tiny("fa", 0, epochs=1), store, progress=False)
     assert store.get(result.run_id)["device"] == "cpu"
+
+
+# ------------------------------------------------------------------------------ connecting: bounded, one line
+def _prealign(args, env=None, timeout=90) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it (this checkout's prealign), in a fresh process."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(SRC), "PREALIGN_QUIET": "1"}
+    return subprocess.run([sys.executable, "-m", "prealign.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The command failed with exit 2 and one ``prealign: error:`` line, no traceback; returns that line."""
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("prealign: error:")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    return errors[0]
+
+
+RAY_COMPARE = ["compare", "--dataset", "digits", "--methods", "fa", "--seeds", "1", "--epochs", "1",
+               "--executor", "ray"]
+
+
+def test_nothing_at_the_ray_address_is_one_line_in_bounded_time(tmp_path):
+    """``--executor ray --address 127.0.0.1:PORT`` with nothing there: Ray itself retries for minutes (issue 24:
+    "hangs with Ray's own message only"); prealign answers within seconds, naming the address."""
+    pytest.importorskip("ray", reason="the Ray executor needs ray")
+    port = _free_port()
+    start = time.monotonic()
+    done = _prealign([*RAY_COMPARE, "--address", f"127.0.0.1:{port}", "--out", str(tmp_path)], timeout=60)
+    line = _one_line_error(done)
+    assert time.monotonic() - start < 60
+    assert f"no Ray head at 127.0.0.1:{port}" in line and f"ray start --head --port {port}" in line, line
+    assert Store(tmp_path, read_only=True).runs() == []
+
+
+def test_an_unanswered_connect_is_bounded(monkeypatch):
+    """A head address that never answers (a dropped SYN): the TCP connect gives up after CONNECT_TIMEOUT_S and
+    says so; the socket call is replaced here (a real black-hole address is not reachable from every machine)."""
+    from prealign.run import ray_connect
+
+    asked = {}
+
+    def no_answer(target, timeout):
+        asked.update(target=target, timeout=timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(ray_connect.socket, "create_connection", no_answer)
+    with pytest.raises(PrealignError, match=r"no Ray head at ray://10\.1\.2\.3:10001 \(no answer within 10 s\)"):
+        ray_connect.reachable("ray://10.1.2.3:10001")
+    assert asked == {"target": ("10.1.2.3", 10001), "timeout": ray_connect.CONNECT_TIMEOUT_S}
+
+
+@pytest.mark.ray
+def test_a_head_refusing_this_process_s_token_is_one_line_with_the_fix(cluster, tmp_path):
+    """The cluster asks for a token (token auth). A driver with another cluster's token, one with none (a fresh
+    HOME, RAY_AUTH_MODE unset: Ray sends nothing) and one told to use tokens but holding none are each refused
+    in one line that says how to get the cluster's token, in seconds (Ray alone: "Failed to connect" after ~25 s)."""
+    import secrets
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    home = tmp_path / "home"
+    home.mkdir()
+    cases = [({**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+              "refused this process's auth token"),
+             ({**base, "HOME": str(home)}, "refused this process's auth token"),
+             ({**base, "HOME": str(home), "RAY_AUTH_MODE": "token"}, "needs an auth token and this machine has none")]
+    for env, words in cases:
+        start = time.monotonic()
+        done = _prealign([*RAY_COMPARE, "--address", cluster["address"], "--out", str(tmp_path / "out")], env=env)
+        line = _one_line_error(done)
+        assert f"the Ray cluster at '{cluster['address']}' {words}" in line, line
+        assert "ray get-auth-token" in line and "RAY_AUTH_MODE=token" in line, line
+        assert time.monotonic() - start < 60
+    assert not (home / ".ray").exists()  # nothing was written into the (fresh) HOME

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train without weight transport (FA, IFA, noise pretraining) and measure why it works.",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print prealign's version (package metadata) with torch's and Python's, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         try:
@@ -52,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     return parser.inherit()  # every option of a command group is accepted after its subcommands too
+
+
+def version_line() -> str:
+    """``prealign 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)``: the installed distributions' metadata (the
+    version a bug report needs); a source tree that was never installed says so instead of guessing."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"prealign {installed('prealign')} (torch {installed('torch')}, Python {platform.python_version()})"
 
 
 class Terminated(KeyboardInterrupt):

@@ -58,7 +58,8 @@ def _sources(p: argparse.ArgumentParser, entry) -> None:
         g.add_argument("--epochs", type=NONNEG, default=20, help="epochs for --method (default 20)")
         g.add_argument("--seeds", type=Int(1, MAX_SEEDS), default=3, help="seeds 0..N-1 per method for --method (default 3)")
         g.add_argument("--hidden", type=POSITIVE, nargs="+", default=[100], help="MLP hidden widths (default 100)")
-        g.add_argument("--model", default="mlp", help="model for --method: mlp, lenet, alexnet")
+        g.add_argument("--model", default="mlp", help="model for --method: mlp (default), lenet, alexnet, resnet20, resnet56, vit, or a factory's "
+                            "import path package.module:function (docs/models.md)")
         g.add_argument("--batch-size", type=POSITIVE, default=64)
         g.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-4)
         p.add_argument("--test-size", type=POSITIVE, default=None, help="use the first N test images (default: all)")

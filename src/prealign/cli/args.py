@@ -26,10 +26,31 @@ from .output import console, print_json, stdout_closed
 STORE_HELP = "output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)"
 
 
+def _literal_help(formatter_class: type) -> type:
+    """``formatter_class`` printing every help string as written. argparse %-formats help strings
+    (``%(default)s``), so one literal ``%`` ("FPR@95%TPR", "10 %") crashed ``--help``; prealign's help
+    strings are plain text (defaults are written out), so none is formatted."""
+    if getattr(formatter_class, "literal_help", False):
+        return formatter_class
+
+    class Literal(formatter_class):
+        literal_help = True
+
+        def _expand_help(self, action):
+            return self._get_help_string(action)
+
+    Literal.__name__ = f"Literal{formatter_class.__name__}"
+    return Literal
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line on stderr, naming the (sub)command and its help."""
+    """An ``ArgumentParser`` whose errors are one line on stderr, naming the (sub)command and its help,
+    and whose help strings are printed as written (no %-formatting: :func:`_literal_help`)."""
 
     strict = False  # set on subcommand parsers: an unknown argument is reported by the subcommand itself
+
+    def __init__(self, *args, formatter_class: type = argparse.HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=_literal_help(formatter_class), **kwargs)
 
     def error(self, message: str):
         message = " ".join(str(message).split())

@@ -38,7 +38,8 @@ def register(sub) -> None:
     p.add_argument("--noise-samples", type=NONNEG, default=DEFAULTS["noise_samples"],
                    help="noise-pretraining samples of rnp and of X+noise warm-up methods such as bp+noise "
                         "(default 500000, the noise paper's); bp, fa, ifa ... stay noise-free")
-    p.add_argument("--patience", type=POSITIVE, default=None, help="stop after this many epochs without a better validation accuracy (the held-out 10%% of the training set the epoch is selected on)")
+    p.add_argument("--patience", type=POSITIVE, default=None, help="stop after this many epochs without a better "
+                   "validation accuracy (10 % of the training set is held out; the run is selected on it)")
     p.add_argument("--same-init", action=argparse.BooleanOptionalAction, default=True,
                    help="every method of a seed starts from the same network (noise paper B.6; default on)")
     p.add_argument("--device", type=DEVICE, default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")

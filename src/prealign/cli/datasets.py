@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     verify.add_argument("--root", type=FOLDER, default=None, help="look in this folder first (as load and fetch do)")
     add_json(verify, "the report (problems also on stderr)")
     verify.set_defaults(func=cmd_verify)
-    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    p.set_defaults(func=lambda args: p.print_help() or 2)  # no ACTION named: a usage error, as `runs` and `analyze`
 
 
 def cmd_list(args) -> int:

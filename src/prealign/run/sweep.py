@@ -372,7 +372,9 @@ def _dispatch(units, store, ckpt, column, outcomes, *, executor, workers, addres
     if "memory" in ckpt.fs.protocol and not (executor == "local" and serial):
         raise PrealignError(f"the checkpoint storage {ckpt.uri!r} lives in one process's memory, which other workers "
                             "cannot read; give a folder or a shared URL to --storage, or run with --workers 1")
-    ray, started = (_ray_connect(address, runtime_env) if executor == "ray" else (None, False))
+    from .ray_connect import connect  # bounded; one line when the head is absent or refuses this process's token
+
+    ray, started = (connect(address, runtime_env) if executor == "ray" else (None, False))
     try:
         if ray is not None:
             gpus_available = ray.cluster_resources().get("GPU", 0.0)
@@ -490,32 +492,6 @@ def _run_local(jobs, workers, write, finish, max_attempts) -> None:
                                                                       "(killed or out of memory)"}})
             else:
                 remaining.append(job)
-
-
-def _ray_connect(address, runtime_env=None):
-    """``(ray, started)``: the ray module, connected to ``address`` (None: a new local instance)
-    unless this process is connected already; ``started`` = this call connected, with
-    ``runtime_env`` as the job's (Ray uploads a local ``working_dir`` only for a whole job)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise PrealignError("the Ray executor needs the 'ray' package; install it with "
-                            "`pip install ray` or use --executor local") from exc
-    if ray.is_initialized():
-        return ray, False
-    kwargs = {"include_dashboard": False, "log_to_driver": False}
-    if runtime_env:
-        kwargs["runtime_env"] = runtime_env
-    try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
-    except Exception as err:  # noqa: BLE001 - no cluster there, refused token, version mismatch
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise PrealignError(f"cannot connect to the Ray cluster at {address or 'a new local instance'!r} ({first}); "
-                            "start one with `ray start --head` and pass --address HOST:PORT (see docs/cluster.md)") from None
-    return ray, True
 
 
 def _run_ray(ray, jobs, write, finish, runtime_env, resources, max_attempts) -> None:
