@@ -177,35 +177,67 @@ def _dct(m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _dct_factors(m: int, device: torch.device, dtype: torch.dtype, sign: int = -1) -> torch.Tensor:
-    """``(m, 2)``: real and imaginary parts of ``w_k e^{sign·iπk/2m}``, ``k < m``, in ``dtype``; ``w_k`` is
-    the orthonormal DCT scale (``sqrt(1/m)`` for ``k = 0``, else ``sqrt(2/m)``)."""
-    k = torch.arange(m, dtype=torch.float64)
+def _makhoul(m: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Constants of the length-``m`` DCTs (Makhoul 1980, one real FFT of length ``m``), ``h = m // 2``:
+    ``c``, ``s`` = cos, sin of ``πk / 2m`` (``k ≤ h``); the orthonormal scales ``w_k`` (``sqrt(1/m)``
+    for ``k = 0``, else ``sqrt(2/m)``) folded into ``head_*`` (outputs ``k ≤ h``), ``tail_*`` (outputs
+    ``m − k`` for ``1 ≤ k < m − h``, listed for ``k`` descending) and ``g`` (the inverse's ``m w_k / 2``,
+    ``m w_0`` for ``k = 0``)."""
+    h = m // 2
+    k = torch.arange(h + 1, dtype=torch.float64)
     w = torch.full((m,), math.sqrt(2.0 / m), dtype=torch.float64)
     w[0] = math.sqrt(1.0 / m)
-    angle = sign * math.pi * k / (2 * m)
-    return torch.stack([w * torch.cos(angle), w * torch.sin(angle)], dim=-1).to(device=device, dtype=dtype)
+    c, s = torch.cos(math.pi * k / (2 * m)), torch.sin(math.pi * k / (2 * m))
+    t = torch.arange(1, m - h)
+    g = w * (m / 2.0)
+    g[0] = w[0] * m
+    real = {"c": c, "s": s, "head_c": w[:h + 1] * c, "head_s": w[:h + 1] * s, "tail_s": (w[m - t] * s[t]).flip(0),
+            "tail_c": (w[m - t] * c[t]).flip(0), "g": g}
+    return {key: v.to(device=device, dtype=dtype) for key, v in real.items()}
 
 
 def dct(x: torch.Tensor, m: int) -> torch.Tensor:
     """``x C[:, :n]ᵀ``: the orthonormal DCT-II (:func:`_dct`'s ``C``, size ``m``) of each row of
-    ``x: (r, n)``, zero-padded to ``m ≥ n``; ``(r, m)``. Via one real FFT of length ``2m`` per row:
-    ``(C v)_k = Re(w_k e^{-iπk/2m} FFT_{2m}(v)_k)``."""
-    spectrum = torch.view_as_real(torch.fft.rfft(x, n=2 * m, dim=-1)[..., :m])  # (r, m, 2)
-    f = _dct_factors(m, x.device, x.dtype)
-    return torch.addcmul(spectrum[..., 0] * f[:, 0], spectrum[..., 1], f[:, 1], value=-1.0)
+    ``x: (r, n)``, zero-padded to ``m ≥ n``; ``(r, m)``. Makhoul's algorithm: with ``v`` the even entries
+    of ``x`` followed by its odd ones reversed, and
+    ``V = FFT_m(v)``, ``(C x)_k = w_k Re(e^{-iπk/2m} V_k)``; for a real ``x`` one real FFT gives ``V_k``,
+    ``k ≤ m/2``, and ``(C x)_{m−k} = −w_{m−k} Im(e^{-iπk/2m} V_k)``."""
+    r, h = x.shape[0], m // 2
+    f = _makhoul(m, x.device, x.dtype)
+    if x.shape[1] < m:
+        x = F.pad(x, (0, m - x.shape[1]))
+    v = torch.cat([x[:, 0::2], x[:, 1::2].flip(-1)], dim=1)  # x reordered: even entries, then odd ones reversed
+    spectrum = torch.view_as_real(torch.fft.rfft(v, dim=-1))  # (r, h + 1, 2)
+    re, im = spectrum[..., 0], spectrum[..., 1]
+    out = x.new_empty(r, m)
+    torch.addcmul(re * f["head_c"], im, f["head_s"], out=out[:, :h + 1])
+    tail = re[:, 1:m - h].flip(-1).mul_(f["tail_s"])
+    out[:, h + 1:] = tail.addcmul_(im[:, 1:m - h].flip(-1), f["tail_c"], value=-1.0)
+    return out
 
 
 def idct(z: torch.Tensor, n: int | None = None) -> torch.Tensor:
     """``(z C)[:, :n]``: the orthonormal DCT-III (the inverse of :func:`dct`) of each row of ``z: (r, m)``,
-    its first ``n`` (default ``m``) entries. ``(Cᵀ u)_j = Re Σ_k w_k u_k e^{iπk(2j+1)/2m}``, evaluated with
-    one inverse real FFT of length ``2m`` (which doubles the terms ``k ≥ 1``: the ``k = 0`` term is added
-    back once)."""
+    its first ``n`` (default ``m``) entries. Makhoul's inverse: ``Y = m w z / 2`` (``m w_0 z_0`` at
+    ``k = 0``) are the unnormalised DCT-II coefficients of the result ``x``; ``FFT_m(v)_k = e^{iπk/2m}
+    (Y_k − i Y_{m−k})`` (``Y_m = 0``), one inverse real FFT gives ``v``, and ``x`` is ``v`` put back in
+    place (``x_2j = v_j``, ``x_2j+1 = v_m−1−j``)."""
     r, m = z.shape
-    spectrum = z.new_zeros(r, m + 1, 2)  # w_k e^{+iπk/2m} z_k, and 0 at k = m
-    torch.mul(z.unsqueeze(-1), _dct_factors(m, z.device, z.dtype, +1), out=spectrum[:, :m])
-    out = torch.fft.irfft(torch.view_as_complex(spectrum), n=2 * m, dim=-1)[:, :m if n is None else n].mul_(m)
-    return out.add_(z[:, :1], alpha=0.5 * math.sqrt(1.0 / m))
+    h = m // 2
+    f = _makhoul(m, z.device, z.dtype)
+    y = z * f["g"]
+    mirrored = y.new_zeros(r, h + 1)  # Y_{m-k}, k = 0..h
+    mirrored[:, 1:] = y[:, m - h:].flip(-1)
+    head = y[:, :h + 1]
+    spectrum = y.new_empty(r, h + 1, 2)
+    torch.addcmul(head * f["c"], mirrored, f["s"], out=spectrum[..., 0])
+    torch.addcmul(head * f["s"], mirrored, f["c"], value=-1.0, out=spectrum[..., 1])
+    v = torch.fft.irfft(torch.view_as_complex(spectrum), n=m, dim=-1)
+    out = v.new_empty(r, m)  # v put back: x_2j = v_j, x_2j+1 = v_(m-1-j)
+    half = (m + 1) // 2
+    out[:, 0::2] = v[:, :half]
+    out[:, 1::2] = v[:, half:].flip(-1)
+    return out if n is None or n == m else out[:, :n]
 
 
 class OrthogonalDesign:
