@@ -104,6 +104,22 @@ def test_factored_mirror_step_equals_the_dense_products(layer, batch):
     torch.testing.assert_close(m.feedback, 0.8 * b0 + 0.3 / batch * hebb, rtol=1e-10, atol=1e-12)
 
 
+def test_factored_mirror_of_a_linear_layer_forms_no_dense_noise_or_product(monkeypatch):
+    """Issue 22: the default mirror (orthogonal noise, batch = fan-in) of a Linear layer runs on the
+    factored design (FFT-based DCTs), never the dense O(batch · in · out) products."""
+    layer = pa.convert(nn.Sequential(nn.Linear(40, 30)), "wm")[0]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dense product")
+
+    monkeypatch.setattr(wm.F, "linear", forbidden)
+    monkeypatch.setattr(wm.OrthogonalDesign, "dense", forbidden)
+    s = wm.wm_settings(layer)
+    b0 = layer.feedback.clone()
+    wm.mirror_step(layer, s["wm_lr"], s["wm_noise_std"], s["wm_decay"], s["wm_batch"], s["wm_noise"])
+    torch.testing.assert_close(layer.feedback, 0.5 * b0 + 0.5 * layer.weight.detach(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("n,batch", [(30, 30), (30, 45), (30, 8)])
 def test_orthogonal_noise_design(n, batch):
     """x: (N, n) with xᵀx = N σ² I when N >= n; for N < n orthogonal rows (x xᵀ = n σ² I), xᵀx = n σ²

@@ -84,10 +84,11 @@ def is_open(layer) -> bool:
     return layer.__dict__.get("_fb_mark") is not None
 
 
-def versions_moved(layer) -> bool:
-    """Whether ``W``'s or ``B``'s version counter moved since the open cycle's mark (True when none is open)."""
+def stale(layer) -> bool:
+    """Whether the open cycle no longer describes the layer (True when none is open): ``W`` changed
+    (:func:`w_changed`) or ``B`` was set since its mark."""
     mark = layer.__dict__.get("_fb_mark")
-    return mark is None or layer.weight._version != mark[0] or layer.feedback._version != mark[1]
+    return mark is None or layer.feedback._version != mark[1] or w_changed(layer)
 
 
 def _name(layer) -> str:

@@ -68,7 +68,7 @@ def _before_step(optimizer, args, kwargs) -> None:
     if not _has_closure(args, kwargs):  # an optimizer skips a parameter without a gradient
         layers = [layer for layer in layers if layer.weight.grad is not None]
     for layer in layers:  # W_before is W now: (re)open the cycle if no forward opened it or W or B were set since
-        if learned.versions_moved(layer):  # (no optimizer ran in between, so version counters tell)
+        if learned.stale(layer):
             learned.open_cycle(layer)
         layer.__dict__["_fb_in_step"] = True  # forwards inside step() (LBFGS closures) are not new cycles
     if layers:

@@ -36,18 +36,21 @@ Two kinds of noise (``wm_noise``, :func:`noise`):
 
   Without sampling error the only angle left is the lag behind the moving ``W``, and that is set
   by how often and how strongly ``B`` is refreshed, so λ can be large and the mirror need not run
-  every step: defaults ``batch`` = the fan-in, λ = 0.5, every 10 optimizer steps. Each mirroring
-  costs ``batch · in · out`` multiply-adds twice (``in²·out`` at the default batch), a tenth of that
-  per optimizer step; for very wide layers (``in`` ≳ 5,000 at ``every`` = 10) that is more than
-  512 Gaussian samples every step would cost, and ``batch < in`` trades exactness for time.
+  every step: defaults ``batch`` = the fan-in, λ = 0.5, every 10 optimizer steps. The design is
+  kept factored (:class:`OrthogonalDesign`), so for maps linear in ``W.flatten(1)`` on one sample
+  (Linear, attention projections, convolutions with ``groups = 1``) both products of a mirroring —
+  the activity ``y`` of all samples and ``yᵀx`` — are DCTs of ``W``'s rows (Makhoul's algorithm, one
+  real FFT of length ``m`` each): ``O(out · m log m)`` instead of the dense ``2 · batch · in · out``
+  multiply-adds (about a third of the dense time for 784-512-512-10), a tenth of that per
+  optimizer step. Grouped and transposed convolutions use the dense products.
 
 Measured on the 784-100-100-10 MLP on mnist5k (Adam, lr 1e-4, batch 64, 10 epochs,
 ``prealign compare --methods fa,kp,wm --seeds 1 --epochs 10 --hidden 100,100``; Gaussian through
 ``wm_noise = "gaussian"`` in a sweep with the same settings): final ∠(W, B) per layer and best test
 accuracy — orthogonal (defaults) 0.14°, 0.07°, 0.08°, 89.7 %; Gaussian (its defaults) 5.3°, 1.9°,
 1.9°, 89.6 %; KP 0.19°, 0.19°, 0.19°, 89.4 %; FA 90°, 88°, 83°, 64.8 %. Training time (one
-thread, least-loaded of several repeats): orthogonal ≈ 1.7× FA's, Gaussian ≈ 6.4× FA's, KP
-≈ 1.1×. Gaussian noise cannot get there at any affordable cost: its angle is bounded below by
+thread, least-loaded of several repeats, with the dense products of before the factored design):
+orthogonal ≈ 1.7× FA's, Gaussian ≈ 6.4× FA's, KP ≈ 1.1×. Gaussian noise cannot get there at any affordable cost: its angle is bounded below by
 the lag behind ``W`` at small λ and by the sampling error at large λ (4,096 samples: 2.3°, 0.9°,
 0.9° at ≈ 65× FA's time).
 
@@ -86,9 +89,9 @@ step, measurements, and changes of ``W`` outside a step (loading a checkpoint,
 :func:`prealign.align`) trigger nothing. The noise is drawn from the layer's own stream after
 :func:`prealign.seed_rules` (``prealign.train`` seeds it from its ``seed``), else from the global RNG
 of ``W``'s device (:mod:`prealign.feedback.rng`); a checkpoint that saves
-:func:`~prealign.feedback.rng.rules_rng_state` (or the global RNG states) resumes the very same noise. Cost per mirroring:
-``steps`` × (one forward and one weight-gradient-sized product of a ``batch``-sample noise batch)
-per layer.
+:func:`~prealign.feedback.rng.rules_rng_state` (or the global RNG states) resumes the very same
+noise. Cost per mirroring: ``steps`` × (the activity of a ``batch``-sample noise batch and its
+correlation with the noise) per layer.
 """
 from __future__ import annotations
 
