@@ -28,7 +28,7 @@ import torch
 from .rules import RULES
 
 MAX_PROBES = 1024
-STATE = ("_fb_mark", "_fb_in_step", "_fb_warned", "_fb_probe_index")
+STATE = ("_fb_mark", "_fb_ready", "_fb_in_step", "_fb_warned", "_fb_probe_index")
 """Per-layer attributes of the bookkeeping (dropped by copies and by ``prealign.unconvert``)."""
 
 
@@ -61,23 +61,44 @@ def w_changed(layer) -> bool:
     return mark is None or w._version != mark[0] or not torch.equal(_probes(w, d), mark[2])
 
 
+def _take_gap(layer, w: torch.Tensor, b: torch.Tensor) -> None:
+    """kp's ``G = B − W`` into the layer's reused buffer."""
+    d = layer.__dict__
+    gap = d.get("_kp_gap")
+    if gap is None or gap.shape != w.shape or gap.dtype != w.dtype or gap.device != w.device:
+        d["_kp_gap"] = torch.sub(b, w.detach())
+    else:
+        torch.sub(b, w.detach(), out=gap)
+
+
 def open_cycle(layer, w: torch.Tensor | None = None) -> None:
-    """Open an update cycle now: the mark, and under kp the gap ``B − W`` (into a reused buffer)."""
+    """Open an update cycle now: the mark, and under kp the gap ``B − W`` — the one
+    :func:`close_cycle` took right after the last update if ``W`` and ``B`` are still what they were
+    then (the same numbers, read while they were in cache), else taken now."""
     d = layer.__dict__
     w = layer.weight if w is None else w
     b = layer.feedback
+    mark = (w._version, b._version, _probes(w, d))
+    ready = d.get("_fb_ready")
+    d["_fb_ready"] = None
     rule = RULES.get(d["_rule"])
-    if rule is not None and rule.learns_feedback:
-        gap = d.get("_kp_gap")
-        if gap is None or gap.shape != w.shape or gap.dtype != w.dtype or gap.device != w.device:
-            d["_kp_gap"] = torch.sub(b, w.detach())
-        else:
-            torch.sub(b, w.detach(), out=gap)
-    d["_fb_mark"] = (w._version, b._version, _probes(w, d))
+    if rule is not None and rule.learns_feedback and not (
+            ready is not None and ready[0] == mark[0] and ready[1] == mark[1] and torch.equal(ready[2], mark[2])):
+        _take_gap(layer, w, b)
+    d["_fb_mark"] = mark
 
 
-def close_cycle(layer) -> None:
-    layer.__dict__["_fb_mark"] = None
+def close_cycle(layer, updated: bool = False) -> None:
+    """Close the layer's update cycle; ``updated``: right after its feedback update, when kp takes
+    the next cycle's gap ``B − W`` already (:func:`open_cycle` checks that it still holds)."""
+    d = layer.__dict__
+    d["_fb_mark"] = d["_fb_ready"] = None
+    if updated:
+        rule = RULES.get(d["_rule"])
+        if rule is not None and rule.learns_feedback:
+            w, b = layer.weight, layer.feedback
+            _take_gap(layer, w, b)
+            d["_fb_ready"] = (w._version, b._version, _probes(w, d))
 
 
 def is_open(layer) -> bool:

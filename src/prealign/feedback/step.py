@@ -91,7 +91,7 @@ def _update(layers: list) -> None:
         rule = RULES[layer._rule]
         if rule.learns_feedback:
             kp.update(layer)
-        learned.close_cycle(layer)
+        learned.close_cycle(layer, updated=True)
         if rule.mirrors:
             mirroring.append(layer)
     if mirroring:
