@@ -17,7 +17,8 @@ opens a new one, and changes between a feedback update and the next forward are 
 "Changed" is judged from the version counters (bumped by in-place updates such as ``p -= …``)
 *and* one probed element per row of ``W`` (at most 1,024; fused optimizers and ``p.data`` updates
 bump no version counter): a few microseconds per layer and step. Bitwise comparison: NaNs compare
-equal to themselves.
+equal to themselves. What it cannot see: an update that bumps no version counter *and* leaves every
+probed element unchanged (a ``p.data`` update confined to a few unprobed entries).
 """
 from __future__ import annotations
 

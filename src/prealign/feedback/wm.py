@@ -181,11 +181,12 @@ def _dct(m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _makhoul(m: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Constants of the length-``m`` DCTs (Makhoul 1980, one real FFT of length ``m``), ``h = m // 2``:
-    ``c``, ``s`` = cos, sin of ``πk / 2m`` (``k ≤ h``); the orthonormal scales ``w_k`` (``sqrt(1/m)``
-    for ``k = 0``, else ``sqrt(2/m)``) folded into ``head_*`` (outputs ``k ≤ h``), ``tail_*`` (outputs
-    ``m − k`` for ``1 ≤ k < m − h``, listed for ``k`` descending) and ``g`` (the inverse's ``m w_k / 2``,
-    ``m w_0`` for ``k = 0``)."""
+    """Constants of the length-``m`` DCTs (Makhoul 1980, one real FFT of length ``m``), ``h = m // 2``,
+    ``θ_k = πk / 2m``, ``w_k`` the orthonormal scale (``sqrt(1/m)`` for ``k = 0``, else ``sqrt(2/m)``):
+    ``head_c``, ``head_s`` = ``w_k cos θ_k``, ``w_k sin θ_k`` (outputs ``k ≤ h``); ``tail_s``, ``tail_c``
+    = ``w_{m−k} sin θ_k``, ``w_{m−k} cos θ_k`` (outputs ``m − k``, ``1 ≤ k < m − h``, listed for ``k``
+    descending); the inverse's ``g_k cos θ_k``, ``g_k sin θ_k`` (``g = m w / 2``, ``m w_0`` at ``k = 0``)
+    for ``k ≤ h`` and ``g_{m−k} cos θ_k``, ``g_{m−k} sin θ_k`` (0 at ``k = 0``)."""
     h = m // 2
     k = torch.arange(h + 1, dtype=torch.float64)
     w = torch.full((m,), math.sqrt(2.0 / m), dtype=torch.float64)
@@ -194,53 +195,67 @@ def _makhoul(m: int, device: torch.device, dtype: torch.dtype) -> dict[str, torc
     t = torch.arange(1, m - h)
     g = w * (m / 2.0)
     g[0] = w[0] * m
-    real = {"c": c, "s": s, "head_c": w[:h + 1] * c, "head_s": w[:h + 1] * s, "tail_s": (w[m - t] * s[t]).flip(0),
-            "tail_c": (w[m - t] * c[t]).flip(0), "g": g}
+    g_mirror = torch.zeros(h + 1, dtype=torch.float64)
+    g_mirror[1:] = g[m - torch.arange(1, h + 1)]
+    real = {"head_c": w[:h + 1] * c, "head_s": w[:h + 1] * s, "tail_s": (w[m - t] * s[t]).flip(0),
+            "tail_c": (w[m - t] * c[t]).flip(0), "inv_c": g[:h + 1] * c, "inv_s": g[:h + 1] * s,
+            "mirror_c": g_mirror * c, "mirror_s": g_mirror * s}
     return {key: v.to(device=device, dtype=dtype) for key, v in real.items()}
 
 
-def dct(x: torch.Tensor, m: int) -> torch.Tensor:
-    """``x C[:, :n]ᵀ``: the orthonormal DCT-II (:func:`_dct`'s ``C``, size ``m``) of each row of
-    ``x: (r, n)``, zero-padded to ``m ≥ n``; ``(r, m)``. Makhoul's algorithm: with ``v`` the even entries
-    of ``x`` followed by its odd ones reversed, and
-    ``V = FFT_m(v)``, ``(C x)_k = w_k Re(e^{-iπk/2m} V_k)``; for a real ``x`` one real FFT gives ``V_k``,
-    ``k ≤ m/2``, and ``(C x)_{m−k} = −w_{m−k} Im(e^{-iπk/2m} V_k)``."""
-    r, h = x.shape[0], m // 2
+def dct(x: torch.Tensor, m: int, columns: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+    """``scale · (x diag(columns)) C[:, :n]ᵀ``: the orthonormal DCT-II (:func:`_dct`'s ``C``, size ``m``)
+    of each row of ``x: (r, n)`` (its columns first multiplied by ``columns: (n,)`` if given),
+    zero-padded to ``m ≥ n``; ``(r, m)``. Makhoul's algorithm: with ``v`` the even entries of the row
+    followed by its odd ones reversed and ``V = FFT_m(v)``, ``(C x)_k = w_k Re(e^{-iπk/2m} V_k)``; one
+    real FFT gives ``V_k``, ``k ≤ m/2``, and ``(C x)_{m−k} = −w_{m−k} Im(e^{-iπk/2m} V_k)``."""
+    r, n, h = x.shape[0], x.shape[1], m // 2
     f = _makhoul(m, x.device, x.dtype)
-    if x.shape[1] < m:
-        x = F.pad(x, (0, m - x.shape[1]))
-    v = torch.cat([x[:, 0::2], x[:, 1::2].flip(-1)], dim=1)  # x reordered: even entries, then odd ones reversed
+    if n < m:
+        x = F.pad(x if columns is None else x * columns, (0, m - n))
+        columns = None
+    half = (m + 1) // 2
+    v = x.new_empty(r, m)  # even entries, then odd ones reversed (times their column factors)
+    if columns is None:
+        v[:, :half], v[:, half:] = x[:, 0::2], x[:, 1::2].flip(-1)
+    else:
+        torch.mul(x[:, 0::2], columns[0::2], out=v[:, :half])
+        torch.mul(x[:, 1::2].flip(-1), columns[1::2].flip(0), out=v[:, half:])
     spectrum = torch.view_as_real(torch.fft.rfft(v, dim=-1))  # (r, h + 1, 2)
     re, im = spectrum[..., 0], spectrum[..., 1]
     out = x.new_empty(r, m)
-    torch.addcmul(re * f["head_c"], im, f["head_s"], out=out[:, :h + 1])
-    tail = re[:, 1:m - h].flip(-1).mul_(f["tail_s"])
-    out[:, h + 1:] = tail.addcmul_(im[:, 1:m - h].flip(-1), f["tail_c"], value=-1.0)
+    torch.addcmul(re * (f["head_c"] * scale), im, f["head_s"] * scale, out=out[:, :h + 1])
+    tail = re[:, 1:m - h].flip(-1).mul_(f["tail_s"] * scale)
+    out[:, h + 1:] = tail.addcmul_(im[:, 1:m - h].flip(-1), f["tail_c"] * scale, value=-1.0)
     return out
 
 
-def idct(z: torch.Tensor, n: int | None = None) -> torch.Tensor:
-    """``(z C)[:, :n]``: the orthonormal DCT-III (the inverse of :func:`dct`) of each row of ``z: (r, m)``,
-    its first ``n`` (default ``m``) entries. Makhoul's inverse: ``Y = m w z / 2`` (``m w_0 z_0`` at
-    ``k = 0``) are the unnormalised DCT-II coefficients of the result ``x``; ``FFT_m(v)_k = e^{iπk/2m}
-    (Y_k − i Y_{m−k})`` (``Y_m = 0``), one inverse real FFT gives ``v``, and ``x`` is ``v`` put back in
-    place (``x_2j = v_j``, ``x_2j+1 = v_m−1−j``)."""
+def idct(z: torch.Tensor, n: int | None = None, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """``(z C)[:, :n] diag(columns)``: the orthonormal DCT-III (the inverse of :func:`dct`) of each row of
+    ``z: (r, m)``, its first ``n`` (default ``m``) entries, multiplied by ``columns: (n,)`` if given.
+    Makhoul's inverse: ``Y = g z`` (``g_k = m w_k / 2``, ``m w_0`` at ``k = 0``) are the unnormalised
+    DCT-II coefficients of the result ``x``; ``FFT_m(v)_k = e^{iπk/2m} (Y_k − i Y_{m−k})`` (``Y_m = 0``),
+    one inverse real FFT gives ``v``, and ``x`` is ``v`` put back in place (``x_2j = v_j``,
+    ``x_2j+1 = v_m−1−j``)."""
     r, m = z.shape
-    h = m // 2
+    h, half = m // 2, (m + 1) // 2
+    n = m if n is None else n
     f = _makhoul(m, z.device, z.dtype)
-    y = z * f["g"]
-    mirrored = y.new_zeros(r, h + 1)  # Y_{m-k}, k = 0..h
-    mirrored[:, 1:] = y[:, m - h:].flip(-1)
-    head = y[:, :h + 1]
-    spectrum = y.new_empty(r, h + 1, 2)
-    torch.addcmul(head * f["c"], mirrored, f["s"], out=spectrum[..., 0])
-    torch.addcmul(head * f["s"], mirrored, f["c"], value=-1.0, out=spectrum[..., 1])
+    head = z[:, :h + 1]
+    mirrored = z.new_zeros(r, h + 1)  # z_{m-k}, k = 0..h (z_m = 0)
+    mirrored[:, 1:] = z[:, m - h:].flip(-1)
+    spectrum = z.new_empty(r, h + 1, 2)  # e^{iθ_k} (Y_k − i Y_{m−k})
+    torch.addcmul(head * f["inv_c"], mirrored, f["mirror_s"], out=spectrum[..., 0])
+    torch.addcmul(head * f["inv_s"], mirrored, f["mirror_c"], value=-1.0, out=spectrum[..., 1])
     v = torch.fft.irfft(torch.view_as_complex(spectrum), n=m, dim=-1)
-    out = v.new_empty(r, m)  # v put back: x_2j = v_j, x_2j+1 = v_(m-1-j)
-    half = (m + 1) // 2
-    out[:, 0::2] = v[:, :half]
-    out[:, 1::2] = v[:, half:].flip(-1)
-    return out if n is None or n == m else out[:, :n]
+    out = v.new_empty(r, m)
+    if columns is None:
+        out[:, 0::2], out[:, 1::2] = v[:, :half], v[:, half:].flip(-1)
+        return out[:, :n]
+    full = columns if n == m else F.pad(columns, (0, m - n))
+    torch.mul(v[:, :half], full[0::2], out=out[:, 0::2])
+    torch.mul(v[:, half:].flip(-1), full[1::2], out=out[:, 1::2])
+    return out[:, :n]
 
 
 class OrthogonalDesign:
@@ -272,11 +287,11 @@ class OrthogonalDesign:
         """``(x wᵀ)ᵀ: (out, batch)`` for ``w: (out, n)``: the response ``w x_k`` of a linear map to each
         noise sample ``x_k``, as columns (``x wᵀ = s P C (D wᵀ)``: a DCT of each row of ``w D``, then
         ``P``'s rows; with ``batch = m``, in the order of ``C``'s rows)."""
-        y_t = dct(w * self.signs.to(w.dtype), self.m).mul_(self.scale)
+        y_t = dct(w, self.m, self.signs.to(w.dtype), self.scale)
         return y_t if self.batch == self.m else y_t[:, self.rows]
 
-    def correlate(self, y_t: torch.Tensor) -> torch.Tensor:
-        """``yᵀ x: (out, n)`` from ``y_t = yᵀ: (out, batch)``, the activities of the samples as
+    def correlate(self, y_t: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
+        """``factor · yᵀ x: (out, n)`` from ``y_t = yᵀ: (out, batch)``, the activities of the samples as
         :meth:`forward` lists them: ``yᵀ x = s (yᵀ P C)[:, :n] D``, an inverse DCT (:func:`idct`) of the
         activities placed at their samples' rows of ``C``. Reads ``y`` and the design only."""
         if self.batch == self.m:
@@ -284,7 +299,7 @@ class OrthogonalDesign:
         else:
             placed = y_t.new_zeros(y_t.shape[0], self.m)
             placed[:, self.rows] = y_t
-        return idct(placed, self.n).mul_(self.signs.to(y_t.dtype).mul_(self.scale))
+        return idct(placed, self.n, self.signs.to(y_t.dtype) * (factor * self.scale))
 
 
 def noise(kind: str, batch: int, n: int, std: float, *, device=None, dtype=None,
@@ -329,7 +344,7 @@ def mirror_step(layer: nn.Module, lr: float, std: float, decay: float, batch: in
     if _factored(layer, kind):
         design = OrthogonalDesign(batch, n, std, device=w.device, dtype=w.dtype, generator=gen)
         y_t = design.forward(w.reshape(w.shape[0], -1))  # the layer's forward activity, (out, batch)
-        b.mul_(1.0 - decay).add_(design.correlate(y_t).view_as(b), alpha=lr / batch)
+        torch.add(design.correlate(y_t, lr / batch).view_as(b), b, alpha=1.0 - decay, out=b)
         return
     x = noise(kind, batch, n, std, device=w.device, dtype=w.dtype, generator=gen)
     if not isinstance(layer, nn.modules.conv._ConvNd):  # a linear map: Linear, an attention projection
