@@ -54,7 +54,7 @@ def test_robustness_skips_transfer_and_says_how_to_get_it_where_no_surrogate_can
                                                                                              monkeypatch):
     """Where no surrogate can be trained, the other sources run and the skipped one is named with the fix."""
     from prealign.analysis import sources
-    from prealign.analysis.registry import execute
+    from prealign.reports.registry import execute
     from prealign.errors import PrealignError
 
     def cannot(store, config):
@@ -78,7 +78,7 @@ def test_robustness_skips_transfer_and_says_how_to_get_it_where_no_surrogate_can
     ["traffic", "{run}", "--rules", "bp", "fa"],
 ])
 def test_every_analyze_subcommand_prints_parseable_json_and_writes_the_same_file(lone_fa, capsys, tmp_path, argv):
-    from prealign.analysis.registry import get
+    from prealign.reports.registry import get
 
     root, run_id = lone_fa
     argv = [a.format(run=run_id) for a in argv]
@@ -94,7 +94,7 @@ def test_meta_prints_json(capsys, tmp_path):
 
 
 def test_every_registered_command_is_an_analyze_subcommand_with_json_and_out():
-    from prealign.analysis.registry import commands
+    from prealign.reports.registry import commands
     from prealign.cli import build_parser
 
     parser = build_parser()
@@ -110,7 +110,7 @@ def test_every_registered_command_is_an_analyze_subcommand_with_json_and_out():
 
 def test_registering_an_analysis_is_one_entry(tmp_path):
     """A new entry gets its CLI subcommand, its --json and its experiment kind from the registry alone."""
-    from prealign.analysis import registry
+    from prealign.reports import registry
     from prealign.experiments import analyses
 
     entry = registry.Analysis("toy", "a toy analysis", params=(registry.Param("n", "int>=1", 3, "how many"),),

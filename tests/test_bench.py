@@ -42,9 +42,9 @@ def test_torchvision_style_dataset_normalises_per_item():
 
 def test_flop_count_and_ratio_arithmetic():
     assert bench.mlp_flops_per_step([784, 512, 512, 10], 128) == 6 * 128 * (784 * 512 + 512 * 512 + 512 * 10)
-    row = bench._row("k", "t", "<= 1.05", [2.0, 4.0, 3.0], [2.0, 2.0, 4.0])  # paired ratios 1, 2, 0.75
+    row = bench.base._row("k", "t", "<= 1.05", [2.0, 4.0, 3.0], [2.0, 2.0, 4.0])  # paired ratios 1, 2, 0.75
     assert row.ratio == pytest.approx(1.0) and row.spread == pytest.approx((0.875, 1.5)) and row.passed
-    row = bench._row("k", "t", ">= 2", [1.0, 1.0], [3.0, 5.0], invert=True, scale=0.5)  # 1.5, 2.5
+    row = bench.base._row("k", "t", ">= 2", [1.0, 1.0], [3.0, 5.0], invert=True, scale=0.5)  # 1.5, 2.5
     assert row.ratio == pytest.approx(2.0) and row.passed
 
 

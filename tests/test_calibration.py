@@ -12,7 +12,7 @@ import torch
 from prealign.analysis import calibration as cal
 from prealign.cli import main as cli_main
 from prealign.errors import PrealignError
-from prealign.run.callbacks import CalibrationTracker
+from prealign.analysis.calibration import CalibrationTracker
 from prealign.run.config import RunConfig, run
 from prealign.run.store import Store
 

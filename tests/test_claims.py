@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from prealign.analysis import stats
+from prealign import stats
 from prealign.errors import ConfigError
 from prealign.experiments import load, parse
 from prealign.experiments.claims import check_claim, checklist_markdown

@@ -453,7 +453,7 @@ def test_kp_closes_the_angle_under_adam_without_weight_decay(gen, one_thread):
 
 def test_compare_summary_keeps_angle_columns_when_bp_comes_first():
     """bp runs have no angle/ keys now; the compare table must still show the other methods' angles."""
-    from prealign.viz.report import summarize, table
+    from prealign.reports.compare import summarize, table
     from prealign.run.trainer import TrainResult
 
     bp = TrainResult(curves=[{"epoch": 0, "test_acc": 0.5}], best_test_acc=0.5)

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from prealign.analysis import (HessianTracker, hessian_operator, hessian_summary, hutchinson_trace, lanczos_quadrature,
                                power_iteration, spectral_density, top_eigen)
-from prealign.analysis.hessian import deflated_trace, lanczos_top_eigen
+from prealign.analysis.spectrum import deflated_trace, lanczos_top_eigen
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny workloads: 1 thread is fastest on shared cores

@@ -142,7 +142,7 @@ class Checker:
 
     def __init__(self, model: nn.Module, rule: str):
         self.model, self.rule = model, rule
-        self.layers = [layer for _, layer in pa.feedback_layers(model)]
+        self.names, self.layers = zip(*pa.feedback_layers(model))
         self.seen: dict[int, dict] = {}
         self.e = None
         self.steps = 0
@@ -150,12 +150,17 @@ class Checker:
         self.d0 = None
         self.prev = [(layer.weight.detach().clone(), layer.feedback.clone()) for layer in self.layers]
         self.angle0 = [_matrix_angle(w, b) for w, b in self.prev]
-        self.rng = None  # wm: the global RNG state before each optimizer step (the mirror noise is replayed from it)
+        # wm: the global RNG state and the layers' own streams (pa.train seeds them: pa.seed_rules) before each
+        # optimizer step; the mirror noise is replayed from them
+        self.rng, self.streams = None, {}
         if RULES[rule].mirrors:
-            self._hook = register_optimizer_step_pre_hook(lambda *_: setattr(self, "rng", torch.get_rng_state()))
+            self._hook = register_optimizer_step_pre_hook(self._keep_streams)
         for i, layer in enumerate(self.layers):
             layer.register_forward_hook(self._layer_hook(i))
         model.register_forward_hook(self._output_hook)  # after convert: sees the model's final output
+
+    def _keep_streams(self, *_) -> None:
+        self.rng, self.streams = torch.get_rng_state(), pa.rules_rng_state(self.model)
 
     def _layer_hook(self, i):
         def hook(layer, inputs, output):
@@ -178,8 +183,12 @@ class Checker:
         out = []
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.rng)
-            for layer, (_, b) in zip(self.layers, self.prev):  # the optimizer's parameter order
+            for name, layer, (_, b) in zip(self.names, self.layers, self.prev):  # the optimizer's parameter order
                 w = layer.weight.detach()
+                gen = None  # the layer's own stream, else the global RNG
+                if name in self.streams:
+                    gen = torch.Generator()
+                    gen.set_state(self.streams[name])
                 for _ in range(WM["steps"]):
                     if w.dim() == 2:
                         shape = (w.shape[1],)
@@ -187,7 +196,7 @@ class Checker:
                         shape = (w.shape[0], *([1] * (w.dim() - 2)))
                     else:  # one receptive field
                         shape = (w.shape[1] * layer.groups, *w.shape[2:])
-                    x = torch.randn(WM["batch"], *shape, dtype=w.dtype) * WM["noise_std"]
+                    x = torch.randn(WM["batch"], *shape, dtype=w.dtype, generator=gen) * WM["noise_std"]
                     y = F.linear(x, w) if w.dim() == 2 else _op(_single_position(layer), x, w)
                     b = (1 - WM["decay"]) * b + WM["lr"] / WM["batch"] * _vjp(_single_position(layer), x, w, y, "w")
                 out.append(b)

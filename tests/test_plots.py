@@ -165,7 +165,7 @@ def test_compare_alignment_names_layers_as_the_model(drawn, tmp_path, model):
 
 def test_compare_report_through_the_cli_path(drawn, tmp_path, model):
     """``prealign compare`` draws through report.write_compare_report: both figures follow the style."""
-    from prealign.viz.report import write_compare_report
+    from prealign.reports.compare import write_compare_report
     from prealign.run.trainer import TrainResult
 
     groups = {}
@@ -312,13 +312,13 @@ def test_adversarial_figure(drawn, tmp_path, layout):
 
 
 def test_corruption_and_ood_figures(drawn, tmp_path):
+    from prealign.analysis.robustness import summarize_corruption
     from prealign.viz.robustness import plot_corruption, plot_ood
 
     cats = {"gaussian_noise": "noise", "blur": "blur", "fog": "weather"}
-    entry = lambda i: {"clean": 0.9, "table": {n: {str(s): 0.8 - 0.05 * s - 0.01 * i for s in (1, 2, 3)}  # noqa: E731
-                                                for n in cats}}
-    plot_corruption({"categories": cats, "results": _per_method(lambda i, m: [entry(i), entry(i + 0.5)])},
-                    tmp_path / "c.png")
+    entry = lambda i: summarize_corruption({"clean": 0.9, "table": {  # noqa: E731
+        n: {str(s): 0.8 - 0.05 * s - 0.01 * i for s in (1, 2, 3)} for n in cats}}, cats)
+    plot_corruption(_per_method(lambda i, m: [entry(i), entry(i + 0.5)]), tmp_path / "c.png")
     fig = _fig(drawn)
     _assert_distinct_styles(fig, len(METHODS))
     _assert_legends_clear(fig)

@@ -1,4 +1,4 @@
-"""The statistics every table and claim uses (prealign.analysis.stats), against exact answers and
+"""The statistics every table and claim uses (prealign.stats), against exact answers and
 independent brute-force enumerations over all splits / sign flips / pairings."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import ranksums
 
-from prealign.analysis import stats
+from prealign import stats
 
 
 def _u(a, b) -> float:
@@ -119,7 +119,7 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
 def test_compare_summary_uses_exact_p_sample_std_and_labels_selection():
     from types import SimpleNamespace
 
-    from prealign.viz.report import summarize, table
+    from prealign.reports.compare import summarize, table
     from prealign.run.trainer import TrainResult
 
     def res(acc, **kw):

@@ -31,6 +31,6 @@ def __getattr__(name):  # the trainer and data layer load lazily: `import preali
         from .run import trainer
         return getattr(trainer, name)
     if name == "data":
-        import importlib
-        return importlib.import_module(".data", __name__)
+        from . import data
+        return data
     raise AttributeError(f"module 'prealign' has no attribute {name!r}")

@@ -19,8 +19,6 @@ numpy arrays or tensors, and labels ``(N,)``.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
@@ -152,14 +150,16 @@ def model_summary(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_bins: in
     return summary(y, logits=logits_of(model, x), n_bins=n_bins)
 
 
-def analyze_runs(store, runs, folder: str | Path | None = None, *, n_bins: int = N_BINS) -> dict:
-    """``prealign analyze calibration``: each stored run (id or key prefix) → :func:`model_summary` on
-    its test set, grouped by method label; figures (reliability diagram per method, confidence
-    curves where the run tracked calibration) in ``folder``. Returns ``{"n_bins", "runs": {id: ...},
-    "figures": [paths]}``."""
+def analyze_runs(store, runs, *, n_bins: int = N_BINS) -> tuple[dict, dict, dict]:
+    """``prealign analyze calibration``'s numbers: each stored run (id or key prefix) →
+    :func:`model_summary` on its test set. Returns ``(result, per_method, curves)``: ``result =
+    {"n_bins", "runs": {id: {"label", "seed", **summary}}}``; for the figures
+    (:mod:`prealign.reports.analyze` draws them), ``per_method = {label: [summary per run]}`` and
+    ``curves = {"<id> <label>": epoch records}`` of the runs that tracked calibration
+    (:class:`CalibrationTracker`)."""
     from ..run.config import load_data
 
-    out = {"n_bins": n_bins, "runs": {}, "figures": []}
+    out = {"n_bins": n_bins, "runs": {}}
     per_method: dict[str, list[dict]] = {}
     curves = {}
     for run in runs:
@@ -172,15 +172,34 @@ def analyze_runs(store, runs, folder: str | Path | None = None, *, n_bins: int =
         tracked = [r for r in store.epochs(row["id"]) if r.get("test_confidence") is not None]
         if tracked:
             curves[f"{row['id']} {row['label']}"] = tracked
-    if folder is not None:
-        from ..viz.uncertainty import plot_calibration_curves, plot_reliability
+    return out, per_method, curves
 
-        folder = Path(folder)
-        out["figures"].append(str(plot_reliability(folder / "reliability.png", per_method)))
-        if curves:
-            out["figures"].append(str(plot_calibration_curves(folder / "calibration_curves.png", curves)))
-    return out
+
+class CalibrationTracker:
+    """Trainer callback: ``record["{train,test}_confidence"]`` (mean max-softmax probability) and
+    ``record["{train,test}_ece"]`` (:func:`ece`, ``n_bins`` equal-width bins, Guo et al. 2017) at
+    the end of every epoch, epoch 0 (before training, i.e. after any noise warm-up) included. The
+    training set is measured on ``n_train`` samples drawn once with its own seeded generator (all
+    when None). Runs under the trainer's measurement guard; draws nothing from the global RNG, so
+    curves are unchanged. (A measurement, so it lives here beside :func:`ece`, like the other
+    analyses' trackers; :mod:`prealign.run.callbacks` holds the trainer's generic callbacks.)"""
+
+    def __init__(self, n_bins: int = 15, n_train: int | None = 2000, seed: int = 0):
+        self.n_bins, self.n_train, self.seed = n_bins, n_train, seed
+        self._train_idx = None
+
+    def on_epoch_end(self, epoch, model, data, record):
+        if self._train_idx is None:
+            n = len(data.y_train)
+            g = torch.Generator().manual_seed(self.seed)
+            self._train_idx = (torch.randperm(n, generator=g)[:self.n_train] if self.n_train and self.n_train < n
+                               else torch.arange(n))
+        idx = self._train_idx.to(data.x_train.device)
+        for split, x, y in (("train", data.x_train[idx], data.y_train[idx]), ("test", data.x_test, data.y_test)):
+            p = softmax(logits_of(model, x))
+            record[f"{split}_confidence"] = float(p.max(axis=1).mean())
+            record[f"{split}_ece"] = ece(p, _np(y), self.n_bins)
 
 
 __all__ = ["N_BINS", "softmax", "confidence_and_correct", "reliability_bins", "ece", "mce", "adaptive_ece", "nll",
-           "brier", "summary", "logits_of", "model_summary", "analyze_runs"]
+           "brier", "summary", "logits_of", "model_summary", "analyze_runs", "CalibrationTracker"]

@@ -1,4 +1,4 @@
-"""The experiment form of each registered analysis (:mod:`.registry`): ``NAME(ctx, p)``.
+"""The experiment form of each registered analysis (:mod:`prealign.reports.registry`): ``NAME(ctx, p)``.
 
 ``ctx`` is the experiment runner's context (:class:`prealign.experiments.runner.Context`: ``runs``,
 ``model(run)``, ``data(config)``, ``note(text)``, ``artifacts``, ``store``), ``p`` the
@@ -10,21 +10,11 @@ makes numbers up. ``NAME_tracker(p)`` builds the trainer callback of a ``track =
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 
 class Unavailable(Exception):
-    """An analysis could not be produced (module missing, runs lacking, data absent)."""
-
-
-def _module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            raise Unavailable(f"module {name} is not available in this installation") from exc
-        raise
+    """An analysis could not be produced (runs lacking, data absent, artifacts missing)."""
 
 
 def _sample(x, y, n: int | None, seed: int = 0):
@@ -48,7 +38,7 @@ def _finished(ctx):
 # --------------------------------------------------------------------------- trained-model analyses
 def hessian(ctx, p: dict) -> None:
     """Top eigenvalue, Hutchinson trace (and SLQ density) of the true training loss (IFA B.7)."""
-    mod = _module("prealign.analysis.hessian")
+    from . import hessian as mod
     for run in _finished(ctx):
         model = ctx.model(run)
         data = ctx.data(run.config)
@@ -70,7 +60,7 @@ def hessian(ctx, p: dict) -> None:
 def landscape(ctx, p: dict) -> None:
     """Test loss on the plane of the top-2 Hessian eigenvectors (training loss) around the optimum
     (IFA B.8), for one seed per method; column ``landscape_rise`` = mean loss over the grid − loss at θ*."""
-    mod = _module("prealign.analysis.landscape")
+    from . import landscape as mod
     import numpy as np
 
     n = p.get("n_samples", 1000)
@@ -115,7 +105,7 @@ def trajectory(ctx, p: dict) -> None:
     """Training trajectory (per-epoch parameter snapshots) projected on its top-2 PCA directions
     over the training-loss surface (IFA B.6, Fig. 2b–d), for one seed per method. Column
     ``path_length_ratio`` = path length / straight distance in the PC plane (1 = straight)."""
-    mod = _module("prealign.analysis.landscape")
+    from . import landscape as mod
     import numpy as np
 
     n = p.get("n_samples", 1000)
@@ -135,11 +125,7 @@ def trajectory(ctx, p: dict) -> None:
 
 def corruption(ctx, p: dict) -> None:
     """Accuracy under the 15 corruptions × severities (IFA B.9); columns ``corruption@<severity>``."""
-    mod = _module("prealign.analysis.robustness")
-    try:
-        _module("prealign.data.corruptions")
-    except Unavailable as exc:
-        raise Unavailable(f"corruptions are not available ({exc})") from exc
+    from . import robustness as mod
     n = p.get("n_samples", 1000)
     severities = p.get("severities", [1, 2, 3, 4, 5])
     for run in _finished(ctx):
@@ -162,7 +148,7 @@ def corruption(ctx, p: dict) -> None:
 def adversarial(ctx, p: dict) -> None:
     """Accuracy under FGSM/BIM/PGD vs ε (IFA B.10, A.4), columns ``<attack>@<ε>`` for exact input
     gradients and ``<attack>_<source>@<ε>`` for the feedback pathway / BP-surrogate transfer."""
-    mod = _module("prealign.analysis.robustness")
+    from . import robustness as mod
     n = p.get("n_samples", 1000)
     eps = p.get("epsilons", list(mod.DEFAULT_EPSILONS))
     attacks = p.get("attacks", ["fgsm"])
@@ -194,9 +180,9 @@ def ood(ctx, p: dict) -> None:
     """Accuracy on translated / scaled / rotated test sets (columns ``ood@translated`` …) and on a
     second digit source (``ood@second_source``: USPS where its files are present, else UCI digits
     resized to 28×28 — the report notes which) (noise paper C.5)."""
-    transforms = _module("prealign.data.transforms")
-    rob = _module("prealign.analysis.robustness")
-    gen_mod = _module("prealign.analysis.generalization")
+    from ..data import transforms
+    from . import robustness as rob
+    from . import generalization as gen_mod
     n = p.get("n_samples", 1000)
     second = {}
     for run in _finished(ctx):
@@ -221,7 +207,7 @@ def traffic(ctx, p: dict) -> None:
     :func:`prealign.analysis.traffic.traffic_table` for each run's own rule. Columns
     ``w_reads`` (forward weights read backward = weight transport), ``feedback_reads``,
     ``backward_bytes``."""
-    mod = _module("prealign.analysis.traffic")
+    from . import traffic as mod
     from ..run.config import RunConfig
 
     for run in _finished(ctx):
@@ -255,7 +241,7 @@ def dimensionality(ctx, p: dict) -> None:
     paper C.2, Fig. S12) — re-run on a fresh copy of each seed's network — and of the learned
     features of the trained runs (Fig. 4g–h). Columns ``erank_init/<layer>``, ``erank_noise/<layer>``,
     ``feature_erank/<module>``."""
-    gen_mod = _module("prealign.analysis.generalization")
+    from . import generalization as gen_mod
     from ..pretrain import pretrain_noise
 
     samples = int(p.get("noise_samples", 500_000))
@@ -292,7 +278,7 @@ def meta(ctx, p: dict) -> None:
     """Meta-loss (sum of losses after 10 Adam steps on each task) measured during noise training
     of a fresh copy of each seed's network (noise paper D, Tables S9–S10). Columns ``meta_loss_init``,
     ``meta_loss_final`` (before / after noise)."""
-    meta_mod = _module("prealign.analysis.meta")
+    from . import meta as meta_mod
     import torch
 
     tasks = meta_mod.default_tasks(p.get("train_size"))
@@ -325,7 +311,7 @@ def order(ctx, p: dict) -> None:
     on the first seed's data and architecture. Columns on every row of that seed:
     ``order_w1_distance`` (distance between the two final W₁), ``order_acc_noise_first``,
     ``order_acc_data_first``."""
-    mod = _module("prealign.analysis.trajectory")
+    from . import trajectory as mod
     runs = _finished(ctx)
     run = next((r for r in runs if r.config.get("noise_samples")), runs[0])
     data = ctx.data(run.config)
@@ -365,7 +351,7 @@ def calibration(ctx, p: dict) -> None:
     ``calibration`` tracker where the run has them: ``init_confidence`` (epoch 0: after any noise
     warm-up, before data), ``init_confidence_excess`` (= init_confidence − 1/classes, 0 at chance),
     ``init_ece`` and ``mean_ece`` (test ECE averaged over the training epochs 1…E)."""
-    mod = _module("prealign.analysis.calibration")
+    from . import calibration as mod
     n_bins = int(p.get("n_bins", mod.N_BINS))
     for run in _finished(ctx):
         data = ctx.data(run.config)
@@ -389,7 +375,7 @@ def ood_detection(ctx, p: dict) -> None:
     ``auroc_energy@<set>``, ``fpr95_msp@<set>``, ``ood_confidence@<set>`` (mean MSP on the set),
     ``in_confidence``; and over the far-OOD sets (other data sets, noise images — not the shifted
     test sets translated/scaled/rotated): ``ood_confidence`` and ``auroc_msp`` (means)."""
-    mod = _module("prealign.analysis.ood_detection")
+    from . import ood_detection as mod
     import torch
 
     n, seed, cache = p.get("n_samples", 1000), p.get("seed", 0), {}
@@ -417,6 +403,6 @@ def ood_detection(ctx, p: dict) -> None:
 
 def calibration_tracker(spec: dict):
     """``track = true``: mean confidence and ECE on train and test every epoch, epoch 0 included."""
-    from ..run.callbacks import CalibrationTracker
+    from .calibration import CalibrationTracker
 
     return CalibrationTracker(n_bins=spec.get("n_bins", 15), n_train=spec.get("n_train", 2000))

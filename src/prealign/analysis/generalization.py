@@ -158,7 +158,8 @@ def generalization_error(model: nn.Module, data) -> dict[str, float]:
 
 def _train_one(method: str, data, hidden: Sequence[int], *, epochs: int, seed: int, lr: float, batch_size: int,
                noise_samples: int | None, probe: torch.Tensor | None, device: str) -> dict:
-    from .. import get_method, mlp
+    from ..methods import get_method
+    from ..models import mlp
     from ..run.trainer import train
 
     gen = torch.Generator().manual_seed(seed)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, PrealignError
-from .hessian import LossFn, hessian_operator, top_eigen, trainable_parameters
+from .hessian import LossFn, hessian_operator, trainable_parameters
+from .spectrum import top_eigen
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:

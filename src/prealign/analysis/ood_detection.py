@@ -20,14 +20,12 @@ shifted test sets of :func:`prealign.data.transforms.ood_sets` (translated / sca
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from ..errors import PrealignError
 from .calibration import _np, logits_of, softmax
-from .stats import auroc, fpr_at_tpr, roc  # noqa: F401  (ROC statistics live in the one stats module)
+from ..stats import auroc, fpr_at_tpr, roc  # noqa: F401  (ROC statistics live in the one stats module)
 
 SCORES = ("msp", "energy")
 OTHER_DATASETS = ("fashion-mnist", "mnist5k", "digits")
@@ -103,13 +101,14 @@ def detect(model, x_in: torch.Tensor, sets: dict[str, torch.Tensor], scores=SCOR
     return out
 
 
-def analyze_runs(store, runs, folder: str | Path | None = None, *, n: int | None = 1000, seed: int = 0) -> dict:
-    """``prealign analyze ood-detection``: each stored run (id or key prefix) → :func:`detect` on ``n``
-    of its test images vs :func:`ood_sets`; figures (ROC curves, MSP histograms per method) in
-    ``folder``. Returns ``{"runs": {id: {...}}, "skipped": {...}, "figures": [paths]}`` (no raw scores)."""
+def analyze_runs(store, runs, *, n: int | None = 1000, seed: int = 0) -> tuple[dict, dict]:
+    """``prealign analyze ood-detection``'s numbers: each stored run (id or key prefix) →
+    :func:`detect` on ``n`` of its test images vs :func:`ood_sets`. Returns ``(result, scores)``:
+    ``result = {"runs": {id: {...}}, "skipped": {...}}`` (no raw scores) and, for the figures
+    (:mod:`prealign.reports.analyze` draws them), ``scores = {label: [detect()'s raw scores per run]}``."""
     from ..run.config import load_data
 
-    out, per_method, cache = {"runs": {}, "skipped": {}, "figures": []}, {}, {}
+    out, per_method, cache = {"runs": {}, "skipped": {}}, {}, {}
     for run in runs:
         row = store.get(run)
         model = store.load_model(run, device="cpu")
@@ -123,13 +122,7 @@ def analyze_runs(store, runs, folder: str | Path | None = None, *, n: int | None
         res = detect(model, data.x_test[idx], sets)
         per_method.setdefault(row["label"], []).append(res.pop("scores"))
         out["runs"][str(row["id"])] = {"label": row["label"], "seed": row["seed"], "dataset": cfg.dataset, **res}
-    if folder is not None:
-        from ..viz.uncertainty import plot_confidence_histograms, plot_roc
-
-        folder = Path(folder)
-        out["figures"].append(str(plot_roc(folder / "roc.png", per_method)))
-        out["figures"].append(str(plot_confidence_histograms(folder / "confidence_histograms.png", per_method)))
-    return out
+    return out, per_method
 
 
 __all__ = ["SCORES", "msp_score", "energy_score", "score", "auroc", "roc", "fpr_at_tpr", "ood_sets", "detect",

@@ -1,4 +1,4 @@
-"""Where an analysis's networks come from (see :data:`prealign.analysis.registry.NEEDS`).
+"""Where an analysis's networks come from (see :data:`prealign.reports.registry.NEEDS`).
 
 ``runs``: stored run ids or key prefixes, read only (measuring never writes the store).
 ``models``: stored runs grouped by method label, or configs trained on the fly through the store

@@ -103,7 +103,9 @@ def order_dependence(data, *, hidden=(100,), noise_samples: int = 100_000, epoch
     axes), and per order: final test accuracy (fraction), alignment angles (degrees), ‖W − B‖ per
     layer, and the distance between the two final first-layer weights.
     """
-    from .. import alignment_angles, mlp, pretrain_noise
+    from ..init import alignment_angles
+    from ..models import mlp
+    from ..pretrain import pretrain_noise
     from ..run.trainer import train
     from .robustness import accuracy
 

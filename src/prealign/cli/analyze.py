@@ -1,5 +1,5 @@
 """``prealign analyze NAME ...``: one subcommand per entry of the analysis registry
-(:mod:`prealign.analysis.registry`), its options built from the entry's params and needs.
+(:mod:`prealign.reports.registry`), its options built from the entry's params and needs.
 
 Every subcommand takes ``--out`` (the store / output root), ``--save`` (folder for the JSON and
 PNG, default ``<out>/analysis/NAME``) and ``--json`` (the result as JSON on stdout, nothing else
@@ -19,7 +19,7 @@ TYPES = {"str": None, "int>=1": POSITIVE, "int>=0": NONNEG, "seed": SEED, "float
 
 
 def register(sub) -> None:
-    from ..analysis.registry import commands
+    from ..reports.registry import commands
 
     parser = sub.add_parser("analyze", help="measure stored runs: Hessian, landscape, robustness, OOD, ...")
     analyze_sub = parser.add_subparsers(dest="analysis", metavar="ANALYSIS")
@@ -70,8 +70,8 @@ def _sources(p: argparse.ArgumentParser, entry) -> None:
 
 
 def _run(name: str, args) -> int:
-    from ..analysis.registry import execute
-    from ..viz.report import json_safe
+    from ..reports.registry import execute
+    from ..run.store import json_safe
     from .args import console
 
     outcome = execute(name, args)
@@ -81,7 +81,7 @@ def _run(name: str, args) -> int:
         print(json.dumps(json_safe(outcome.result)))
         print(f"wrote {', '.join(map(str, outcome.files))}", file=sys.stderr)
         return 0
-    from ..analysis.stats import rich_table
+    from ..stats import rich_table
 
     for line in outcome.lines:
         print(line)

@@ -88,7 +88,7 @@ def main(args) -> int:
     from ..run.store import Store, default_root
     from ..run.sweep import check_options
     from ..run.sweep_batched import resolve_batch
-    from ..viz.report import budget_line, settings_of
+    from ..reports.compare import budget_line, settings_of
 
     points = build_grid(args).points()  # unknown methods / bad values fail here, before any work
     configs = [RunConfig.from_dict(p["config"]) for p in points]

@@ -1,5 +1,5 @@
 """What ``prealign compare`` and ``prealign sweep`` share once their grid is built: train it, write
-the outputs (:func:`prealign.viz.report.write_grid_outputs`), print the table or the JSON summary."""
+the outputs (:func:`prealign.reports.compare.write_grid_outputs`), print the table or the JSON summary."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ def sweep_and_report(args, command: str, root, points, configs, store, settings,
     (resumable, compatible runs batched, failures isolated), write the outputs, print the table
     (or, with ``--json``, the summary only)."""
     from ..run.grid import sweep_grid
-    from ..viz.report import write_grid_outputs
+    from ..reports.compare import write_grid_outputs
 
     start = time.perf_counter()
     sweep_grid(configs, store, workers=workers, batch_models=args.batch_models, **cluster_options(args))
@@ -29,8 +29,8 @@ def sweep_and_report(args, command: str, root, points, configs, store, settings,
 
 def print_table(summary: dict, folder, wall: float) -> None:
     """The summary table (rich) and where the report is: what ``compare`` and ``sweep`` print."""
-    from ..analysis.stats import rich_table
-    from ..viz.report import _g, budget_line, table
+    from ..stats import rich_table
+    from ..reports.compare import _g, budget_line, table
 
     settings = summary["settings"]
     columns, cells = table(summary["methods"])

@@ -9,9 +9,9 @@ import sys
 
 def print_json(obj) -> None:
     """``obj`` as JSON on stdout (NaN and infinities as null: valid for every reader)."""
-    from ..viz.report import _json_safe
+    from ..run.store import json_safe
 
-    print(json.dumps(_json_safe(obj), indent=2))
+    print(json.dumps(json_safe(obj), indent=2))
 
 
 def stdout_closed() -> int:

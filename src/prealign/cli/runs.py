@@ -68,7 +68,7 @@ def _pct(v):
 
 
 def list_runs(args) -> int:
-    from ..analysis.stats import rich_table
+    from ..stats import rich_table
 
     store = _store(args)
     runs = store.summaries(**_selected(args))
@@ -86,7 +86,7 @@ def list_runs(args) -> int:
 
 
 def show_run(args) -> int:
-    from ..analysis.stats import rich_table
+    from ..stats import rich_table
 
     store = _store(args)
     row = store.get(args.run)

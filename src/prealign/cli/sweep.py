@@ -78,7 +78,7 @@ def main(args) -> int:
     from ..run.store import Store, default_root
     from ..run.sweep import check_options
     from ..run.sweep_batched import resolve_batch
-    from ..viz.report import budget_line, settings_of
+    from ..reports.compare import budget_line, settings_of
     from .gridrun import sweep_and_report
 
     grid = Grid.from_toml(args.grid)

@@ -6,16 +6,18 @@
     >>> ds = load("usps", size=28)      # USPS 16×16 → 28×28, the second digit source for OOD tests
     >>> ds = load("cifar10-c", corruption="fog", severity=3)   # the published CIFAR-10-C test set
 
-Search order and downloads: see :mod:`prealign.data.sources` and docs/data.md.
+Search order and downloads: see :mod:`prealign.data.sources` and docs/data.md; one reader per
+file format, registered by format name: :mod:`prealign.data.readers`.
 """
 from __future__ import annotations
 
-from . import checks, formats  # noqa: F401  (public submodules)
+from . import checks, formats, readers  # noqa: F401  (public submodules)
 from .base import Dataset, holdout_validation, stratified_indices, to_float, to_labels  # noqa: F401
 from .registry import DATASETS, DatasetSpec, RemoteFile
 from .identity import fingerprint
 from .loading import load
-from .sources import DataNotFoundError, available, cache_dir, fetch, get_spec, locate, not_found, search_dirs  # noqa: F401
+from .cache import cache_dir
+from .sources import DataNotFoundError, available, fetch, get_spec, locate, not_found, search_dirs  # noqa: F401
 
 __all__ = ["Dataset", "holdout_validation", "DATASETS", "DatasetSpec", "RemoteFile", "load", "available", "fetch", "locate",
            "search_dirs", "cache_dir", "load_corrupted", "corrupt", "CORRUPTIONS", "ood_sets",

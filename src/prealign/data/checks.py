@@ -63,6 +63,12 @@ def check_split(spec: DatasetSpec, split: str, images, labels, images_file, labe
             raise mismatch(spec, labels_file, f"{split} labels in", f"0..{spec.num_classes - 1}", f"{lo}..{hi}")
 
 
+def check_read(spec: DatasetSpec, read) -> None:
+    """:func:`check_split` on both splits a reader returned (:class:`prealign.data.readers.Read`)."""
+    for split, part in zip(SPLITS, (read.train, read.test)):
+        check_split(spec, split, part.images, part.labels, part.images_file, part.labels_file)
+
+
 def check_dataset(spec: DatasetSpec, ds, source) -> None:
     """:func:`check_split` on both splits of a loaded :class:`~prealign.data.Dataset` (offline sets)."""
     check_split(spec, "train", ds.x_train, ds.y_train, source)

@@ -20,7 +20,7 @@ import torch
 from ..errors import PrealignError
 from .base import Dataset, stratified_split, to_float, to_labels
 from .formats import read_mnist5k_csv
-from .sources import cache_dir
+from .cache import cache_dir
 
 SPLIT_SEED = 0
 

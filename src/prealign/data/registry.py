@@ -1,6 +1,7 @@
 """Registry of data sets: name -> :class:`DatasetSpec` (shape, classes, files, checksums, URLs).
 
-Adding a data set is one entry here plus a reader in :mod:`prealign.data.formats`.
+Adding a data set is one entry here; a data set in a new file format also needs its reader, one
+entry of :data:`prealign.data.readers.READERS` (and its parser in :mod:`prealign.data.formats`).
 Checksums are the publishers' own (md5 where the publisher or the standard mirror gives md5);
 they are verified on download and by ``prealign datasets verify NAME``. Debian recompresses its
 copies, so for gzip files the registry also holds the checksum of the uncompressed content
@@ -28,7 +29,7 @@ class DatasetSpec:
     description: str
     shape: tuple[int, int, int]  # C, H, W
     num_classes: int
-    format: str  # reader key in formats.READERS: idx, cifar10, cifar100, svhn, stl10, usps, cifar-c, mnist5k, digits
+    format: str  # reader key in readers.READERS: idx, cifar10, cifar100, svhn, stl10, usps, cifar-c, mnist5k, digits
     files: tuple[RemoteFile, ...] = ()
     classes: tuple[str, ...] | None = None
     sizes: tuple[int, int] | None = None  # (train, test) sample counts; every load checks them

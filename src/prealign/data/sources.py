@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..errors import PrealignError, UnknownNameError
 from ..progress import progress_bar
-from .formats import find_file
+from .cache import cache_dir
+from .readers import reader_of
 from .registry import DATASETS, DatasetSpec, RemoteFile
 
 SYSTEM_DIR = Path("/usr/share/datasets")
@@ -38,12 +39,6 @@ def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise UnknownNameError("data set", name, DATASETS)
     return DATASETS[name]
-
-
-def cache_dir() -> Path:
-    """The user cache of prealign: ``$XDG_CACHE_HOME/prealign`` or ``~/.cache/prealign``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "prealign"
 
 
 class DataNotFoundError(PrealignError):
@@ -72,23 +67,14 @@ def search_dirs(name: str, root=None) -> list[tuple[str, Path]]:
 
 
 def found_files(spec: DatasetSpec, folder: Path) -> list[Path]:
-    """The files of ``spec`` that a load from ``folder`` reads (the published archives, or their
-    extracted contents: CIFAR-C ``.npy`` files, STL-10's ``stl10_binary/``), sorted."""
-    if spec.format == "cifar-c":
-        for d in (folder, folder / spec.extra["folder"]):
-            if (d / "labels.npy").is_file():
-                return sorted(d.glob("*.npy"))
-    if spec.format == "stl10" and (folder / "stl10_binary" / "train_X.bin").is_file():
-        return sorted(p for p in (folder / "stl10_binary").iterdir() if p.is_file())
-    return sorted(p for p in (find_file(folder, f.filename) for f in spec.files) if p is not None)
+    """The files of ``spec`` that a load from ``folder`` reads, sorted, as the reader of its format
+    says (:mod:`.readers`: the published archives, or their extracted contents); [] if it lacks them."""
+    return reader_of(spec).files(spec, folder) or []
 
 
 def has_files(spec: DatasetSpec, folder: Path) -> bool:
-    """True when ``folder`` holds every file of ``spec`` (CIFAR-C, STL-10: the archive or its extracted files)."""
-    if not folder.is_dir():
-        return False
-    found = found_files(spec, folder)
-    return bool(found) if spec.format in ("cifar-c", "stl10") else len(found) == len(spec.files)
+    """True when ``folder`` holds what the reader of ``spec``'s format needs to load it."""
+    return folder.is_dir() and reader_of(spec).files(spec, folder) is not None
 
 
 def locate(name: str, root=None) -> tuple[Path | None, list[Path]]:

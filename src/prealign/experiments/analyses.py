@@ -1,5 +1,5 @@
 """The analyses an experiment's ``[[analysis]]`` sections name, taken from the one analysis
-registry (:mod:`prealign.analysis.registry`): ``kind`` is an entry's name or alias, and the
+registry (:mod:`prealign.reports.registry`): ``kind`` is an entry's name or alias, and the
 entry's ``rows(ctx, params)`` adds its columns to the result rows (implementations in
 :mod:`prealign.analysis.columns`). Tracked analyses (``track = true``) run *during* training as
 the entry's ``tracker`` (:func:`callbacks_for`); their values land in the per-epoch curves.
@@ -7,7 +7,7 @@ the entry's ``tracker`` (:func:`callbacks_for`); their values land in the per-ep
 from __future__ import annotations
 
 from ..analysis.columns import Unavailable, trajectory_file
-from ..analysis.registry import REGISTRY
+from ..reports.registry import REGISTRY
 
 #: ``kind`` -> ``rows(ctx, params)``, every name and alias of every entry that has an experiment form.
 ANALYSES = {name: entry.rows for entry in REGISTRY.values() if entry.rows is not None

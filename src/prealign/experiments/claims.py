@@ -2,7 +2,7 @@
 
 A verdict is **held**, **not held**, **inconclusive** or **not run** (data missing). It comes
 from a declared statistical test, never from a bare comparison of means. A ``[[claim]]`` has
-``id``, ``text`` and one of these shapes (all statistics from :mod:`prealign.analysis.stats`):
+``id``, ``text`` and one of these shapes (all statistics from :mod:`prealign.stats`):
 
 two groups      ``metric``, ``a``, ``b`` — is ``metric`` over the runs ``a`` larger than over ``b``?
                 Exact Wilcoxon rank-sum test; effect = mean(a) − mean(b) − ``margin``.
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analysis import stats
+from .. import stats
 from ..errors import ConfigError
 
 STATUSES = ("held", "not held", "inconclusive", "not run")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import stats
+from .. import stats
 from ..viz.geometry import plot_perturbed_surfaces, plot_trajectory_landscapes
 from ..viz.robustness import plot_spectra
 from ..viz.style import integer_epochs, legend_outside, method_styles, pyplot, save_figure, shared_colorbar, shared_norm
@@ -428,7 +428,7 @@ def selection_label(rows) -> str:
 
 def table(out, ctx) -> str:
     """Markdown table of ``metric``: mean ± sample std (n) per cell, the exact two-sided rank-sum p
-    vs ``reference`` in the same cell group (:mod:`prealign.analysis.stats`), the selection protocol."""
+    vs ``reference`` in the same cell group (:mod:`prealign.stats`), the selection protocol."""
     metric = out["metric"]
     rows_by = out.get("rows", ["method"])
     rows_by = [rows_by] if isinstance(rows_by, str) else rows_by

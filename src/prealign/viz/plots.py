@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.stats import mean_std_each
+from ..stats import mean_std_each
 from .style import integer_epochs, legend_outside, method_styles, pyplot, save_figure
 
 Curves = list[dict[str, float]]

@@ -1,6 +1,7 @@
 """Figures for the robustness and generalization analyses (PNG, dpi 150, Agg backend).
 
-Every function takes the JSON-ready dict its analysis returns and a path, and returns the path.
+Every function takes the numbers to draw (mostly the JSON-ready dict its analysis returns) and a
+path, and returns the path; it computes nothing but the mean ± std it draws (:mod:`prealign.stats`).
 Accuracies are drawn in percent; shaded bands / error bars are ± one standard deviation over seeds.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.stats import mean_std_each
+from ..stats import mean_std_each
 from .style import integer_epochs, legend_outside, method_styles, pyplot, save_figure
 
 SOURCE_STYLES = {"exact": "-", "feedback": ":", "transfer": "--"}
@@ -65,16 +66,15 @@ def plot_adversarial(report: Mapping, path, title: str | None = None, layout: st
     return save_figure(fig, path, tight=False)
 
 
-def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
+def plot_corruption(summaries: Mapping[str, Sequence[Mapping]], path, title: str | None = None) -> Path:
     """(a) mean corruption accuracy (%) vs severity per method; (b) heat map method × corruption
-    (accuracy averaged over severities); (c) mean accuracy per category."""
+    (accuracy averaged over severities); (c) mean accuracy per category. ``summaries``: ``{method:
+    [summary per seed]}``, each summary as :func:`prealign.analysis.robustness.summarize_corruption`
+    makes it (``clean``, ``per_severity``, ``per_type``, ``per_category``; accuracies as fractions)."""
     plt = pyplot()
-    from ..analysis.robustness import summarize_corruption
-
-    results, cats = report["results"], report["categories"]
-    styles = method_styles(results)
-    names = list(cats)
-    summaries = {m: [summarize_corruption(e, cats) for e in results[m]] for m in styles}
+    styles = method_styles(summaries)
+    first = next(iter(summaries.values()))[0]
+    names, categories = list(first["per_type"]), list(first["per_category"])
     fig = plt.figure(figsize=(16, 4.6))
     grid = fig.add_gridspec(1, 3, width_ratios=[1, 2.4, 1])
     ax = fig.add_subplot(grid[0])
@@ -102,7 +102,6 @@ def plot_corruption(report: Mapping, path, title: str | None = None) -> Path:
     fig.colorbar(im, ax=ax, label="accuracy (%), mean over severities 1–5")
     ax.set_title("(b) accuracy per corruption")
     ax = fig.add_subplot(grid[2])
-    categories = list(dict.fromkeys(cats.values()))
     width = 0.8 / len(summaries)
     lo = 100.0
     for i, (m, ss) in enumerate(summaries.items()):

@@ -70,7 +70,7 @@ def plot_reliability(path, per_method: Mapping[str, Sequence[Mapping]], title: s
 
 def plot_calibration_curves(path, curves: Mapping[str, Sequence], title: str | None = None) -> Path:
     """Per-epoch accuracy and mean confidence (left) and ECE (right), test solid, train dashed, from
-    the records of :class:`prealign.run.callbacks.CalibrationTracker`. ``curves``: ``{label: records}``
+    the records of :class:`prealign.analysis.calibration.CalibrationTracker`. ``curves``: ``{label: records}``
     (one run) or ``{label: [records, ...]}`` (seeds: mean, band ± 1 std)."""
     plt = pyplot()
     styles = method_styles(curves)
@@ -106,7 +106,7 @@ def plot_roc(path, per_method: Mapping[str, Sequence[Mapping]], kind: str = "msp
     """ROC curves (in-distribution = positive), one panel per OOD set, one curve per method (its
     first run), score ``kind``; the legend gives each curve's AUROC. ``per_method``:
     ``{label: [{set_name or "in": {kind: scores}}, ...]}`` (:func:`prealign.analysis.ood_detection.detect`'s ``scores``)."""
-    from ..analysis.stats import auroc, roc
+    from ..stats import auroc, roc
 
     plt = pyplot()
     styles = method_styles(per_method)

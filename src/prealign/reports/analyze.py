@@ -1,8 +1,9 @@
 """The ``prealign analyze NAME`` form of each registered analysis (:mod:`.registry`).
 
-For each analysis: ``NAME(inputs, ns) -> dict`` (the JSON-able result, written as is),
-``NAME_tables(result)`` / ``NAME_lines(result)`` (what the terminal shows; numbers formatted by
-:mod:`.stats`) and ``NAME_figure(result, folder, inputs) -> [paths]``. ``inputs`` is a
+For each analysis: ``NAME(inputs, ns) -> dict`` (the JSON-able result, written as is; the numbers
+come from :mod:`prealign.analysis`), ``NAME_tables(result)`` / ``NAME_lines(result)`` (what the
+terminal shows; numbers formatted by :mod:`prealign.stats`) and ``NAME_figure(result, folder,
+inputs) -> [paths]`` (drawn by :mod:`prealign.viz`). ``inputs`` is a
 :class:`prealign.analysis.sources.Inputs`, ``ns`` the entry's options. Heavy imports are local,
 so importing the registry stays cheap.
 """
@@ -12,7 +13,7 @@ import math
 import sys
 
 from ..feedback.rules import RULES
-from .stats import fmt_p, fmt_pm, mean_std, ranksum
+from ..stats import fmt_p, fmt_pm, mean_std, ranksum
 
 
 def _pm(values, scale=100.0, digits=1) -> str:
@@ -35,7 +36,7 @@ def _load(store, run):
 # -- hessian (IFA B.7) ----------------------------------------------------------------------------
 def hessian(inputs, ns) -> dict:
     """``{run id: {"label", **hessian_summary}}`` for every RUN."""
-    from .hessian import hessian_summary
+    from ..analysis.hessian import hessian_summary
 
     out = {}
     for run in ns.runs:
@@ -77,7 +78,7 @@ def landscape(inputs, ns) -> dict:
     """``{run id: {"label", "eigenvalues", "alphas", "perturbed_test_loss"[, "trajectory"]}}``."""
     import numpy as np
 
-    from .landscape import perturbed_surface
+    from ..analysis.landscape import perturbed_surface
 
     out = {}
     for run in ns.runs:
@@ -100,9 +101,9 @@ def _retrained_trajectory(model, data, row, n: int, grid: int) -> dict:
     first ``n`` training samples. Raises where the re-training does not reproduce the stored weights."""
     import torch
 
+    from ..analysis.landscape import TrajectoryRecorder, flat_parameters, trajectory_surface
     from ..errors import PrealignError
     from ..run.config import run as run_config
-    from .landscape import TrajectoryRecorder, flat_parameters, trajectory_surface
 
     rec = TrajectoryRecorder(max_in_memory=32)
     again = run_config(model.run_config, None, callbacks=[rec], progress=None)
@@ -162,7 +163,7 @@ TRAFFIC_COLUMNS = ("rule", "weight_transport", "w_reads", "feedback_reads", "fee
 def traffic(inputs, ns) -> dict:
     """``{run id: {"label", "rows": traffic_table(model, rules)}}``: element counts per training step
     of error propagation under each rule (the run's own rule first when ``--rules`` is not given)."""
-    from .traffic import traffic_table
+    from ..analysis.traffic import traffic_table
 
     out = {}
     for run in ns.runs:
@@ -183,8 +184,8 @@ def traffic_tables(result) -> list:
 def robustness(inputs, ns) -> dict:
     """:func:`prealign.analysis.robustness.adversarial_report` of the models, with BP surrogates
     from :func:`prealign.analysis.sources.surrogates`; ``skipped``: ``{source: why and how to get it}``."""
-    from .robustness import adversarial_report
-    from .sources import surrogates
+    from ..analysis.robustness import adversarial_report
+    from ..analysis.sources import surrogates
 
     sur = surrogates(inputs, ns)
     report = adversarial_report(inputs.models, inputs.data.x_test, inputs.data.y_test, epsilons=ns.eps,
@@ -219,7 +220,7 @@ def robustness_figure(report, folder, inputs) -> list:
 
 # -- corruption (IFA B.9) ----------------------------------------------------------------------------
 def corruption(inputs, ns) -> dict:
-    from .robustness import corruption_report
+    from ..analysis.robustness import corruption_report
 
     report = corruption_report(inputs.models, inputs.data.x_test, inputs.data.y_test, corruptions=ns.corruptions,
                                severities=ns.severities, seed=ns.seed)
@@ -227,11 +228,16 @@ def corruption(inputs, ns) -> dict:
     return report
 
 
-def corruption_tables(report) -> list:
-    from .robustness import summarize_corruption
+def _corruption_summaries(report) -> dict:
+    """``{method: [summarize_corruption(entry) per seed]}`` of a corruption report."""
+    from ..analysis.robustness import summarize_corruption
 
-    summaries = {m: [summarize_corruption(e, report["categories"]) for e in entries]
-                 for m, entries in report["results"].items()}
+    return {m: [summarize_corruption(e, report["categories"]) for e in entries]
+            for m, entries in report["results"].items()}
+
+
+def corruption_tables(report) -> list:
+    summaries = _corruption_summaries(report)
     sev, cats = report["severities"], list(dict.fromkeys(report["categories"].values()))
     rows, cat_rows = [], []
     for m, ss in summaries.items():
@@ -248,13 +254,13 @@ def corruption_tables(report) -> list:
 def corruption_figure(report, folder, inputs) -> list:
     from ..viz.robustness import plot_corruption
 
-    plot_corruption(report, folder / "corruption.png", title=report["data"])
+    plot_corruption(_corruption_summaries(report), folder / "corruption.png", title=report["data"])
     return [folder / "corruption.png"]
 
 
 # -- out of distribution (noise paper C.5) ----------------------------------------------------------------
 def ood(inputs, ns) -> dict:
-    from .generalization import ood_report
+    from ..analysis.generalization import ood_report
 
     report = ood_report(inputs.models, inputs.data, seed=ns.seed, second_source=not ns.no_second_source)
     report["data"] = inputs.what
@@ -282,7 +288,7 @@ def dimensionality(inputs, ns) -> dict:
         return dict(_tracked_dimensionality(ns, m) for m in ns.method)
     import torch
 
-    from .generalization import effective_rank, feature_effective_ranks, weight_spectra
+    from ..analysis.generalization import effective_rank, feature_effective_ranks, weight_spectra
 
     probe = inputs.data.x_test[:ns.probe]
     results = {}
@@ -300,10 +306,10 @@ def _tracked_dimensionality(ns, method: str) -> tuple[str, list]:
     """Effective ranks of a fresh ``method`` network (seed 0) over its preparation and training."""
     import torch
 
+    from ..analysis.generalization import DimensionalityTracker
+    from ..analysis.sources import config as make_config
     from ..run.config import _seed_for, build, load_data
     from ..run.trainer import train
-    from .generalization import DimensionalityTracker
-    from .sources import config as make_config
 
     cfg = make_config(ns, method, 0)
     if ns.noise_samples is not None and cfg.method_object().noise_samples:
@@ -357,8 +363,8 @@ def meta(inputs, ns) -> dict:
 
     import torch
 
+    from ..analysis.meta import default_tasks, meta_loss_curve, task_adaptation
     from ..models import mlp
-    from .meta import default_tasks, meta_loss_curve, task_adaptation
 
     tasks = default_tasks(train_size=ns.task_size)
     print("tasks: " + ", ".join(t.name for t in tasks), file=sys.stderr)
@@ -404,7 +410,7 @@ def meta_figure(result, folder, inputs) -> list:
 
 # -- calibration and OOD detection (issue 17; Cheon & Paik, arXiv 2412.17411) ---------------------
 def _folder(inputs, ns, name):
-    from .sources import save_folder
+    from ..analysis.sources import save_folder
 
     return save_folder(ns.save, inputs.root, name)
 
@@ -412,10 +418,17 @@ def _folder(inputs, ns, name):
 def calibration(inputs, ns) -> dict:
     """ECE (``ns.bins`` equal-width bins, mean confidence per bin; Guo et al. 2017), MCE, adaptive
     ECE, NLL and Brier of every RUN on its test set; reliability diagrams per method and the tracked
-    confidence curves are written with it (:func:`prealign.analysis.calibration.analyze_runs`)."""
-    from .calibration import analyze_runs
+    confidence curves are written with it (:func:`prealign.analysis.calibration.analyze_runs`, then
+    :func:`prealign.viz.uncertainty.plot_reliability` / ``plot_calibration_curves``)."""
+    from ..analysis.calibration import analyze_runs
+    from ..viz.uncertainty import plot_calibration_curves, plot_reliability
 
-    return analyze_runs(inputs.store, ns.runs, _folder(inputs, ns, "calibration"), n_bins=ns.bins)
+    folder = _folder(inputs, ns, "calibration")
+    result, per_method, curves = analyze_runs(inputs.store, ns.runs, n_bins=ns.bins)
+    result["figures"] = [str(plot_reliability(folder / "reliability.png", per_method))]
+    if curves:
+        result["figures"].append(str(plot_calibration_curves(folder / "calibration_curves.png", curves)))
+    return result
 
 
 def calibration_lines(result) -> list[str]:
@@ -429,10 +442,15 @@ def calibration_lines(result) -> list[str]:
 def ood_detection(inputs, ns) -> dict:
     """MSP and energy scores of ``ns.samples`` test images of every RUN vs each offline OOD set:
     AUROC and FPR at 95 % TPR (scikit-learn), ROC curves and confidence histograms written with it
-    (:func:`prealign.analysis.ood_detection.analyze_runs`)."""
-    from .ood_detection import analyze_runs
+    (:func:`prealign.analysis.ood_detection.analyze_runs`, then :func:`prealign.viz.uncertainty.plot_roc`
+    and ``plot_confidence_histograms``)."""
+    from ..analysis.ood_detection import analyze_runs
+    from ..viz.uncertainty import plot_confidence_histograms, plot_roc
 
-    result = analyze_runs(inputs.store, ns.runs, _folder(inputs, ns, "ood-detection"), n=ns.samples, seed=ns.seed)
+    folder = _folder(inputs, ns, "ood-detection")
+    result, scores = analyze_runs(inputs.store, ns.runs, n=ns.samples, seed=ns.seed)
+    result["figures"] = [str(plot_roc(folder / "roc.png", scores)),
+                         str(plot_confidence_histograms(folder / "confidence_histograms.png", scores))]
     for name, why in result["skipped"].items():
         inputs.note(f"OOD set {name} not available: {why}")
     return result

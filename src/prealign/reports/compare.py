@@ -5,7 +5,7 @@ best test accuracy mean ± sample std (n seeds), best epoch, final alignment ang
 (mean over seeds, degrees), wall time, the model-selection protocol (``selection``: ``"val"`` =
 test accuracy at the best-validation epoch, ``"test"`` = the papers' best test accuracy), and
 exact two-sided Wilcoxon rank-sum p-values of the per-seed best accuracies against ``bp`` and
-against ``fa`` (:mod:`prealign.analysis.stats`; none with one seed).
+against ``fa`` (:mod:`prealign.stats`; none with one seed).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..analysis.stats import fmt_p, fmt_pm, markdown_table, mean_std, ranksum
+from ..stats import fmt_p, fmt_pm, markdown_table, mean_std, ranksum
 from ..run.store import json_safe  # one definition, beside the store that writes JSON
 
 
@@ -97,9 +97,6 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return columns, cells
 
 
-_json_safe = json_safe  # the name prealign.cli.runs/train import
-
-
 def write_json(path, obj) -> Path:
     path = Path(path)
     path.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
@@ -110,8 +107,8 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
                          command: str = "compare") -> dict[str, Any]:
     """Write ``learning_curves.png``, ``alignment.png``, ``epochs.csv``, ``summary.json`` and
     ``report.md`` into ``folder``; return the summary (also what ``--json`` prints)."""
-    from . import plots
     from ..run.store import write_csv
+    from ..viz import plots
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ An :class:`Analysis` says
 
 Registering a new analysis is one entry::
 
-    from prealign.analysis.registry import Analysis, Param, register
+    from prealign.reports.registry import Analysis, Param, register
 
     register(Analysis(
         "calibration", "expected calibration error of stored runs", needs=("models",),
@@ -27,9 +27,12 @@ Registering a new analysis is one entry::
         rows=my_module.calibration_columns))      # (experiment ctx, params) -> None
 
 and the CLI subcommand, its ``--json`` and its experiment kind exist. Implementations live in
-other modules (:mod:`.reports` for the CLI form, :mod:`.columns` for the experiment form,
-:mod:`.sources` for where the models come from), which import their measurement modules inside
-the functions, so building the parser does not load them.
+other modules (:mod:`.analyze` for the CLI form: numbers, tables and figures;
+:mod:`prealign.analysis.columns` for the experiment form; :mod:`prealign.analysis.sources` for
+where the models come from), which import their measurement and drawing modules inside the
+functions, so building the parser does not load them. The registry lives in :mod:`prealign.reports`,
+above :mod:`prealign.analysis` (numbers) and :mod:`prealign.viz` (figures), because an entry
+binds the two.
 """
 from __future__ import annotations
 
@@ -40,9 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..analysis import columns
 from ..errors import PrealignError, UnknownNameError
 from ..feedback.rules import RULES
-from . import columns, reports
+from . import analyze
 
 #: What an analysis needs, mapped to what the CLI adds for it.
 NEEDS = {
@@ -53,11 +57,6 @@ NEEDS = {
 }
 #: Parameter types: the CLI maps each to a validating argparse type (prealign.cli.args).
 TYPES = ("str", "int>=1", "int>=0", "seed", "float>0", "floats>=0", "odd>=3", "device", "flag")
-
-
-class Unavailable(Exception):
-    """An analysis could not be produced (module missing, runs lacking, data absent); the
-    experiment report names the panel it could not produce and why."""
 
 
 @dataclass(frozen=True)
@@ -160,9 +159,9 @@ def execute(name: str, options: Mapping | argparse.Namespace | None = None) -> O
     :func:`prealign.analysis.sources.gather`), compute, write ``<save>/<json_name>`` and the
     figures. ``options``: the entry's params plus ``runs``, ``out``, ``save`` and the model-source
     options; missing ones take their defaults."""
-    from ..viz.report import json_safe
-    from . import sources
-    from .sources import save_folder
+    from ..analysis import sources
+    from ..analysis.sources import save_folder
+    from ..run.store import json_safe
 
     entry = get(name)
     if entry.compute is None:
@@ -187,7 +186,7 @@ register(Analysis(
             Param("probes", "int>=1", 50, "Hutchinson probes"),
             Param("density-probes", "int>=1", 5, "SLQ probes"),
             Param("lanczos-steps", "int>=1", 30, "Lanczos steps per SLQ probe"), *_MODEL_OPTIONS),
-    compute=reports.hessian, lines=reports.hessian_lines, figure=reports.hessian_figure,
+    compute=analyze.hessian, lines=analyze.hessian_lines, figure=analyze.hessian_figure,
     rows=columns.hessian, tracker=columns.hessian_tracker))
 register(Analysis(
     "landscape", "perturbed loss landscape (IFA B.8) and, with --trajectory, the training trajectory in its "
@@ -197,7 +196,7 @@ register(Analysis(
             Param("samples", "int>=1", 1000, "training samples for the Hessian / trajectory loss"),
             Param("trajectory", "flag", False, "also re-train the run's config (same seed) recording every epoch, "
                                                "then plot its PCA landscape"), *_MODEL_OPTIONS),
-    compute=reports.landscape, lines=reports.landscape_lines, figure=reports.landscape_figure,
+    compute=analyze.landscape, lines=analyze.landscape_lines, figure=analyze.landscape_figure,
     rows=columns.landscape))
 register(Analysis(
     "trajectory", "training trajectory over the training-loss surface in its PCA plane (IFA B.6); on the "
@@ -216,25 +215,25 @@ register(Analysis(
             Param("steps", "int>=1", 10, "BIM/PGD steps"),
             Param("step-size", "float>0", None, "BIM/PGD step (default 2.5·ε/steps)"),
             Param("seed", "seed", 0, "PGD random-start seed")),
-    compute=reports.robustness, tables=reports.robustness_tables, figure=reports.robustness_figure,
+    compute=analyze.robustness, tables=analyze.robustness_tables, figure=analyze.robustness_figure,
     json_name="adversarial.json", rows=columns.adversarial, aliases=("adversarial",)))
 register(Analysis(
     "corruption", "accuracy under the 15 corruptions × 5 severities (IFA paper B.9)", needs=("models",),
     params=(Param("corruptions", "str", None, "subset of corruptions (default all 15)", nargs="+"),
             Param("severities", "int>=1", [1, 2, 3, 4, 5], "severities", nargs="+", choices=(1, 2, 3, 4, 5)),
             *_MODEL_OPTIONS),
-    compute=reports.corruption, tables=reports.corruption_tables, figure=reports.corruption_figure,
+    compute=analyze.corruption, tables=analyze.corruption_tables, figure=analyze.corruption_figure,
     rows=columns.corruption))
 register(Analysis(
     "ood", "translated/scaled/rotated test sets and a second digit source (noise paper C.5)", needs=("models",),
     params=(*_MODEL_OPTIONS, Param("no-second-source", "flag", False, "skip USPS / UCI digits")),
-    compute=reports.ood, tables=reports.ood_tables, figure=reports.ood_figure, rows=columns.ood))
+    compute=analyze.ood, tables=analyze.ood_tables, figure=analyze.ood_figure, rows=columns.ood))
 register(Analysis(
     "dimensionality", "singular values and effective rank of weights and features (noise paper C.2)",
     needs=("models", "own-training"),
     params=(Param("probe", "int>=1", 1000, "test images for the feature ranks"),
             Param("noise-samples", "int>=0", None, "with --method rnp: noise samples (default the method's)")),
-    compute=reports.dimensionality, tables=reports.dimensionality_tables, figure=reports.dimensionality_figure,
+    compute=analyze.dimensionality, tables=analyze.dimensionality_tables, figure=analyze.dimensionality_figure,
     rows=columns.dimensionality))
 register(Analysis(
     "meta", "meta-loss during noise pretraining and task adaptation (noise paper D)", needs=("own-training",),
@@ -248,23 +247,23 @@ register(Analysis(
             Param("task-size", "int>=1", 5000, "training images per task (paper 5,000)"),
             Param("adapt-epochs", "int>=0", 0, "also train copies on each task for N epochs (paper 100)"),
             Param("device", "device", "cpu", "cpu, cuda or auto")),
-    compute=reports.meta, tables=reports.meta_tables, figure=reports.meta_figure, rows=columns.meta))
+    compute=analyze.meta, tables=analyze.meta_tables, figure=analyze.meta_figure, rows=columns.meta))
 register(Analysis(
     "traffic", "weight memory traffic of error propagation per training step, per rule (IFA Fig. 1d)", needs=("runs",),
     params=(Param("rules", "str", None, "rules to count (default: the run's own, then every rule)", nargs="+",
                   choices=tuple(RULES)),),
-    compute=reports.traffic, tables=reports.traffic_tables, rows=columns.traffic))
+    compute=analyze.traffic, tables=analyze.traffic_tables, rows=columns.traffic))
 register(Analysis(
     "calibration", "ECE, MCE, adaptive ECE, NLL, Brier and reliability diagrams of stored runs (Guo et al. 2017)",
     needs=("runs",), params=(Param("bins", "int>=1", 15, "equal-width confidence bins (Guo et al. 2017)"),),
-    compute=reports.calibration, lines=reports.calibration_lines, figure=reports.written_figures,
+    compute=analyze.calibration, lines=analyze.calibration_lines, figure=analyze.written_figures,
     rows=columns.calibration, tracker=columns.calibration_tracker))
 register(Analysis(
     "ood-detection", "OOD detection (MSP, energy): AUROC, FPR@95%TPR, ROC curves and confidence histograms of "
                      "stored runs (Hendrycks & Gimpel 2017)", needs=("runs",),
     params=(Param("samples", "int>=1", 1000, "in-distribution test images and images per OOD set"),
             Param("seed", "seed", 0, "seed of the sample draws and noise images")),
-    compute=reports.ood_detection, lines=reports.ood_detection_lines, figure=reports.written_figures,
+    compute=analyze.ood_detection, lines=analyze.ood_detection_lines, figure=analyze.written_figures,
     rows=columns.ood_detection, aliases=("ood_detection",)))
 register(Analysis("cost-to-converge", "epochs to convergence with the noise epochs counted (noise paper B.8)",
                   rows=columns.cost_to_converge, aliases=("cost_to_converge",)))

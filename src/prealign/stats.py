@@ -71,7 +71,7 @@ def pooled_std(groups: Sequence[Sequence[float]]) -> float:
 
 def _check_alternative(alternative: str) -> None:
     if alternative not in ALTERNATIVES:
-        from ..errors import ConfigError
+        from .errors import ConfigError
 
         raise ConfigError(f"test alternative {alternative!r} is unknown; use one of {ALTERNATIVES}")
 
@@ -262,7 +262,7 @@ def _floats(a) -> np.ndarray:
 def _labels_scores(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
     a, b = _floats(in_scores), _floats(out_scores)
     if len(a) == 0 or len(b) == 0:
-        from ..errors import PrealignError
+        from .errors import PrealignError
 
         raise PrealignError("OOD detection needs scores of at least one in-distribution and one OOD input")
     return np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]
