@@ -209,3 +209,24 @@ def test_feedback_step_after_a_torch_optim_step_changes_nothing_and_frozen_layer
 def test_feedback_step_on_a_model_without_learned_feedback_is_an_error():
     with pytest.raises(ConfigError, match="feedback_step updates layers under kp or wm; this model has fa"):
         pa.feedback_step(pa.mlp([4, 3, 2], "fa"))
+
+
+@pytest.mark.parametrize("case", ["kp", "wm-orthogonal"])
+def test_moving_or_casting_the_model_mid_step_is_not_an_update(case):
+    """A training forward, then ``.double()`` (or ``.to(device)``) before the next one: no warning, and
+    the loop goes on (the bookkeeping's probes follow the new dtype/device). Layers built directly
+    (B's version counter still 0, as a cast's new B has)."""
+    rule, wm = SETTINGS[case]
+    model = torch.nn.Sequential(pa.FeedbackLinear(8, 6, rule=rule), torch.nn.ReLU(), pa.FeedbackLinear(6, 3, rule=rule))
+    if wm:
+        pa.set_wm(model, **wm)
+    (x, y), = _batches(1)
+    F.cross_entropy(model(x), y)
+    model.double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pa.FeedbackNotUpdatedWarning)
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        loss = F.cross_entropy(model(x.double()), y)
+        loss.backward()
+        opt.step()
+        model(x.double())

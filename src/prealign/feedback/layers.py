@@ -70,6 +70,10 @@ class FeedbackLayer:
             _LEARNING.add(self)
             changed_learning()
 
+    def _apply(self, fn, recurse=True):  # .to(device/dtype), .double(), ...: moving W is not an update B follows
+        learned.close_cycle(self)
+        return super()._apply(fn, recurse)
+
     def reseed_direct_feedback(self, generator: torch.Generator | None) -> None:
         """Draw the seed of this layer's DFA matrix ``D`` from ``generator`` (``None``: the global RNG);
         ``D`` itself is drawn from that seed on first use (its shape needs the output size)."""
