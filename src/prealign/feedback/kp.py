@@ -11,9 +11,10 @@ shrinks by ``(1 − d)`` per step even when ``W`` itself has no weight decay (Ad
 closes the angle (SPEC §1). Akrout's SGD form with L2 decay ``λ`` on both ``W`` and ``B`` is
 ``d = lr · λ`` with ``weight_decay = λ``.
 
-Mechanism (:mod:`prealign.feedback.step`, :mod:`prealign.feedback.learned`): at the layer's first
-training forward after its last feedback update it stores the gap ``G = B − W_before``; after
-``W``'s update, ``B = W_after + (1 − d) G``. The update runs in a post-hook of every
+Mechanism (:mod:`prealign.feedback.step`, :mod:`prealign.feedback.learned`): the gap
+``G = B − W_before`` is taken right after the previous update (while ``W`` and ``B`` are in cache)
+and checked at the layer's first training forward — taken anew there if ``W`` or ``B`` changed in
+between; after ``W``'s update, ``B = W_after + (1 − d) G``. The update runs in a post-hook of every
 ``torch.optim`` optimizer's ``step()`` (for layers whose ``W`` the optimizer holds and which have a
 gradient — an optimizer skips a parameter without one; with a closure, as LBFGS takes, the gradient
 is checked after the step; a pre-hook re-takes ``G`` if ``W`` changed since the forward), and in
