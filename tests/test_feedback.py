@@ -1,5 +1,6 @@
 """The learning rules: exact backward formulas, B = W against autograd, B fixed, KP, DFA."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -45,6 +46,31 @@ def test_sign_rules_backward_formulas(gen):
         # |N(0, σ)| has mean σ·sqrt(2/π); σ = std(B); 10,000 draws: ±2 %
         assert f.abs().mean().item() == pytest.approx(brsf.feedback.std().item() * (2 / torch.pi) ** 0.5, rel=0.05)
     assert not torch.allclose(first.abs(), second.abs())
+
+
+@pytest.mark.parametrize("rule", ["usf", "brsf", "frsf"])
+def test_per_step_rules_form_no_matrix_that_nothing_reads(rule, monkeypatch):
+    """Issue 22: a layer whose input needs no gradient (the first layer) sends no error, so a per-step
+    rule does not form its matrix there (brsf draws no magnitudes for it); the others still do, and
+    the step's gradients are those of the rule (the first layer's weight gradient is local)."""
+    from prealign.feedback import rules
+
+    model = pa.mlp([6, 5, 4, 3], rule, generator=torch.Generator().manual_seed(0))
+    pa.seed_rules(model, 0)
+    formed = []
+    r = rules.RULES[rule]
+    monkeypatch.setitem(rules.RULES, rule, dataclasses.replace(r, feedback=lambda layer, out: formed.append(layer)
+                                                                or r.feedback(layer, out)))
+    states = pa.rules_rng_state(model)
+    x = torch.randn(8, 6)
+    F.cross_entropy(model(x), torch.randint(0, 3, (8,))).backward()
+    assert formed == [model[3], model[5]]
+    if rule == "brsf":
+        after = pa.rules_rng_state(model)
+        assert torch.equal(after["1"], states["1"]) and not torch.equal(after["3"], states["3"])
+    formed.clear()
+    model(x.requires_grad_())  # an input that needs its gradient: the first layer forms it too
+    assert formed == [model[1], model[3], model[5]]
 
 
 def test_per_step_feedback_buffer_is_reused_never_aliased(gen):
@@ -181,7 +207,8 @@ def test_kp_feedback_follows_weights(gen, one_thread):
 
 def test_kp_update_rule_exact(gen):
     """One optimizer step: B ← B + ΔW − d (B − W_before); W changed outside a step (loading, init, a
-    hand edit) is not an update B follows, and extra forwards do not apply anything."""
+    hand edit) is not an update B follows (a hand edit after a training forward says so in a
+    warning naming the layer), and extra forwards do not apply anything."""
     layer = FeedbackLinear(4, 3, rule="kp", generator=gen)
     layer.kp_decay = 0.1
     x = torch.randn(5, 4, generator=gen)
@@ -196,7 +223,8 @@ def test_kp_update_rule_exact(gen):
     layer(x), layer(x)
     with torch.no_grad():
         layer.weight.mul_(2)
-    layer(x)
+    with pytest.warns(pa.FeedbackNotUpdatedWarning, match=r"FeedbackLinear \(3, 4\) layer under kp: W changed"):
+        layer(x)
     assert torch.equal(layer.feedback, b1)
 
 

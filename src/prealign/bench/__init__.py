@@ -7,7 +7,8 @@ says whether higher or lower is better), and the *spread* is the interquartile r
 paired ratios. Rows:
 
 1. ``step``     step time of every rule / BP (forward, cross-entropy, backward, Adam step) for the
-                IFA paper's 784-512-512-10 MLP and the LeNet variant at batch 128. Target ≤ 1.05.
+                IFA paper's 784-512-512-10 MLP and the LeNet variant at batch 128. Target ≤ 1.05
+                (brsf, wm: ≤ 1.10, :data:`.step.STEP_TARGETS`).
 2. ``recipe``   epoch time of the usual PyTorch recipe (torchvision-style map-style Dataset that
                 normalises one image per ``__getitem__``, shuffling ``DataLoader``, BioTorch-style
                 ``autograd.Function`` FA layers) / :func:`prealign.train`, 784-100-10, batch 64,

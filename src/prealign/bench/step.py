@@ -10,6 +10,12 @@ from .base import MLP_DIMS, BenchRow, _gen, _row, _steps, interleaved
 
 
 # -- row 1: step time per rule / BP ----------------------------------------------------------------
+STEP_TARGETS = {"brsf": "<= 1.10", "wm": "<= 1.10"}
+"""Step-time targets over BP (issue 22) where a rule's definition costs work BP does not do: brsf
+draws W-sized random magnitudes every step, wm runs its mirror (two noise-driven products per
+layer) every tenth; every other rule ``<= 1.05``."""
+
+
 def bench_step(device: torch.device, quick: bool) -> list[BenchRow]:
     """Every rule vs BP: same weights, same batch, same Adam; one repetition = ``n`` training steps."""
     from ..models import lenet, mlp
@@ -31,10 +37,10 @@ def bench_step(device: torch.device, quick: bool) -> list[BenchRow]:
         for rule in rules:
             if rule == "bp":
                 continue
-            rows.append(_row(f"step/{key}/{rule}", f"{rule.upper()} / BP step time, {label}, batch {batch}", "<= 1.05",
-                             times[rule], times["bp"], details={"steps_per_rep": n,
-                                                                "ms_per_step": statistics.median(times[rule]) / n * 1e3,
-                                                                "bp_ms_per_step": statistics.median(times["bp"]) / n * 1e3}))
+            rows.append(_row(f"step/{key}/{rule}", f"{rule.upper()} / BP step time, {label}, batch {batch}",
+                             STEP_TARGETS.get(rule, "<= 1.05"), times[rule], times["bp"],
+                             details={"steps_per_rep": n, "ms_per_step": statistics.median(times[rule]) / n * 1e3,
+                                      "bp_ms_per_step": statistics.median(times["bp"]) / n * 1e3}))
     return rows
 
 

@@ -35,7 +35,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .args import OneLineParser
+    from .parser import OneLineParser, version_line
 
     parser = OneLineParser(
         prog="prealign",
@@ -54,21 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     return parser.inherit()  # every option of a command group is accepted after its subcommands too
-
-
-def version_line() -> str:
-    """``prealign 0.1.0 (torch 2.13.0+cpu, Python 3.11.7)``: the installed distributions' metadata (the
-    version a bug report needs); a source tree that was never installed says so instead of guessing."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "not installed"
-
-    return f"prealign {installed('prealign')} (torch {installed('torch')}, Python {platform.python_version()})"
 
 
 class Terminated(KeyboardInterrupt):
