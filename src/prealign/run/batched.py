@@ -2,35 +2,31 @@
 
 Sweeps in the papers are many small runs of the same network (seeds × methods × angles × variance
 scales). On their own such runs are dominated by per-op overhead. :func:`train_runs` trains S of
-them in one loop: one autograd graph over an activation stack ``(S, N, features)``, one backward
-call, one optimizer step, one batch gather, element-wise work done once for the whole stack — and
-gives every model exactly (bitwise) the numbers :func:`prealign.train` gives it alone, so a batched
-sweep stores what separate runs store and a run's numbers never depend on its group mates.
+them in one loop — one hand-written training step over activation stacks ``(S, N, features)``
+(:class:`prealign.run.stacked.StackedMLP`), one optimizer step, one batch gather, element-wise
+work done once for the whole stack — and gives every model exactly (bitwise) the numbers
+:func:`prealign.train` gives it alone, so a batched sweep stores what separate runs store and a
+run's numbers never depend on its group mates.
 
-Bitwise equality holds by construction, not by luck of rounding:
+Bitwise equality holds by construction, not by luck of rounding (:mod:`prealign.run.stacked` says
+how for the step: per-model GEMMs on 64-byte-aligned operands, stacked work only where it is one
+IEEE operation per element or row-wise); around the step:
 
-- every matrix product is the one the single trainer computes, on the same operands (per-model
-  ``addmm``/``mm`` on contiguous slices: ``x Wᵀ + b`` forward; ``δ F`` with ``F = B`` under
-  ``fa`` — also IFA and RNP — or ``F = W`` under ``bp``; ``δᵀ x``; ``Σ_N δ``). A batched GEMM
-  (``bmm``) would round differently from a single one (it does on this CPU with 2 threads);
-- row-wise ops (``log_softmax`` and its backward) run on the whole stack — each row sees only its
-  own model; per-model reductions (the mean cross-entropy ``nll_loss``) run per model;
-- activations without rounding (ReLU, identity, leaky ReLU: one IEEE operation per element) run on
-  the stack; the others (tanh, sigmoid, GELU, ELU) per model, because their vectorized and scalar
-  code paths round differently and the stack would move elements between them (measured: sigmoid
-  and ELU differ);
 - the parameters are the models' own tensors under one optimizer: the fused Adam/AdamW/SGD kernels
   update each tensor on its own (fused SGD with momentum over a stacked tensor does *not* equal
-  separate updates on this CPU: vector/scalar tails again);
+  separate updates on this CPU: vector/scalar tails again); the rules' optimizer-step hooks update
+  ``B`` under kp and wm per layer, as alone;
 - measurements (evaluation, angles, gradient alignment) are the trainer's own public functions
   applied to each model;
 - each model draws its batch order from ``torch.Generator().manual_seed(seed)`` and its gradient
-  alignment batch from seed ``seed + 7919``, as :func:`prealign.train` does.
+  alignment batch from seed ``seed + 7919``, as :func:`prealign.train` does; rules that draw random
+  numbers at each step (brsf, wm) draw from each layer's own stream (:func:`prealign.seed_rules`).
 
 Results depend on the torch thread count exactly as the single trainer's do (a multi-threaded GEMM
 may split its sums), so equality holds between runs under the same thread setting (a sweep's
 workers use one thread each). Tested: records, summaries and weights bitwise equal to
-:func:`prealign.train` and to the same run in another group (``tests/test_batched.py``).
+:func:`prealign.train` for every rule, depths 1-4, every activation, and to the same run in another
+group (``tests/test_batched.py``).
 
 Usage::
 
@@ -48,192 +44,37 @@ import time
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import holdout_validation
 from ..device import resolve_device
 from ..errors import ConfigError, PrealignError
-from ..feedback import FeedbackLayer
-from ..models import ACTIVATIONS
+from ..feedback.wm import mirror_phases, set_mirror_phases
 from ..progress import progress_bar
-from .trainer import (CHECKPOINT_FORMAT, TensorData, TrainResult, _check_resumable, _make_optimizer,
-                      checkpoint_settings, gradient_batch, measure_epoch)
-
-BATCHED_RULES = ("bp", "fa")
-_ACTIVATION_TYPES = tuple(ACTIVATIONS.values())
-# one IEEE operation (or none) per element: the same bits whichever code path an element takes
-_STACKABLE_ACTIVATIONS = (nn.ReLU, nn.Identity, nn.LeakyReLU)
+from .stacked import StackedMLP
+from .trainer import (CHECKPOINT_FORMAT, TensorData, TrainResult, _cast_inputs, _check_resumable, _make_optimizer,
+                      _model_dtype, checkpoint_settings, gradient_batch, measure_epoch)
 
 
-class StackedLinear(torch.autograd.Function):
-    """``y[s] = x[s] W_sᵀ + b_s`` for S models, every product computed as the single trainer computes it.
-
-    ``x``: ``(S, N, in)``; ``feedbacks[s]``: ``B_s (out, in)``, or None where model ``s`` learns by
-    backpropagation (its input error goes through ``W_s``); ``params``: ``W_0 … W_{S-1}`` (each
-    ``(out, in)``), then, with bias, ``b_0 … b_{S-1}`` (each ``(out,)``). Forward: one ``addmm`` per
-    model (what ``F.linear`` runs). Backward per model: ``∂x[s] = δ[s] F_s``, ``∂W_s = δ[s]ᵀ x[s]``,
-    ``∂b_s = Σ_N δ[s]`` — the operations of
-    :class:`prealign.feedback.functional.FeedbackLinearFunction` (``fa``) and of autograd's
-    ``F.linear`` backward (``bp``), on the same operands.
-    """
-
-    @staticmethod
-    def forward(ctx, x, feedbacks, *params):
-        s = x.shape[0]
-        weights, biases = params[:s], params[s:]
-        y = x.new_empty((s, x.shape[1], weights[0].shape[0]))
-        for k, (xk, yk) in enumerate(zip(x.unbind(0), y.unbind(0))):
-            if biases:
-                torch.addmm(biases[k], xk, weights[k].t(), out=yk)
-            else:
-                torch.mm(xk, weights[k].t(), out=yk)
-        ctx.save_for_backward(x, *[w if f is None else f for w, f in zip(weights, feedbacks)])
-        ctx.has_bias = bool(biases)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, *routes = ctx.saved_tensors
-        s = x.shape[0]
-        g, xs = grad_out.contiguous().unbind(0), x.unbind(0)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
-            for gk, route, out in zip(g, routes, grad_x.unbind(0)):
-                torch.mm(gk, route, out=out)
-        grad_w = [torch.mm(g[k].t(), xs[k]) if ctx.needs_input_grad[2 + k] else None for k in range(s)]
-        grad_b = [g[k].sum(0) if ctx.needs_input_grad[2 + s + k] else None for k in range(s)] if ctx.has_bias else []
-        return (grad_x, None, *grad_w, *grad_b)
-
-
-def _mlp_structure(model: nn.Module, index: int):
-    """``(linear layers, activation module, signature)`` of a plain MLP (Flatten? Linear (act Linear)*),
-    or PrealignError."""
-    if not isinstance(model, nn.Sequential):
-        raise PrealignError(f"batched training needs nn.Sequential MLPs (as built by prealign.mlp); model {index} is "
-                            f"{type(model).__name__}; train it with prealign.train instead")
-    linears, activation, signature = [], None, []
-    for name, module in model.named_children():
-        if isinstance(module, nn.Linear):
-            linears.append((name, module))
-            signature.append(("linear", module.in_features, module.out_features, module.bias is not None))
-        elif isinstance(module, nn.Flatten) and not signature:
-            signature.append(("flatten",))
-        elif isinstance(module, _ACTIVATION_TYPES):
-            if activation is not None and repr(activation) != repr(module):
-                raise PrealignError(f"batched training needs one activation per model; model {index} mixes "
-                                    f"{activation} and {module}")
-            activation = module
-            signature.append(("act", repr(module)))
-        else:
-            raise PrealignError(f"batched training supports MLPs of Linear layers and activations; model {index} has "
-                                f"a {type(module).__name__}; train it with prealign.train instead")
-    kinds = "".join(item[0][0] for item in signature if item[0] != "flatten")  # "l", "a"
-    if not linears or kinds != "la" * (len(linears) - 1) + "l":
-        raise PrealignError(f"batched training needs MLPs of the form Linear (activation Linear)*; model {index} is "
-                            f"{[item[0] for item in signature]}; train it with prealign.train instead")
-    return linears, activation, tuple(signature)
-
-
-def _transports(layer: nn.Linear, index: int) -> bool:
-    """True where ``layer`` learns by backpropagation (rule ``bp``), False under ``fa``; else PrealignError."""
-    rule = getattr(layer, "rule", "bp") if isinstance(layer, FeedbackLayer) else "bp"
-    if getattr(layer, "_exact", False):
-        rule = "bp"
-    if rule not in BATCHED_RULES:
-        raise PrealignError(f"batched training supports the rules {', '.join(BATCHED_RULES)} (methods bp, fa, ifa, rnp); "
-                            f"model {index} uses rule {rule!r}; train it with prealign.train instead")
-    return rule == "bp"
-
-
-class ModelStack:
-    """S MLPs of one architecture (rules bp/fa per layer) run as one model on an activation stack.
-
-    The parameters stay the models' own tensors (so the models always carry the current weights);
-    ``stack(x)`` maps ``x (S, N, in)`` (model ``s``'s batch in ``x[s]``) to logits ``(S, N, classes)``
-    through :class:`StackedLinear` and the activation (on the whole stack where that is exact, else
-    per model; see the module docstring).
-    """
-
-    def __init__(self, models: Sequence[nn.Module]):
-        self.models = list(models)
-        if not self.models:
-            raise ConfigError("batched training needs at least one model")
-        if len({id(m) for m in self.models}) != len(self.models):
-            raise ConfigError("batched training got the same model object twice; pass separate models")
-        structures = [_mlp_structure(m, i) for i, m in enumerate(self.models)]
-        for i, st in enumerate(structures[1:], 1):
-            if st[2] != structures[0][2]:
-                raise PrealignError(f"batched training needs one architecture; model {i} differs from model 0 "
-                                    f"({st[2]} vs {structures[0][2]})")
-        self.layers = [[st[0][i][1] for st in structures] for i in range(len(structures[0][0]))]
-        self.transport = [[_transports(lin, k) for k, lin in enumerate(layer)] for layer in self.layers]
-        self.activation = structures[0][1] if structures[0][1] is not None else nn.Identity()
-        self.stack_activation = isinstance(self.activation, _STACKABLE_ACTIVATIONS)
-        # per layer, the arguments of StackedLinear: feedbacks (None = W, bp) and parameters
-        self._args = [([None if bp else lin.feedback for lin, bp in zip(layer, transport)],
-                       [lin.weight for lin in layer] + ([lin.bias for lin in layer] if layer[0].bias is not None else []))
-                      for layer, transport in zip(self.layers, self.transport)]
-
-    def __len__(self) -> int:
-        return len(self.models)
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [p for m in self.models for p in m.parameters()]
-
-    def select(self, keep: Sequence[int]) -> ModelStack:
-        """The stack of models ``keep`` (positions in this stack, in that order)."""
-        return ModelStack([self.models[k] for k in keep])
-
-    def _activate(self, h: torch.Tensor) -> torch.Tensor:
-        if self.stack_activation:
-            return self.activation(h)
-        return torch.stack([self.activation(part) for part in h.unbind(0)])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.reshape(x.shape[0], x.shape[1], -1)
-        for i, (feedbacks, params) in enumerate(self._args):
-            h = StackedLinear.apply(h, feedbacks, *params)
-            if i < len(self._args) - 1:
-                h = self._activate(h)
-        return h
-
-    @staticmethod
-    def losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Each model's mean cross-entropy ``(S,)``, as ``F.cross_entropy(logits[s], y[s])`` computes it
-        (``log_softmax`` row-wise on the stack, the mean ``nll_loss`` per model)."""
-        logp = F.log_softmax(logits, -1)
-        return torch.stack([F.nll_loss(lp, t) for lp, t in zip(logp.unbind(0), y.unbind(0))])
-
-    def train(self, mode: bool = True) -> ModelStack:
-        for m in self.models:
-            m.train(mode)
-        return self
-
-
-def _train_epoch(stack: ModelStack, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def _train_epoch(stack: StackedMLP, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                  gens: Sequence[torch.Generator], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One epoch of every stacked model: model ``s`` draws its order ``torch.randperm(N, generator=gens[s])``
-    (CPU) and takes steps on the mean cross-entropy of its own batches of ``batch_size``. Returns the
-    summed ``loss × batch size`` (float64) and correct counts (int64) over the epoch, ``(S,)`` on the
-    CPU (one host sync), accumulated as :func:`prealign.train` accumulates them."""
+    (CPU) and takes steps on the mean cross-entropy of its own batches of ``batch_size`` (``x``:
+    ``(N, in)``). Returns the summed ``loss × batch size`` (float64) and correct counts (int64) over
+    the epoch, ``(S,)`` on the CPU (one host sync), accumulated as :func:`prealign.train` accumulates them."""
     n, s = x.shape[0], len(gens)
     order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(x.device)  # (S, N)
     loss_sum = torch.zeros(s, dtype=torch.float64, device=x.device)
     correct = torch.zeros(s, dtype=torch.int64, device=x.device)
-    params = stack.parameters()
     for b0 in range(0, n, batch_size):
         idx = order[:, b0:b0 + batch_size]  # (S, B): model s's batch
-        xb, yb = x[idx], y[idx]
-        logits = stack(xb)
-        losses = stack.losses(logits, yb)
-        for p in params:  # opt.zero_grad(set_to_none=True), without its per-call overhead
-            p.grad = None
-        losses.sum().backward()  # each model's parameters receive exactly ∂ℓ_s
+        b = idx.shape[1]
+        buf = stack.gather(x, idx)
+        yb = y[idx]
+        losses = stack.step(buf, buf.xs, yb)
         opt.step()
-        loss_sum += losses.detach().double() * idx.shape[1]
-        correct += (logits.detach().argmax(-1) == yb).sum(1)
+        loss_sum += losses.double() * b
+        correct += (buf.z[-1][0][:, :b].argmax(-1) == yb).sum(1)
     return loss_sum.cpu(), correct.cpu()
 
 
@@ -278,7 +119,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
                device: str | torch.device = "auto", grad_alignment: bool = True, eval_batch_size: int = 4096,
                checkpoints: Sequence | None = None, callbacks: Sequence[Sequence] | None = None,
                on_done=None, progress: bool | None = None, description: str = "batched runs") -> list[TrainResult]:
-    """S :func:`prealign.train` runs (MLPs of one architecture, rules bp/fa) trained side by side.
+    """S :func:`prealign.train` runs (MLPs of one architecture, any rules; :class:`~prealign.run.stacked.StackedMLP`) trained side by side.
 
     Returns, bitwise, what ``[train(models[s], data, epochs=epochs[s], patience=patience[s],
     seed=seeds[s], val_fraction=val_fraction, ...) for s in range(S)]`` returns (see the module
@@ -341,21 +182,20 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     settings = [checkpoint_settings(m, data, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                                     momentum=momentum, seed=seed, patience=pat, val_fraction=val_fraction)
                 for m, seed, pat in zip(models, seeds, patience_of)]  # what a checkpoint must match, as in train()
-    data = holdout_validation(data, val_fraction)
+    data = holdout_validation(_cast_inputs(data, _model_dtype(models[0])), val_fraction)
     xtr, ytr, xte, yte = (getattr(data, k).to(dev) for k in ("x_train", "y_train", "x_test", "y_test"))
     has_val = getattr(data, "x_val", None) is not None
     xval, yval = (data.x_val.to(dev), data.y_val.to(dev)) if has_val else (None, None)
     n = len(xtr)
     if n == 0:
         raise ConfigError("train_runs got an empty training set")
-    stack = ModelStack(models)
-    stack.train()
+    StackedMLP(models)  # a model that cannot train in a stack is refused here, before anything runs
     x_flat = xtr.reshape(n, -1)
 
     def make_opt(params):
         return _make_optimizer(optimizer, params, lr, weight_decay, momentum)
 
-    opt = make_opt(stack.parameters())
+    opt = make_opt([p for m in models for p in m.parameters()])
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     results = [TrainResult() for _ in range(s)]
     for res in results:
@@ -369,6 +209,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
             continue
         _check_resumable(ckpt, state, settings[j], epochs_of[j])
         models[j].load_state_dict(state["model"])
+        set_mirror_phases(models[j], state.get("wm_phases", {}))
         model_opt = make_opt(models[j].parameters())
         model_opt.load_state_dict(state["optimizer"])
         for p in models[j].parameters():
@@ -411,6 +252,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
         checkpoints[j].save({  # the layout of prealign.run.trainer.FileCheckpoint
             "format": CHECKPOINT_FORMAT, "key": None, "settings": settings[j], "selection": res.selection,
             "model": models[j].state_dict(), "optimizer": _model_optimizer_state(models[j], opt, make_opt),
+            "wm_phases": mirror_phases(models[j]),
             "generator": gens[j].get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
             "epoch": epoch, "curves": res.curves, "best_test_acc": res.best_test_acc, "best_epoch": res.best_epoch,
@@ -446,8 +288,8 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
         if res.diverged or epochs_of[j] == 0:
             finish(j)
     active = [j for j in active if not (results[j].diverged or epochs_of[j] < next_epoch[j])]
-    if len(active) < s:
-        stack = stack.select(active)
+    stack = StackedMLP([models[j] for j in active]).train() if active else None
+    if active and len(active) < s:
         opt = _optimizer_over(stack.parameters(), opt, make_opt)
     with progress_bar(max([epochs_of[j] - next_epoch[j] + 1 for j in active], default=0), description,
                       enabled=progress) as bar:
@@ -511,7 +353,7 @@ def train_batched(models: Sequence[nn.Module], data, *, epochs: int, batch_size:
 def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[torch.Generator | None], samples: int, *,
                            batch_size: int = 64, lr: float = 1e-4, distribution: str = "gaussian",
                            std: float = 1.0) -> float:
-    """S :func:`prealign.pretrain_noise` runs (MLPs of one architecture, rules bp/fa) side by side.
+    """S :func:`prealign.pretrain_noise` runs (MLPs of one architecture, any rules :class:`StackedMLP` takes) side by side.
 
     Model ``s`` sees the noise :func:`prealign.pretrain_noise` would draw for it with
     ``generator=generators[s]`` (its own noise stream, seeded from that generator the same way; labels
@@ -526,7 +368,7 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     if len(generators) != len(models):
         raise ConfigError(f"pass one generator per model ({len(models)})")
     start = time.perf_counter()
-    stack = ModelStack(models)
+    stack = StackedMLP(models)
     shape, classes = infer_io(models[0])
     param = next(models[0].parameters())
     device, dtype = param.device, param.dtype
@@ -538,9 +380,7 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     for _ in range(math.ceil(samples / batch_size)):
         n = min(batch_size, samples - seen)
         xs, ys = zip(*(noise_batch(n, shape, classes, gen, device, dtype, distribution, std) for gen in streams))
-        losses = stack.losses(stack(torch.stack(xs)), torch.stack(ys))
-        opt.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        stack.step(stack.buffers(n), [x.reshape(n, -1) for x in xs], torch.stack(ys))
         opt.step()
         seen += n
     for m, mode in zip(models, was_training):
@@ -548,4 +388,4 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     return time.perf_counter() - start
 
 
-__all__ = ["ModelStack", "StackedLinear", "pretrain_noise_batched", "train_batched", "train_runs"]
+__all__ = ["StackedMLP", "pretrain_noise_batched", "train_batched", "train_runs"]
