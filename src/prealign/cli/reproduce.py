@@ -33,9 +33,10 @@ def register(sub) -> None:
     p.add_argument("--workers", type=POSITIVE, default=None, help="local worker processes, one torch thread each "
                                                              "(default: number of CPU cores; 1 = serial in this process)")
     p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
-                   help="train compatible runs (MLPs under bp/fa/ifa/rnp with the same data and optimizer settings) "
-                        "as one vectorized model per group of up to G (auto: 8); same stored results as separate "
-                        "runs; off trains each run alone (default auto)")
+                   help="train compatible runs (MLPs under any rule with the same data, widths and optimizer "
+                        "settings, differing in seed, method, init or noise) as one vectorized model per group of up "
+                        "to G (auto: 8, where a group was measured to win); same stored results as separate runs; the "
+                        "packing is logged; off (or 1) trains each run alone (default auto)")
     p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                    help="restrict a grid axis to some of its values (repeatable), e.g. dataset=fashion-mnist")
     p.add_argument("--report-only", action="store_true",
@@ -105,7 +106,8 @@ def run(args) -> int:
         experiments[0].points(args.budget, only)  # an unknown axis or value fails here, before the store opens
     out = Path(args.out)
     store = Store(args.store or out / "store")
-    kwargs = dict(**cluster_options(args), workers=args.workers, train=not args.report_only, batch_models=args.batch_models)
+    kwargs = dict(**cluster_options(args), workers=args.workers, train=not args.report_only, batch_models=args.batch_models,
+                  log=None if args.json else (lambda line: print(line, file=sys.stderr)))
     if len(experiments) == 1 and args.name != "all":
         res = reproduce(experiments[0], args.budget, store, out, only=only, **kwargs)
         if args.json:

@@ -32,7 +32,9 @@ def register(sub) -> None:
     p.add_argument("--workers", type=POSITIVE, default=None,
                    help="local worker processes, one torch thread each (default: CPU cores; 1 = serial in this process)")
     p.add_argument("--batch-models", default="auto", metavar="auto|off|G",
-                   help="train compatible MLP runs together as one batched model: auto (default), off, or a group size G")
+                   help="train compatible MLP runs (any rule; same data, widths and optimizer settings) together as one batched "
+                        "model, bitwise as alone: auto (default; groups of 8 where measured to win), off (or 1), or a "
+                        "group size G up to 256; the packing is logged")
     p.add_argument("--out", type=STORE, default=None,
                    help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout (the summary, or the run list with --dry-run)")
@@ -83,11 +85,11 @@ def main(args) -> int:
 
     grid = Grid.from_toml(args.grid)
     points = grid.points()  # every config checked here, before any work
+    resolve_batch(args.batch_models)  # a bad value is a user error before the store is created
     root = Path(args.out) if args.out else default_root()
     store = Store(root)
     if args.dry_run:
         return _dry_run(grid, points, store, args.json)
-    resolve_batch(args.batch_models)
     check_options(args.executor, args.workers, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
     configs = with_loggers(grid.configs(), args)  # --tensorboard (not part of the run key)
     _check_buildable(configs)

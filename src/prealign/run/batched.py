@@ -49,6 +49,7 @@ from torch import nn
 from ..data import holdout_validation
 from ..device import resolve_device
 from ..errors import ConfigError, PrealignError
+from ..feedback import set_kp_decay, set_wm
 from ..feedback.wm import mirror_phases, set_mirror_phases
 from ..progress import progress_bar
 from .stacked import StackedMLP
@@ -118,7 +119,9 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
                optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0, val_fraction: float = 0.0,
                device: str | torch.device = "auto", grad_alignment: bool = True, eval_batch_size: int = 4096,
                checkpoints: Sequence | None = None, callbacks: Sequence[Sequence] | None = None,
-               on_done=None, progress: bool | None = None, description: str = "batched runs") -> list[TrainResult]:
+               on_done=None, progress: bool | None = None, description: str = "batched runs",
+               kp_decay: float | None | Sequence[float | None] = None,
+               wm: dict | None | Sequence[dict | None] = None) -> list[TrainResult]:
     """S :func:`prealign.train` runs (MLPs of one architecture, any rules; :class:`~prealign.run.stacked.StackedMLP`) trained side by side.
 
     Returns, bitwise, what ``[train(models[s], data, epochs=epochs[s], patience=patience[s],
@@ -149,8 +152,9 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     ``on_epoch_end(epoch, model, data, record)``; ``on_step_end`` is not supported (raises
     PrealignError). ``on_done(s, result)`` is called as soon as model ``s``'s run ends (its result
     complete), while the others may go on. ``optimizer``: adam, adamw or sgd (with ``momentum``), the
-    trainer's optimizers. Per-epoch ``seconds`` are each model's share of the stacked epoch's wall
-    time; ``eval_seconds`` its own measurements.
+    trainer's optimizers. ``kp_decay`` and ``wm`` (one value for all or one per model): as
+    :func:`prealign.train`'s, applied to each model before it trains. Per-epoch ``seconds`` are each
+    model's share of the stacked epoch's wall time; ``eval_seconds`` its own measurements.
     """
     models = list(models)
     s = len(models)
@@ -177,8 +181,12 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     data = _as_data(data)
     if any(getattr(data, k, None) is None for k in ("x_train", "y_train", "x_test", "y_test")):
         raise ConfigError("train_runs needs data with x_train, y_train, x_test, y_test tensors")
-    for m in models:
+    for m, decay, mirror in zip(models, _per_model(kp_decay, s, "kp_decay"), _per_model(wm, s, "wm")):
         m.to(dev)
+        if decay is not None:
+            set_kp_decay(m, decay)
+        if mirror is not None:
+            set_wm(m, **mirror)
     settings = [checkpoint_settings(m, data, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                                     momentum=momentum, seed=seed, patience=pat, val_fraction=val_fraction)
                 for m, seed, pat in zip(models, seeds, patience_of)]  # what a checkpoint must match, as in train()
