@@ -181,7 +181,8 @@ def test_kp_feedback_follows_weights(gen, one_thread):
 
 def test_kp_update_rule_exact(gen):
     """One optimizer step: B ← B + ΔW − d (B − W_before); W changed outside a step (loading, init, a
-    hand edit) is not an update B follows, and extra forwards do not apply anything."""
+    hand edit) is not an update B follows (a hand edit after a training forward says so in a
+    warning naming the layer), and extra forwards do not apply anything."""
     layer = FeedbackLinear(4, 3, rule="kp", generator=gen)
     layer.kp_decay = 0.1
     x = torch.randn(5, 4, generator=gen)
@@ -196,7 +197,8 @@ def test_kp_update_rule_exact(gen):
     layer(x), layer(x)
     with torch.no_grad():
         layer.weight.mul_(2)
-    layer(x)
+    with pytest.warns(pa.FeedbackNotUpdatedWarning, match=r"FeedbackLinear \(3, 4\) layer under kp: W changed"):
+        layer(x)
     assert torch.equal(layer.feedback, b1)
 
 

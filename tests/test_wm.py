@@ -34,9 +34,10 @@ def _hidden_w_layer(kind: str, n_in: int, monkeypatch):
     b0 = layer.feedback.clone()
     with torch.no_grad():
         layer.weight.fill_(float("nan"))
-    op, linear = wm._CONV[4], F.linear
+    op, linear, factored = wm._CONV[4], F.linear, wm.OrthogonalDesign.forward
     monkeypatch.setattr(wm.F, "linear", lambda x, w: linear(x, w_tilde))
     monkeypatch.setitem(wm._CONV, 4, lambda x, w, *a: op(x, w_tilde, *a))
+    monkeypatch.setattr(wm.OrthogonalDesign, "forward", lambda self, w: factored(self, w_tilde.flatten(1)))
     return layer, w_tilde, b0
 
 
@@ -73,6 +74,34 @@ def test_orthogonal_noise_mirrors_w_exactly_from_activity(kind, batch, monkeypat
     assert s["wm_batch"] == (batch or wm.fan_in(layer)) and s["wm_lr"] == pytest.approx(0.3 / 0.49)
     wm.mirror_step(layer, s["wm_lr"], s["wm_noise_std"], s["wm_decay"], s["wm_batch"], s["wm_noise"])
     torch.testing.assert_close(layer.feedback, 0.7 * b0 + 0.3 * w_tilde, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv", "conv-grouped", "conv-transposed"])
+@pytest.mark.parametrize("batch", [None, 5, 40])
+def test_factored_mirror_step_equals_the_dense_products(layer, batch):
+    """Under orthogonal noise the mirror multiplies by x in factored form (FFT-based DCTs) where the
+    layer is linear in W.flatten(1) on one sample: the same B as the dense y = layer(x), yᵀx
+    computed from the very same draws (an independent dense reimplementation), to float64 rounding."""
+    torch.manual_seed(0)
+    plain = {"linear": nn.Linear(12, 5), "conv": nn.Conv2d(2, 4, 3), "conv-grouped": nn.Conv2d(2, 4, 3, groups=2),
+             "conv-transposed": nn.ConvTranspose2d(3, 2, 2)}[layer]
+    m = pa.convert(nn.Sequential(plain), "wm")[0].double()
+    n, b0 = wm.fan_in(m), m.feedback.clone()
+    batch = batch or n
+    torch.manual_seed(3)
+    wm.mirror_step(m, lr=0.3, std=0.7, decay=0.2, batch=batch, kind="orthogonal")
+    torch.manual_seed(3)
+    x = wm.noise("orthogonal", batch, n, 0.7, dtype=torch.float64)
+    w = m.weight.detach()
+    if layer == "conv-transposed":
+        hebb = (x.t() @ (x @ w.flatten(1))).view_as(w)
+    elif layer == "conv-grouped":
+        xs = x.view(batch, 2, 3, 3)
+        y = F.conv2d(xs, w, groups=2).flatten(1)
+        hebb = torch.stack([(y[:, o, None, None, None] * xs[:, (o // 2):(o // 2) + 1]).sum(0) for o in range(4)])
+    else:
+        hebb = ((x @ w.flatten(1).t()).t() @ x).view_as(w)
+    torch.testing.assert_close(m.feedback, 0.8 * b0 + 0.3 / batch * hebb, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("n,batch", [(30, 30), (30, 45), (30, 8)])

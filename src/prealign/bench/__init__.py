@@ -7,7 +7,8 @@ says whether higher or lower is better), and the *spread* is the interquartile r
 paired ratios. Rows:
 
 1. ``step``     step time of every rule / BP (forward, cross-entropy, backward, Adam step) for the
-                IFA paper's 784-512-512-10 MLP and the LeNet variant at batch 128. Target ≤ 1.05.
+                IFA paper's 784-512-512-10 MLP and the LeNet variant at batch 128. Target ≤ 1.05
+                (brsf, wm: ≤ 1.10, :data:`STEP_TARGETS`).
 2. ``recipe``   epoch time of the usual PyTorch recipe (torchvision-style map-style Dataset that
                 normalises one image per ``__getitem__``, shuffling ``DataLoader``, BioTorch-style
                 ``autograd.Function`` FA layers) / :func:`prealign.train`, 784-100-10, batch 64,
@@ -185,6 +186,10 @@ def machine_info(device: torch.device) -> dict:
 
 
 # -- row 1: step time per rule / BP ----------------------------------------------------------------
+STEP_TARGETS = {"brsf": "<= 1.10", "wm": "<= 1.10"}
+"""Step-time targets over BP (issue 22) where a rule's definition costs work BP does not do: brsf
+draws W-sized random magnitudes every step, wm runs its mirror (two noise-driven products per
+layer) every tenth; every other rule ``<= 1.05``."""
 def bench_step(device: torch.device, quick: bool) -> list[BenchRow]:
     """Every rule vs BP: same weights, same batch, same Adam; one repetition = ``n`` training steps."""
     from .. import lenet, mlp
@@ -206,8 +211,8 @@ def bench_step(device: torch.device, quick: bool) -> list[BenchRow]:
         for rule in rules:
             if rule == "bp":
                 continue
-            rows.append(_row(f"step/{key}/{rule}", f"{rule.upper()} / BP step time, {label}, batch {batch}", "<= 1.05",
-                             times[rule], times["bp"], details={"steps_per_rep": n,
+            rows.append(_row(f"step/{key}/{rule}", f"{rule.upper()} / BP step time, {label}, batch {batch}",
+                             STEP_TARGETS.get(rule, "<= 1.05"), times[rule], times["bp"], details={"steps_per_rep": n,
                                                                 "ms_per_step": statistics.median(times[rule]) / n * 1e3,
                                                                 "bp_ms_per_step": statistics.median(times["bp"]) / n * 1e3}))
     return rows

@@ -13,7 +13,8 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ..errors import PrealignError
 from . import dfa
-from .rules import _LEARNING
+from . import learned
+from .rules import _LEARNING, changed_learning
 from .layers import (AttentionProjection, FeedbackBilinear, FeedbackConv1d, FeedbackConv2d, FeedbackConv3d,
                      FeedbackConvTranspose1d, FeedbackConvTranspose2d, FeedbackConvTranspose3d, FeedbackLayer,
                      FeedbackLinear, FeedbackMultiheadAttention, FeedbackOutProjection)
@@ -129,8 +130,9 @@ def convert(model: nn.Module, rule: str = "fa", *, generator: torch.Generator | 
     hook = dfa.install(model) if r.direct else None
     if not r.direct:
         dfa.remove(model)
-    for _, layer in feedback_layers(model):
+    for name, layer in feedback_layers(model):
         layer._dfa_hook = hook
+        layer.__dict__["_fb_name"] = name  # named in prealign.feedback.learned's warnings
     return model
 
 
@@ -170,7 +172,8 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in extra}
 
 
-_FEEDBACK_STATE = ("_rule", "_exact", "_dfa_hook", "_dfa_seed", "_kp_gap", "_feedback_pool", "_abs_cache", "kp_decay")
+_FEEDBACK_STATE = ("_rule", "_exact", "_dfa_hook", "_dfa_seed", "_kp_gap", "_feedback_pool", "_abs_cache", "kp_decay",
+                   "_rules_rng", "_fb_name", *learned.STATE)
 
 
 def unconvert(model: nn.Module) -> nn.Module:
@@ -186,6 +189,7 @@ def unconvert(model: nn.Module) -> nn.Module:
     for m in plain.modules():
         if isinstance(m, FeedbackLayer):
             _LEARNING.discard(m)
+            changed_learning()
             for key in ("feedback", "dfa_feedback"):
                 m._buffers.pop(key, None)
             for key in _FEEDBACK_STATE:

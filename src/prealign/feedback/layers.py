@@ -19,7 +19,8 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from ..errors import PrealignError
 from .dfa import DirectRoute
 from .functional import FeedbackBilinearFunction, FeedbackConvFunction, FeedbackLinearFunction
-from .rules import _LEARNING, RULES, get_rule
+from . import learned
+from .rules import _LEARNING, RULES, changed_learning, get_rule
 
 
 KP_DECAY = 0.01
@@ -46,7 +47,7 @@ class FeedbackLayer:
         self._exact = False
         self._dfa_hook = None  # the model's DirectFeedbackHook under dfa (set by convert)
         self.reseed_direct_feedback(generator)
-        self._kp_gap = None  # scratch for prealign.feedback.kp: B - W before an optimizer step
+        self._kp_gap = None  # scratch for prealign.feedback.kp: B - W before an update (prealign.feedback.learned)
 
     @property
     def rule(self) -> str:
@@ -56,13 +57,18 @@ class FeedbackLayer:
     @rule.setter
     def rule(self, name: str) -> None:
         self._rule = name
+        learned.close_cycle(self)
         if (r := RULES.get(name)) is not None and (r.learns_feedback or r.mirrors):
-            _LEARNING.add(self)  # from now on the optimizer-step hooks (prealign.feedback.kp / .wm) update B
+            _LEARNING.add(self)  # from now on the optimizer-step hooks (prealign.feedback.step) update B
+        changed_learning()
 
     def __setstate__(self, state):  # copy.deepcopy / pickle: a copy under kp follows its own optimizer too
         super().__setstate__(state)
+        for key in learned.STATE:  # a copy starts without an open update cycle
+            self.__dict__.pop(key, None)
         if (r := RULES.get(self._rule)) is not None and (r.learns_feedback or r.mirrors):
             _LEARNING.add(self)
+            changed_learning()
 
     def reseed_direct_feedback(self, generator: torch.Generator | None) -> None:
         """Draw the seed of this layer's DFA matrix ``D`` from ``generator`` (``None``: the global RNG);
@@ -79,14 +85,24 @@ class FeedbackLayer:
             return False
         return (RULES.get(self.rule) or get_rule(self.rule)).feedback is not None
 
-    def _step_feedback(self) -> tuple[torch.Tensor | None, list | None]:
+    def _step_feedback(self, sends_error: bool = True) -> tuple[torch.Tensor | None, list | None]:
         """The matrix the error travels through on this step (None for the plain op), and the
-        buffer pool the backward pass returns it to (per-step rules only)."""
-        if not self._uses_feedback():
+        buffer pool the backward pass returns it to (per-step rules only).
+
+        ``sends_error``: whether this forward's backward sends an error to the layer's input (an
+        input requires grad). When it does not (the first layer of a network), nothing reads the
+        matrix, so a per-step rule does not form it (brsf draws nothing for that layer)."""
+        if self._exact or not torch.is_grad_enabled():
             return None, None
-        rule = RULES[self.rule]
+        rule = RULES.get(self._rule) or get_rule(self._rule)
+        if rule.feedback is None:
+            return None, None
         if not rule.per_step:
+            if rule.learns_feedback or rule.mirrors:
+                learned.before_forward(self)  # B follows W's updates: open or check this layer's update cycle
             return rule.feedback(self), None
+        if not sends_error:
+            return self.feedback, None  # a placeholder of the right shape; the backward never reads it
         pool = self.__dict__.setdefault("_feedback_pool", [])
         w = self.weight
         out = pool.pop() if pool else None
@@ -124,6 +140,7 @@ class FeedbackLayer:
         if key in state_dict and state_dict[key].shape != self.dfa_feedback.shape:
             self.dfa_feedback = torch.empty_like(state_dict[key], device=self.weight.device, dtype=self.weight.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        learned.close_cycle(self)  # loaded W and B are not an update B should follow
 
 
 class FeedbackLinear(FeedbackLayer, nn.Linear):
@@ -140,7 +157,7 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
         self._setup_feedback(rule, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feedback, pool = self._step_feedback()
+        feedback, pool = self._step_feedback(x.requires_grad)
         if feedback is None:
             return F.linear(x, self.weight, self.bias)
         return FeedbackLinearFunction.apply(x, self.weight, self.bias, feedback, self._route(), pool)
@@ -158,7 +175,7 @@ class _FeedbackConv(FeedbackLayer):
         self._setup_feedback(rule, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feedback, pool = self._step_feedback()
+        feedback, pool = self._step_feedback(x.requires_grad)
         if feedback is None:
             return self._conv_forward(x, self.weight, self.bias)
         padding = self.padding
@@ -213,7 +230,7 @@ class FeedbackBilinear(FeedbackLayer, nn.Bilinear):
     _plain = nn.Bilinear
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        feedback, pool = self._step_feedback()
+        feedback, pool = self._step_feedback(x1.requires_grad or x2.requires_grad)
         if feedback is None:
             return F.bilinear(x1, x2, self.weight, self.bias)
         return FeedbackBilinearFunction.apply(x1, x2, self.weight, self.bias, feedback, self._route(), pool)
@@ -227,7 +244,7 @@ class _FeedbackConvTranspose(FeedbackLayer):
         dims = len(self.kernel_size)
         output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, dims,
                                               self.dilation)
-        feedback, pool = self._step_feedback()
+        feedback, pool = self._step_feedback(x.requires_grad)
         if feedback is None:
             return _CONV_T[dims](x, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups,
                                  self.dilation)
@@ -300,7 +317,7 @@ class AttentionProjection(FeedbackLayer, nn.Module):
         w, b = self.weight, self.bias
         if rows is not None:
             w, b = w[rows], (None if b is None else b[rows])
-        feedback, pool = self._step_feedback()
+        feedback, pool = self._step_feedback(x.requires_grad)
         if feedback is None:
             return F.linear(x, w, b)
         if rows is not None:

@@ -39,6 +39,16 @@ from ..errors import UnknownNameError
 # feedback layers whose rule was set to one that learns its feedback (weakly held); kept here, not in
 # .kp (whose optimizer hooks read it), so .layers can register into it without importing .kp (no cycle)
 _LEARNING: weakref.WeakSet = weakref.WeakSet()
+_GENERATION = [0]  # bumped whenever a layer's rule or _LEARNING changes (optimizer hooks cache on it)
+
+
+def changed_learning() -> None:
+    """Invalidate what the optimizer-step hooks cached about which layers learn their feedback."""
+    _GENERATION[0] += 1
+
+
+def learning_generation() -> int:
+    return _GENERATION[0]
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,14 @@ steps per mirroring, ``wm_batch`` noise samples per mirror step, ``wm_noise`` (:
 and ``wm_every`` optimizer steps per mirroring; a setting left unset takes its noise kind's default
 (:data:`WM_DEFAULTS`). The paper gives the rule, not settings for our networks.
 
-Mechanism: a global ``torch.optim.Optimizer.step`` post-hook (as :mod:`prealign.feedback.kp`);
-the layers join the same weakly held registry when their rule is set. A layer counts the steps of
-an optimizer that holds its ``W`` in which ``W`` had a gradient (an optimizer skips a parameter
-without one) and mirrors at every ``every``-th, in the order of the optimizer's parameters. Its
+Mechanism (:mod:`prealign.feedback.step`, as for kp): a global ``torch.optim.Optimizer.step``
+post-hook, and :func:`prealign.feedback_step` in a loop that updates ``W`` itself; the layers join
+the same weakly held registry when their rule is set. A layer counts the steps of an optimizer that
+holds its ``W`` in which ``W`` had a gradient (an optimizer skips a parameter without one), or the
+calls of ``feedback_step`` after which its ``W`` had changed, and mirrors at every ``every``-th, in
+the order of the optimizer's parameters (of ``model.modules()`` for ``feedback_step``). An update
+of ``W`` without either is a warning at the next forward
+(:class:`~prealign.feedback.learned.FeedbackNotUpdatedWarning`). Its
 count since the last mirroring (``layer.wm_phase``) is training state: :func:`mirror_phases`, kept
 by :func:`prealign.train`'s checkpoints; a loop of your own that resumes with ``every > 1`` must
 restore it with :func:`set_mirror_phases`, or the mirrorings shift. Several forwards per optimizer
@@ -94,10 +98,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..errors import ConfigError
-from .rules import _LEARNING
 from .rules import RULES, generator
 
 WM_NOISE_STD = 1.0
@@ -174,6 +176,82 @@ def _dct(m: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return c.to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _dct_factors(m: int, device: torch.device, dtype: torch.dtype, sign: int = -1) -> torch.Tensor:
+    """``(m, 2)``: real and imaginary parts of ``w_k e^{sign·iπk/2m}``, ``k < m``, in ``dtype``; ``w_k`` is
+    the orthonormal DCT scale (``sqrt(1/m)`` for ``k = 0``, else ``sqrt(2/m)``)."""
+    k = torch.arange(m, dtype=torch.float64)
+    w = torch.full((m,), math.sqrt(2.0 / m), dtype=torch.float64)
+    w[0] = math.sqrt(1.0 / m)
+    angle = sign * math.pi * k / (2 * m)
+    return torch.stack([w * torch.cos(angle), w * torch.sin(angle)], dim=-1).to(device=device, dtype=dtype)
+
+
+def dct(x: torch.Tensor, m: int) -> torch.Tensor:
+    """``x C[:, :n]ᵀ``: the orthonormal DCT-II (:func:`_dct`'s ``C``, size ``m``) of each row of
+    ``x: (r, n)``, zero-padded to ``m ≥ n``; ``(r, m)``. Via one real FFT of length ``2m`` per row:
+    ``(C v)_k = Re(w_k e^{-iπk/2m} FFT_{2m}(v)_k)``."""
+    spectrum = torch.view_as_real(torch.fft.rfft(x, n=2 * m, dim=-1)[..., :m])  # (r, m, 2)
+    f = _dct_factors(m, x.device, x.dtype)
+    return torch.addcmul(spectrum[..., 0] * f[:, 0], spectrum[..., 1], f[:, 1], value=-1.0)
+
+
+def idct(z: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """``(z C)[:, :n]``: the orthonormal DCT-III (the inverse of :func:`dct`) of each row of ``z: (r, m)``,
+    its first ``n`` (default ``m``) entries. ``(Cᵀ u)_j = Re Σ_k w_k u_k e^{iπk(2j+1)/2m}``, evaluated with
+    one inverse real FFT of length ``2m`` (which doubles the terms ``k ≥ 1``: the ``k = 0`` term is added
+    back once)."""
+    r, m = z.shape
+    spectrum = z.new_zeros(r, m + 1, 2)  # w_k e^{+iπk/2m} z_k, and 0 at k = m
+    torch.mul(z.unsqueeze(-1), _dct_factors(m, z.device, z.dtype, +1), out=spectrum[:, :m])
+    out = torch.fft.irfft(torch.view_as_complex(spectrum), n=2 * m, dim=-1)[:, :m if n is None else n].mul_(m)
+    return out.add_(z[:, :1], alpha=0.5 * math.sqrt(1.0 / m))
+
+
+class OrthogonalDesign:
+    """The orthogonal noise batch ``x = s · (P C D)[:batch, :n]``, ``s = σ sqrt(m)``, ``m = max(batch,
+    n)`` (:func:`noise`), kept in factored form: ``rows`` (the DCT rows ``P`` picks, ``(batch,)``),
+    ``signs`` (``D``, ``(n,)``) and ``scale`` ``s``. Products with ``x`` then cost ``O(m log m)`` per
+    row (FFT-based DCTs, :func:`dct`/:func:`idct`) instead of ``O(batch · n)``; :meth:`dense` forms it.
+
+    With ``batch = m`` the samples are all ``m`` rows of ``C``: ``P`` only orders them, and the order
+    of samples changes no sum over them (``yᵀx = Σ_k y_k x_k``), so :meth:`forward` and
+    :meth:`correlate` then list the samples in the order of ``C``'s rows (no permutation pass).
+    """
+
+    def __init__(self, batch: int, n: int, std: float, *, device=None, dtype=None,
+                 generator: torch.Generator | None = None):
+        self.batch, self.n, self.m = batch, n, max(batch, n)
+        self.device = torch.device(device or "cpu")
+        self.dtype = dtype or torch.get_default_dtype()
+        self.rows = torch.randperm(self.m, device=device, generator=generator)[:batch]
+        self.signs = torch.randint(0, 2, (n,), device=device, generator=generator).mul_(2).sub_(1)
+        self.scale = std * math.sqrt(self.m)
+
+    def dense(self) -> torch.Tensor:
+        """``x: (batch, n)``, samples in the order ``P`` gives."""
+        basis = _dct(self.m, self.device, self.dtype)
+        return basis[self.rows, :self.n].mul_(self.signs.to(basis.dtype)).mul_(self.scale)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """``(x wᵀ)ᵀ: (out, batch)`` for ``w: (out, n)``: the response ``w x_k`` of a linear map to each
+        noise sample ``x_k``, as columns (``x wᵀ = s P C (D wᵀ)``: a DCT of each row of ``w D``, then
+        ``P``'s rows; with ``batch = m``, in the order of ``C``'s rows)."""
+        y_t = dct(w * self.signs.to(w.dtype), self.m).mul_(self.scale)
+        return y_t if self.batch == self.m else y_t[:, self.rows]
+
+    def correlate(self, y_t: torch.Tensor) -> torch.Tensor:
+        """``yᵀ x: (out, n)`` from ``y_t = yᵀ: (out, batch)``, the activities of the samples as
+        :meth:`forward` lists them: ``yᵀ x = s (yᵀ P C)[:, :n] D``, an inverse DCT (:func:`idct`) of the
+        activities placed at their samples' rows of ``C``. Reads ``y`` and the design only."""
+        if self.batch == self.m:
+            placed = y_t
+        else:
+            placed = y_t.new_zeros(y_t.shape[0], self.m)
+            placed[:, self.rows] = y_t
+        return idct(placed, self.n).mul_(self.signs.to(y_t.dtype).mul_(self.scale))
+
+
 def noise(kind: str, batch: int, n: int, std: float, *, device=None, dtype=None,
           generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror noise ``x: (batch, n)`` from ``generator`` (``None``: the global RNG of ``device``).
@@ -181,28 +259,44 @@ def noise(kind: str, batch: int, n: int, std: float, *, device=None, dtype=None,
     ``"gaussian"``: i.i.d. ``N(0, σ²)``, ``E[xᵀx] = batch σ² I`` with sampling error.
     ``"orthogonal"``: ``σ sqrt(m) · (P C D)[:batch, :n]`` with ``m = max(batch, n)``, ``C`` the
     orthonormal DCT-II matrix, ``P`` a uniformly random row permutation and ``D`` random column
-    signs (a random orthogonal design, drawn afresh each call). For ``batch ≥ n`` its columns are
-    orthogonal: ``xᵀx = batch σ² I`` exactly. For ``batch < n`` its rows are orthogonal, ``xᵀx``
-    is ``n σ²`` times the projection onto a random ``batch``-dimensional subspace and
-    ``E[xᵀx] = batch σ² I`` (unbiased); its error has ≈ ``(1 − batch / n)`` times the variance of
-    Gaussian noise's."""
+    signs (a random orthogonal design, drawn afresh each call; :class:`OrthogonalDesign`). For
+    ``batch ≥ n`` its columns are orthogonal: ``xᵀx = batch σ² I`` exactly. For ``batch < n`` its
+    rows are orthogonal, ``xᵀx`` is ``n σ²`` times the projection onto a random
+    ``batch``-dimensional subspace and ``E[xᵀx] = batch σ² I`` (unbiased); its error has
+    ≈ ``(1 − batch / n)`` times the variance of Gaussian noise's."""
     if kind == "gaussian":
         return torch.randn(batch, n, device=device, dtype=dtype, generator=generator).mul_(std)
-    m = max(batch, n)
-    rows = torch.randperm(m, device=device, generator=generator)[:batch]
-    signs = torch.randint(0, 2, (n,), device=device, generator=generator).mul_(2).sub_(1)
-    basis = _dct(m, torch.device(device or "cpu"), dtype or torch.get_default_dtype())
-    return basis[rows, :n].mul_(signs.to(basis.dtype)).mul_(std * math.sqrt(m))
+    return OrthogonalDesign(batch, n, std, device=device, dtype=dtype, generator=generator).dense()
+
+
+def _factored(layer: nn.Module, kind: str) -> bool:
+    """Whether the mirror of ``layer`` multiplies by the orthogonal design in factored form: a linear
+    map of ``W.flatten(1)`` on one noise sample (Linear, attention projections, convolutions with
+    ``groups = 1``), float32/float64."""
+    if kind != "orthogonal" or layer.weight.dtype not in (torch.float32, torch.float64):
+        return False
+    return not isinstance(layer, nn.modules.conv._ConvNd) or (not layer.transposed and layer.groups == 1)
 
 
 @torch.no_grad()
 def mirror_step(layer: nn.Module, lr: float, std: float, decay: float, batch: int, kind: str = "gaussian") -> None:
     """One mirror step of ``layer`` in place: noise ``x`` of ``kind`` (:func:`noise`), forward
     activity ``y = W x``, then ``B ← (1 − decay) B + (lr / batch) · corr(y, x)`` (module
-    docstring). ``B`` is formed from ``x`` and ``y`` only."""
+    docstring). ``B`` is formed from ``x`` and ``y`` only.
+
+    Under orthogonal noise, for maps that are linear in ``W.flatten(1)`` on one sample (Linear,
+    attention projections, convolutions with ``groups = 1``), both products — the activity ``y`` of
+    the whole batch and ``yᵀx`` — use the design's factored form (:class:`OrthogonalDesign`: FFT-based
+    DCTs, ``O(out · m log m)`` instead of ``O(out · m · n)``): the same numbers up to rounding."""
     check_mirrorable(layer)
     w, b = layer.weight, layer.feedback
-    x = noise(kind, batch, fan_in(layer), std, device=w.device, dtype=w.dtype, generator=generator(layer))
+    n, gen = fan_in(layer), generator(layer)
+    if _factored(layer, kind):
+        design = OrthogonalDesign(batch, n, std, device=w.device, dtype=w.dtype, generator=gen)
+        y_t = design.forward(w.reshape(w.shape[0], -1))  # the layer's forward activity, (out, batch)
+        b.mul_(1.0 - decay).add_(design.correlate(y_t).view_as(b), alpha=lr / batch)
+        return
+    x = noise(kind, batch, n, std, device=w.device, dtype=w.dtype, generator=gen)
     if not isinstance(layer, nn.modules.conv._ConvNd):  # a linear map: Linear, an attention projection
         y = F.linear(x, w)  # the layer's forward activity, (batch, out)
         hebb = y.t() @ x  # (out, in): what the feedback synapse B[o, i] sees, y_o x_i summed over samples
@@ -216,13 +310,20 @@ def mirror_step(layer: nn.Module, lr: float, std: float, decay: float, batch: in
     b.mul_(1.0 - decay).add_(hebb, alpha=lr / batch)
 
 
-def _mirror_layers(layers) -> None:
+def mirror_layers(layers) -> None:
+    """The mirror phase after an update of ``W`` of each of ``layers`` (in order): count the update,
+    and run ``wm_steps`` mirror steps at every ``wm_every``-th."""
     for layer in layers:
-        s = wm_settings(layer)
-        layer.wm_phase = getattr(layer, "wm_phase", 0) + 1
-        if layer.wm_phase < s["wm_every"]:
+        d = layer.__dict__
+        every = d.get("wm_every")
+        if every is None:
+            every = WM_DEFAULTS[d.get("wm_noise", WM_NOISE)]["wm_every"]
+        phase = d.get("wm_phase", 0) + 1
+        if phase < every:
+            d["wm_phase"] = phase
             continue
-        layer.wm_phase = 0
+        d["wm_phase"] = 0
+        s = wm_settings(layer)
         for _ in range(s["wm_steps"]):
             mirror_step(layer, s["wm_lr"], s["wm_noise_std"], s["wm_decay"], s["wm_batch"], s["wm_noise"])
 
@@ -245,22 +346,6 @@ def random_draws(layer: nn.Module) -> float:
     n = fan_in(layer)
     per_step = s["wm_batch"] * n if s["wm_noise"] == "gaussian" else max(s["wm_batch"], n) + n
     return s["wm_steps"] * per_step / s["wm_every"]
-
-
-def _after_step(optimizer, args, kwargs) -> None:
-    if not _LEARNING:
-        return
-    by_weight = {id(layer.weight): layer for layer in list(_LEARNING)
-                 if (r := RULES.get(layer.rule)) is not None and r.mirrors}
-    if not by_weight:
-        return
-    # the layers this optimizer holds and just stepped (a parameter without a gradient is skipped), in the
-    # optimizer's parameter order: without seed_rules the noise comes from the global RNG, so the order must be deterministic
-    _mirror_layers(by_weight[id(p)] for group in optimizer.param_groups for p in group["params"]
-                   if id(p) in by_weight and p.grad is not None)
-
-
-register_optimizer_step_post_hook(_after_step)
 
 
 def mirroring_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
