@@ -125,7 +125,7 @@ def test_scheduler_changes_lr_per_epoch_and_resumes(tmp_path):
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=0.04)
     res = train(model, data, optimizer=opt, scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), **_kw())
-    assert [r["lr"] for r in res.curves] == [0.04, 0.02, 0.01, 0.005]
+    assert [r["lr"] for r in res.curves] == [0.04, 0.04, 0.02, 0.01]  # the rate each epoch trained with
     assert opt.param_groups[0]["lr"] == 0.005
 
     def run(epochs, ckpt):
@@ -145,6 +145,29 @@ def test_scheduler_changes_lr_per_epoch_and_resumes(tmp_path):
     other = torch.optim.SGD(_model().parameters(), lr=0.1)
     with pytest.raises(pa.ConfigError, match="drives another optimizer"):
         train(_model(), data, scheduler=torch.optim.lr_scheduler.StepLR(other, 1), **_kw())
+
+
+@pytest.mark.parametrize("make", [
+    lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+    lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.1),
+    lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.5, patience=0, threshold=10.0),
+])
+def test_logged_lr_is_the_rate_each_epoch_trained_with(make):
+    """Issue 24: every optimizer step of epoch e ran at record[e]["lr"] (read at each step by a
+    callback); StepLR(γ = 0.5) on 0.1 logs 0.1 for epoch 1, not the 0.05 it steps to after it."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: dict[int, set] = {}
+
+    class Rates:
+        def on_step_end(self, step, m):
+            seen.setdefault((step - 1) // (N // B) + 1, set()).add(opt.param_groups[0]["lr"])
+
+    res = train(model, _data(), optimizer=opt, scheduler=make, callbacks=[Rates()], **_kw(epochs=4))
+    assert res.curves[0]["lr"] == 0.1 and sorted(seen) == [1, 2, 3, 4]
+    for record in res.curves[1:]:
+        assert seen[record["epoch"]] == {record["lr"]}, record["epoch"]
+    assert len({r["lr"] for r in res.curves}) > 1  # the schedule did change the rate
 
 
 def test_loss_fn_is_used_for_training_and_measurement():

@@ -132,6 +132,61 @@ def test_huge_lr_diverges_cleanly():
     assert res.curves[-1]["epoch"] == res.diverged_epoch
 
 
+def test_a_loss_blown_far_past_its_start_diverges_with_the_reason(tmp_path):
+    """Issue 24: SGD at lr 10 on bp drives the training loss from 2 to 1.5e8 at epoch 2 (7e18 by
+    epoch 5), all finite; the run is diverged at the epoch it passes 10⁴ × its start, with the
+    reason, its curves kept; without the bound (divergence_ratio=None) the same run goes on."""
+    kw = dict(epochs=5, batch_size=32, lr=10.0, optimizer="sgd", seed=0, device="cpu", grad_alignment=False)
+    res = train(_model("bp"), _data(), **kw)
+    start, last = res.curves[0]["train_loss"], res.curves[-1]
+    assert res.diverged and res.status == "diverged" and res.diverged_epoch == 2 == last["epoch"] == res.epochs_run
+    assert math.isfinite(last["train_loss"]) and last["train_loss"] > 1e4 * start > res.curves[1]["train_loss"]
+    assert math.isfinite(last["test_acc"])  # the diverged epoch is measured and kept...
+    assert res.best_epoch < 2  # ...but never selected
+    assert "training loss" in res.diverged_reason and "epoch-0" in res.diverged_reason
+    assert res.to_dict()["diverged_reason"] == res.diverged_reason
+    unbounded = train(_model("bp"), _data(), divergence_ratio=None, **kw)
+    assert unbounded.status == "finished" and unbounded.curves[-1]["train_loss"] > 1e15
+    assert _metrics(unbounded.curves[:3]) == _metrics(res.curves)  # the bound judges, never changes the training
+    looser = train(_model("bp"), _data(), divergence_ratio=1e8, **kw)
+    assert looser.diverged_epoch == 3
+    ckpt = tmp_path / "c.pt"  # a resumed diverged run comes back as it ended, reason included
+    train(_model("bp"), _data(), checkpoint=ckpt, **kw)
+    again = train(_model("bp"), _data(), checkpoint=ckpt, **kw)
+    assert again.diverged_epoch == 2 and again.diverged_reason == res.diverged_reason
+    with pytest.raises(pa.ConfigError, match="divergence_ratio must be > 1"):
+        train(_model("bp"), _data(), divergence_ratio=0.5, **kw)
+    with pytest.raises(pa.PrealignError, match="divergence_ratio"):  # a checkpoint of another bound is refused
+        train(_model("bp"), _data(), checkpoint=ckpt, divergence_ratio=1e8, **kw)
+
+
+def test_a_non_finite_loss_is_named_as_the_reason():
+    data = _data()
+    data.x_train[5, 3] = float("inf")
+    res = train(_model(), data, epochs=2, batch_size=32, seed=0, device="cpu")
+    assert res.diverged_epoch == 0 and res.diverged_reason == "non-finite training loss"
+
+
+def test_cli_train_marks_a_blown_up_run_diverged(tmp_path, capsys):
+    """`prealign train --set optimizer=sgd --set lr=...`: a run whose loss explodes (but stays
+    finite) is stored and printed as diverged, with the reason, its epochs kept."""
+    from prealign.cli import main
+    from prealign.run.store import Store
+
+    (tmp_path / "run.toml").write_text('method = "fa"\nhidden = [100, 100]\nepochs = 4\ndataset = "digits"\n'
+                                       'grad_alignment = false\n')
+    code = main(["--quiet", "train", "--config", str(tmp_path / "run.toml"), "--set", "optimizer=sgd",
+                 "--set", "lr=1000", "--out", str(tmp_path / "st")])
+    out = capsys.readouterr().out
+    assert code == 0 and "— diverged at epoch" in out and "epoch-0 training loss" in out, out
+    store = Store(tmp_path / "st", read_only=True)
+    [row] = store.runs()
+    result = store.result(row["id"])
+    assert row["status"] == "diverged" and result.diverged_reason and "training loss" in result.diverged_reason
+    records = store.epochs(row["id"])
+    assert len(records) == result.diverged_epoch + 1 and all(math.isfinite(r["train_loss"]) for r in records)
+
+
 def test_patience_stops_and_reports_best():
     data = _data()
 

@@ -3,6 +3,11 @@
 Before any data, the network learns under its own rule (FA) from pure noise: every step draws
 a fresh batch ``x ~ N(0, σ² I)`` (or uniform) with labels drawn uniformly from the classes, so
 no sample is ever reused. This aligns ``W`` to ``B`` on its own.
+
+Every draw comes from one seed (:func:`noise_seed`, drawn from the ``generator`` given): the noise
+and its labels, the rules' per-step draws (:func:`prealign.seed_rules`), and dropout or any other
+module randomness (torch's global RNG, set to a stream of that seed for the call and given back
+as it was: :func:`prealign.seeding.global_stream`).
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from torch import nn
 
 from .errors import ConfigError
 from .feedback import CONVERTIBLE
+from .feedback.rng import seed_rules
 from .progress import progress_bar
+from .seeding import global_stream, stream_seed
 
 DISTRIBUTIONS = ("gaussian", "uniform")
 
@@ -55,10 +62,14 @@ def check_noise_options(distribution: str, samples: int, batch_size: int) -> Non
         raise ConfigError(f"noise samples must be >= 0 and batch size > 0 (got {samples}, {batch_size})")
 
 
+def noise_seed(generator: torch.Generator | None) -> int:
+    """The seed of a noise pretraining: one draw from ``generator`` (``None``: the global RNG)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
 def noise_stream(generator: torch.Generator | None, device) -> torch.Generator:
-    """The generator the noise is drawn from: seeded by one draw from ``generator`` (``None``: the global RNG)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
+    """The generator the noise is drawn from: seeded with :func:`noise_seed` of ``generator``."""
+    return torch.Generator(device=device).manual_seed(noise_seed(generator))
 
 
 def noise_batch(n: int, shape, classes: int, gen: torch.Generator, device, dtype=torch.float32,
@@ -83,19 +94,26 @@ def pretrain_noise(model: nn.Module, samples: int = 500_000, batch_size: int = 6
     runs every ``callback_every`` steps and after the last (e.g. to track alignment angles).
     ``input_shape`` (one sample, without the batch) and ``num_classes`` are needed only where the
     model cannot tell them (:func:`infer_io`), e.g. a user CNN. Deterministic for a given
-    ``generator`` on a given device.
+    ``generator`` on a given device, whatever the global RNG holds: the noise, the rules' per-step
+    draws (brsf, wm: :func:`prealign.seed_rules`, left seeded afterwards; :func:`prealign.train`
+    re-seeds them from its own ``seed``) and dropout all come from one draw of ``generator``
+    (module docstring), and the global RNG is as it was when the call returns (``generator=None``:
+    that one seed is drawn from the global RNG, its only use of it).
     """
     check_noise_options(distribution, samples, batch_size)
     shape, classes = infer_io(model, input_shape, num_classes)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    gen = noise_stream(generator, device)
+    seed = noise_seed(generator)
+    gen = torch.Generator(device=device).manual_seed(seed)  # the noise: noise_stream(generator, device)
+    seed_rules(model, stream_seed(seed, "noise rules"))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = math.ceil(samples / batch_size)
     was_training = model.training
     model.train()
     start, seen, loss = time.perf_counter(), 0, torch.tensor(float("nan"))
-    with progress_bar(steps, "noise pretraining", enabled=progress) as bar:
+    with global_stream(stream_seed(seed, "noise modules"), device), \
+            progress_bar(steps, "noise pretraining", enabled=progress) as bar:
         for step in range(1, steps + 1):
             n = min(batch_size, samples - seen)
             x, y = noise_batch(n, shape, classes, gen, device, dtype, distribution, std)

@@ -53,8 +53,9 @@ def main(args) -> int:
         print_json(summary)
         return 0
     angles = "".join(f"∠{k.split('/', 1)[1]}={v:.1f}°; " for k, v in result.final.items() if k.startswith("angle/"))
+    why = f" at epoch {result.diverged_epoch} ({result.diverged_reason})" if result.diverged and result.diverged_reason else ""
     print(f"run {result.run_id} ({config.key()}): {config.label} on {config.dataset}, seed {config.seed} — "
-          f"{result.status}; best test accuracy {100 * result.best_test_acc:.2f}% at epoch {result.best_epoch} "
+          f"{result.status}{why}; best test accuracy {100 * result.best_test_acc:.2f}% at epoch {result.best_epoch} "
           f"of {result.epochs_run}; {angles}{result.seconds + result.noise_seconds:.1f} s "
           f"(noise pretraining {result.noise_seconds:.1f} s)")
     print(f"store: {store.path}", file=sys.stderr)

@@ -29,6 +29,7 @@ import torch
 from ..errors import ConfigError, PrealignError
 from ..feedback import get_rule
 from ..methods import get_method, parse_method_name
+from ..seeding import global_stream
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 NOISE_DISTRIBUTIONS = ("gaussian", "uniform")
@@ -338,11 +339,11 @@ def build(config: RunConfig, data) -> torch.nn.Module:
     from ..models import build_model
 
     model_seed = config.seed if config.same_init else _seed_for(config.seed, config.label, "model")
-    torch.manual_seed(model_seed)  # anything drawn outside the generator (e.g. DFA seeds) is seeded too
     gen = torch.Generator().manual_seed(model_seed)
-    return build_model(config.model, data.x_train.shape[1:], int(data.num_classes), hidden=config.hidden,
-                       rule=config.method_object().rule, activation=config.activation, generator=gen,
-                       alpha_w=config.alpha_w, alpha_b=config.alpha_b)
+    with global_stream(model_seed):  # what a factory draws from the global RNG is seeded too; the caller's RNG is kept
+        return build_model(config.model, data.x_train.shape[1:], int(data.num_classes), hidden=config.hidden,
+                           rule=config.method_object().rule, activation=config.activation, generator=gen,
+                           alpha_w=config.alpha_w, alpha_b=config.alpha_b)
 
 
 def prepare(config: RunConfig, data, device: str | torch.device = "cpu", *, noise: bool = True,
