@@ -77,15 +77,16 @@ def assert_same_run(sa: Store, sb_: Store, cfg: RunConfig) -> None:
 
 
 def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy, monkeypatch):
-    """(a) bp/fa/ifa@30/rnp/dfa/usf/frsf/kp (with its own kp_decay) and a bp+noise warm-up × seeds, one
-    with patience, batched = separate (records incl. angle and grad_angle, summaries, final weights; the
-    noise pretrainings batched too); (b) a different lr in its own group; a run with no partner alone;
-    the packing is logged."""
+    """(a) every rule — bp/fa/ifa@30/rnp/dfa/usf/brsf/frsf/kp (with its own kp_decay)/wm (mirroring every 2
+    steps) — and bp+noise and brsf+noise warm-ups × seeds, one with patience, batched = separate (records
+    incl. angle and grad_angle, summaries, final weights; the noise pretrainings batched too); (b) a
+    different lr in its own group; a run with no partner alone; the packing is logged."""
     noise_calls = _count_models(monkeypatch, "pretrain_noise_batched")
     batchable = [tiny(m, s) for m in ("bp", "fa", "ifa@30") for s in (0, 1)]
     batchable += [tiny("rnp", 0, noise_samples=200), tiny("rnp", 1, noise_samples=200), tiny("fa", 2, epochs=6, patience=1),
                   tiny("bp", 3, alpha_w=1.0, epochs=2), tiny("dfa", 0), tiny("usf", 1), tiny("frsf", 2),
-                  tiny("kp", 0, kp_decay=0.05), tiny("bp+noise", 4, noise_samples=200)]
+                  tiny("kp", 0, kp_decay=0.05), tiny("bp+noise", 4, noise_samples=200), tiny("brsf", 0),
+                  tiny("wm", 1, wm_every=2), tiny("brsf+noise", 2, noise_samples=200)]
     other_lr = [tiny("fa", 5, lr=1e-2), tiny("ifa", 5, lr=1e-2)]
     alone = [tiny("kp", 0, weight_decay=1e-3)]
     configs = batchable + alone + other_lr
@@ -99,9 +100,9 @@ def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy, monk
     out = run_sweep(configs, batched, workers=1, progress=False, log=lines.append)  # default: auto
     assert all(o.status == "finished" for o in out), [o.error for o in out]
     assert [o.key for o in out] == [c.key() for c in configs]
-    assert sorted(spy) == [2, 7, 8]  # the 15 in groups of at most 8, the other lr's 2; the lone kp alone
-    assert sorted(noise_calls) == [1, 2]  # the three noise runs, dealt to both groups by cost, pretrained per group
-    assert lines == ["batching: 18 runs to train; 17 in 3 batched groups (1 × 8, 1 × 7, 1 × 2); 1 alone — 1 (kp seed 0): "
+    assert sorted(spy) == [2, 6, 6, 6]  # the 18 in groups of at most 8, the other lr's 2; the lone kp alone
+    assert sum(noise_calls) == 4 and max(noise_calls) >= 2  # the four noise runs, pretrained per group, batched
+    assert lines == ["batching: 21 runs to train; 20 in 4 batched groups (3 × 6, 1 × 2); 1 alone — 1 (kp seed 0): "
                      "no other pending run shares its data, widths and optimizer settings"]
     for cfg in configs:
         assert_same_run(separate, batched, cfg)
@@ -289,7 +290,7 @@ def test_cli_rejects_a_bad_batch_option(capsys, tmp_path, command, value):
 def test_grouping_rule():
     base = tiny("fa", 0)
     assert sb.group_key(base) is not None
-    for m in ("bp", "ifa@30", "dfa", "usf", "frsf", "kp"):  # every rule a lone run draws nothing globally for
+    for m in ("bp", "ifa@30", "dfa", "usf", "brsf", "frsf", "kp", "wm"):  # every rule
         assert sb.group_key(tiny(m)) == sb.group_key(base), m
     lenet = tiny("fa", model="lenet", dataset="mnist5k", hidden=[100])
     assert sb.group_key(lenet) is None and "not an MLP" in sb.alone_reason(lenet)
@@ -298,7 +299,7 @@ def test_grouping_rule():
         assert sb.group_key(base.replace(**change)) != sb.group_key(base), change
     for change in ({"seed": 3}, {"method": "bp"}, {"method": "ifa", "angle": 30.0}, {"epochs": 9}, {"patience": 2},
                    {"alpha_w": 1.0}, {"method": "rnp", "noise_samples": 10}, {"method": "kp", "kp_decay": 0.1},
-                   {"method": "bp+noise", "noise_samples": 10}):
+                   {"method": "bp+noise", "noise_samples": 10}, {"method": "wm", "wm_every": 3, "wm_noise": "gaussian"}):
         assert sb.group_key(base.replace(**change)) == sb.group_key(base), change
     # 10 compatible + 1 not, groups of at most 4, 2 workers: 3 groups rounded up to 4 (2+3+2+3), lenet alone
     configs = [tiny("fa", s) for s in range(10)] + [lenet]

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -50,11 +51,41 @@ from ..data import holdout_validation
 from ..device import resolve_device
 from ..errors import ConfigError, PrealignError
 from ..feedback import set_kp_decay, set_wm
+from ..feedback.rng import rules_rng_state, seed_rules, set_rules_rng_state
 from ..feedback.wm import mirror_phases, set_mirror_phases
 from ..progress import progress_bar
+from ..seeding import stream_seed
+from .batches import TensorData, cast_inputs, model_dtype, move_data
+from .checkpoint import CHECKPOINT_FORMAT, check_resumable, checkpoint_settings, data_fingerprint
+from .measure import gradient_batch, measure_epoch
+from .optimizers import make_optimizer
 from .stacked import StackedMLP
-from .trainer import (CHECKPOINT_FORMAT, TensorData, TrainResult, _cast_inputs, _check_resumable, _make_optimizer,
-                      _model_dtype, checkpoint_settings, gradient_batch, measure_epoch)
+from .trainer import DIVERGENCE_RATIO, TrainResult, divergence
+
+
+def run_stream_state(seed: int, device: torch.device | None = None) -> torch.Tensor:
+    """The state of the global stream :func:`prealign.train` runs ``seed`` inside
+    (:func:`prealign.seeding.global_stream`) on the CPU, or on ``device``, as a run that draws
+    nothing from it leaves it: freshly seeded. What a group member's checkpoint records, so that its
+    lone resume continues exactly as its lone run would."""
+    gen = torch.Generator(device=device if device is not None else "cpu")
+    gen.manual_seed(stream_seed(seed, "modules"))
+    return gen.get_state()
+
+
+@contextmanager
+def untouched_global_rng(device: torch.device) -> Iterator[None]:
+    """Within the block nothing may draw from torch's global RNG (CPU, and ``device`` if CUDA): a
+    group's models share it, where each lone run draws from a stream of its own. A draw is a
+    one-line PrealignError after the block (the sweep then trains those runs alone), never a
+    silently different result."""
+    cuda = device.type == "cuda"
+    before = torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None
+    yield
+    if not torch.equal(before[0], torch.get_rng_state()) or (cuda and not torch.equal(before[1], torch.cuda.get_rng_state(device))):
+        raise PrealignError("a model drew from torch's global RNG during batched training (a module or rule drawing "
+                            "outside its own stream), where its lone run draws from a stream of its own: train these "
+                            "runs alone (batch_models off)")
 
 
 def _train_epoch(stack: StackedMLP, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -121,7 +152,8 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
                checkpoints: Sequence | None = None, callbacks: Sequence[Sequence] | None = None,
                on_done=None, progress: bool | None = None, description: str = "batched runs",
                kp_decay: float | None | Sequence[float | None] = None,
-               wm: dict | None | Sequence[dict | None] = None) -> list[TrainResult]:
+               wm: dict | None | Sequence[dict | None] = None,
+               divergence_ratio: float | None = DIVERGENCE_RATIO) -> list[TrainResult]:
     """S :func:`prealign.train` runs (MLPs of one architecture, any rules; :class:`~prealign.run.stacked.StackedMLP`) trained side by side.
 
     Returns, bitwise, what ``[train(models[s], data, epochs=epochs[s], patience=patience[s],
@@ -181,19 +213,26 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     data = _as_data(data)
     if any(getattr(data, k, None) is None for k in ("x_train", "y_train", "x_test", "y_test")):
         raise ConfigError("train_runs needs data with x_train, y_train, x_test, y_test tensors")
-    for m, decay, mirror in zip(models, _per_model(kp_decay, s, "kp_decay"), _per_model(wm, s, "wm")):
+    data = move_data(data, dev)
+    data_record = data_fingerprint(data)  # what a checkpoint must match, as in train()
+    data = holdout_validation(cast_inputs(data, model_dtype(models[0])), val_fraction)
+    for m, decay, mirror, seed in zip(models, _per_model(kp_decay, s, "kp_decay"), _per_model(wm, s, "wm"), seeds):
         m.to(dev)
         if decay is not None:
             set_kp_decay(m, decay)
         if mirror is not None:
             set_wm(m, **mirror)
-    settings = [checkpoint_settings(m, data, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                                    momentum=momentum, seed=seed, patience=pat, val_fraction=val_fraction)
-                for m, seed, pat in zip(models, seeds, patience_of)]  # what a checkpoint must match, as in train()
-    data = holdout_validation(_cast_inputs(data, _model_dtype(models[0])), val_fraction)
-    xtr, ytr, xte, yte = (getattr(data, k).to(dev) for k in ("x_train", "y_train", "x_test", "y_test"))
+        seed_rules(m, seed)  # brsf magnitudes, wm noise: the layer streams train(seed=seed) gives them
+    settings = []
+    for m, seed, pat in zip(models, seeds, patience_of):
+        settings.append(checkpoint_settings(m, None, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                            weight_decay=weight_decay, momentum=momentum, seed=seed, patience=pat,
+                                            val_fraction=val_fraction) | {"data": data_record})
+        if divergence_ratio != DIVERGENCE_RATIO:
+            settings[-1]["divergence_ratio"] = divergence_ratio
+    xtr, ytr, xte, yte = data.x_train, data.y_train, data.x_test, data.y_test
     has_val = getattr(data, "x_val", None) is not None
-    xval, yval = (data.x_val.to(dev), data.y_val.to(dev)) if has_val else (None, None)
+    splits = ((xtr, ytr), (data.x_val, data.y_val) if has_val else None, (xte, yte))
     n = len(xtr)
     if n == 0:
         raise ConfigError("train_runs got an empty training set")
@@ -201,72 +240,86 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     x_flat = xtr.reshape(n, -1)
 
     def make_opt(params):
-        return _make_optimizer(optimizer, params, lr, weight_decay, momentum)
+        return make_optimizer(optimizer, params, lr, weight_decay, momentum)
 
     opt = make_opt([p for m in models for p in m.parameters()])
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    results = [TrainResult() for _ in range(s)]
-    for res in results:
-        res.best_val_acc, res.selection = math.nan, "val" if has_val else "test"
-    best = [math.nan] * s  # best selection accuracy so far (validation, else test)
-    bad, steps, next_epoch = [0] * s, [0] * s, [0] * s
-    done_at_start, grad_batches = [], {}
+    results = [TrainResult(selection="val" if has_val else "test") for _ in range(s)]
+    last = [-1] * s  # the last completed epoch of each run (0: measured before training; -1: not even that)
+    bad, steps = [0] * s, [0] * s
+    grad_batches = {}
     for j, ckpt in enumerate(checkpoints):
-        state = ckpt.load() if ckpt is not None and hasattr(ckpt, "load") else None
-        if state is None:
+        saved = ckpt.load() if ckpt is not None and hasattr(ckpt, "load") else None
+        if saved is None:
             continue
-        _check_resumable(ckpt, state, settings[j], epochs_of[j])
-        models[j].load_state_dict(state["model"])
-        set_mirror_phases(models[j], state.get("wm_phases", {}))
+        check_resumable(ckpt, saved, settings[j], epochs_of[j])
+        models[j].load_state_dict(saved["model"])
         model_opt = make_opt(models[j].parameters())
-        model_opt.load_state_dict(state["optimizer"])
+        model_opt.load_state_dict(saved["optimizer"])
         for p in models[j].parameters():
             if p in model_opt.state:
                 opt.state[p] = model_opt.state[p]
-        gens[j].set_state(state["generator"])
+        set_mirror_phases(models[j], saved.get("wm_phases", {}))
+        gens[j].set_state(saved["generator"])
+        set_rules_rng_state(models[j], saved.get("rules_rng", {}))
         res = results[j]
-        res.curves = state["curves"]
-        res.best_test_acc, res.best_epoch = state["best_test_acc"], state["best_epoch"]
-        res.best_val_acc = state.get("best_val_acc", math.nan)
-        best[j] = res.best_val_acc if has_val else res.best_test_acc
-        bad[j], steps[j], res.train_seconds = state["bad_epochs"], state["step"], state.get("train_seconds", 0.0)
-        next_epoch[j] = state["epoch"] + 1
-        res.diverged, res.diverged_epoch = state["diverged"], state["diverged_epoch"]
-        res.stopped_early = state["stopped_early"]
-        if res.diverged or res.stopped_early or next_epoch[j] > epochs_of[j]:  # as train(): only epochs may grow
-            done_at_start.append(j)
+        res.curves = saved["curves"]
+        res.best_test_acc, res.best_val_acc, res.best_epoch = saved["best_test_acc"], saved["best_val_acc"], saved["best_epoch"]
+        res.train_seconds = saved["train_seconds"]
+        res.diverged, res.diverged_epoch, res.stopped_early = saved["diverged"], saved["diverged_epoch"], saved["stopped_early"]
+        res.diverged_reason = saved.get("diverged_reason")
+        last[j], bad[j], steps[j] = saved["epoch"], saved["bad_epochs"], saved["step"]
+
+    def ended(j: int) -> bool:  # as train(): only epochs may grow
+        return results[j].diverged or results[j].stopped_early or last[j] >= epochs_of[j]
 
     def measure(j: int, record: dict) -> None:
-        """The trainer's measurements of model j (:func:`prealign.run.trainer.measure_epoch`)."""
+        """The trainer's measurements of model j (:func:`prealign.run.measure.measure_epoch`)."""
+        if record["epoch"] > 0 and not math.isfinite(record["train_loss"]):  # not measured, as in train()
+            for k in ("val_loss", "val_acc", "test_loss", "test_acc") if has_val else ("test_loss", "test_acc"):
+                record[k] = float("nan")
+            return
         if grad_alignment and j not in grad_batches:
             grad_batches[j] = gradient_batch(xtr, ytr, seeds[j])
-        measure_epoch(models[j], record, train=(xtr, ytr), val=(xval, yval) if has_val else None, test=(xte, yte),
-                      grad_batch=grad_batches.get(j), data=data, eval_batch_size=eval_batch_size,
+        measure_epoch(models[j], record, train=splits[0], val=splits[1], test=splits[2], grad_batch=grad_batches.get(j),
+                      data=data, eval_batch_size=eval_batch_size,
                       callbacks=[cb.on_epoch_end for cb in callbacks[j] if hasattr(cb, "on_epoch_end")])
 
-    def update_best(j: int, record: dict) -> None:
-        res, acc = results[j], record["val_acc" if has_val else "test_acc"]
-        if not best[j] >= acc:  # also true while best is NaN
-            best[j], res.best_epoch, res.best_test_acc, bad[j] = acc, record["epoch"], record["test_acc"], 0
-            if has_val:
-                res.best_val_acc = acc
-        else:
-            bad[j] += 1
+    def select(j: int, record: dict) -> None:
+        """Add the measured epoch to model j's curves and judge it, as train() does: divergence
+        (:func:`prealign.run.trainer.divergence`), the selected epoch, patience."""
+        res, epoch = results[j], record["epoch"]
+        res.curves.append(record)
+        last[j] = epoch
+        reason = divergence(record, res.curves[0]["train_loss"], divergence_ratio)
+        if epoch == 0 or reason is None:  # epoch 0 is the first selected epoch whatever it measured
+            acc = record["val_acc" if has_val else "test_acc"]
+            if not (res.best_val_acc if has_val else res.best_test_acc) >= acc:  # also true while the best is NaN
+                res.best_test_acc, res.best_epoch, bad[j] = record["test_acc"], epoch, 0
+                if has_val:
+                    res.best_val_acc = acc
+            else:
+                bad[j] += 1
+        if reason is not None:
+            res.diverged, res.diverged_epoch, res.diverged_reason = True, epoch, reason
+        elif epoch > 0:
+            res.stopped_early = patience_of[j] is not None and bad[j] >= patience_of[j]
 
-    def save(j: int, epoch: int, done: bool) -> None:
+    def save(j: int) -> None:
         if checkpoints[j] is None:
             return
         res = results[j]
-        checkpoints[j].save({  # the layout of prealign.run.trainer.FileCheckpoint
-            "format": CHECKPOINT_FORMAT, "key": None, "settings": settings[j], "selection": res.selection,
+        checkpoints[j].save({  # the layout of prealign.run.checkpoint.FileCheckpoint, as train() writes it
+            "format": CHECKPOINT_FORMAT, "key": None, "settings": settings[j],
             "model": models[j].state_dict(), "optimizer": _model_optimizer_state(models[j], opt, make_opt),
-            "wm_phases": mirror_phases(models[j]),
-            "generator": gens[j].get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-            "epoch": epoch, "curves": res.curves, "best_test_acc": res.best_test_acc, "best_epoch": res.best_epoch,
-            "best_val_acc": res.best_val_acc, "bad_epochs": bad[j], "step": steps[j],
-            "train_seconds": res.train_seconds, "done": done, "diverged": res.diverged,
-            "diverged_epoch": res.diverged_epoch, "stopped_early": res.stopped_early,
+            "generator": gens[j].get_state(), "wm_phases": mirror_phases(models[j]), "scheduler": None,
+            "loader_rng": [], "rules_rng": rules_rng_state(models[j]),
+            "torch_rng": run_stream_state(seeds[j]), "cuda_rng": run_stream_state(seeds[j], dev) if dev.type == "cuda" else None,
+            "epoch": last[j], "curves": res.curves, "best_test_acc": res.best_test_acc,
+            "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch, "selection": res.selection,
+            "bad_epochs": bad[j], "step": steps[j], "train_seconds": res.train_seconds, "done": ended(j),
+            "diverged": res.diverged, "diverged_epoch": res.diverged_epoch, "diverged_reason": res.diverged_reason,
+            "stopped_early": res.stopped_early,
         })
 
     def finish(j: int) -> None:
@@ -278,62 +331,39 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     setup = (time.perf_counter() - start) / s  # each model's share of building the stack
     for res in results:
         res.seconds = setup
-    for j in done_at_start:
-        finish(j)
-    active = [j for j in range(s) if j not in done_at_start]
-    for j in [j for j in active if next_epoch[j] == 0]:  # epoch 0: the state before any data training
-        res = results[j]
-        record = {"epoch": 0, "seconds": 0.0}
-        measure(j, record)
-        res.curves.append(record)
-        res.seconds += record["eval_seconds"]
-        update_best(j, record)
-        bad[j] = 0
-        if not (math.isfinite(record["train_loss"]) and math.isfinite(record["test_loss"])):
-            res.diverged, res.diverged_epoch = True, 0
-        next_epoch[j] = 1
-        save(j, 0, res.diverged)  # as the trainer saves epoch 0
-        if res.diverged or epochs_of[j] == 0:
+    for j in range(s):
+        if last[j] < 0:  # epoch 0: the network before any data training, measured and judged
+            record = {"epoch": 0, "seconds": 0.0}
+            measure(j, record)
+            results[j].seconds += record["eval_seconds"]
+            select(j, record)
+            save(j)
+        if ended(j):
             finish(j)
-    active = [j for j in active if not (results[j].diverged or epochs_of[j] < next_epoch[j])]
+    active = [j for j in range(s) if not ended(j)]
     stack = StackedMLP([models[j] for j in active]).train() if active else None
     if active and len(active) < s:
         opt = _optimizer_over(stack.parameters(), opt, make_opt)
-    with progress_bar(max([epochs_of[j] - next_epoch[j] + 1 for j in active], default=0), description,
-                      enabled=progress) as bar:
+    with progress_bar(max([epochs_of[j] - last[j] for j in active], default=0), description, enabled=progress) as bar:
         while active:
             t = time.perf_counter()
-            loss_sum, correct = _train_epoch(stack, opt, x_flat, ytr, [gens[j] for j in active], batch_size)
+            with untouched_global_rng(dev):
+                loss_sum, correct = _train_epoch(stack, opt, x_flat, ytr, [gens[j] for j in active], batch_size)
             share = (time.perf_counter() - t) / len(active)
             keep = []
             for position, j in enumerate(active):
-                res, epoch = results[j], next_epoch[j]
+                res = results[j]
                 steps[j] += -(-n // batch_size)
                 res.train_seconds += share
-                record = {"epoch": epoch, "seconds": share, "train_loss": float(loss_sum[position]) / n,
+                record = {"epoch": last[j] + 1, "seconds": share, "train_loss": float(loss_sum[position]) / n,
                           "train_acc": int(correct[position]) / n}
-                if not math.isfinite(record["train_loss"]):
-                    if has_val:
-                        record["val_loss"], record["val_acc"] = math.nan, math.nan
-                    record["test_loss"], record["test_acc"] = math.nan, math.nan
-                    res.curves.append(record)
-                    res.diverged, res.diverged_epoch = True, epoch
-                else:
-                    measure(j, record)
-                    res.curves.append(record)
-                    if not math.isfinite(record["test_loss"]):
-                        res.diverged, res.diverged_epoch = True, epoch
-                    else:
-                        update_best(j, record)
+                measure(j, record)
                 res.seconds += share + record.get("eval_seconds", 0.0)
-                stop = patience_of[j] is not None and bad[j] >= patience_of[j] and not res.diverged
-                res.stopped_early = stop
-                done = res.diverged or stop or epoch >= epochs_of[j]
-                save(j, epoch, done)
-                if done:
+                select(j, record)
+                save(j)
+                if ended(j):
                     finish(j)
                 else:
-                    next_epoch[j] += 1
                     keep.append(position)
             bar.advance(1, models=len(active))
             if len(keep) < len(active):
@@ -369,28 +399,33 @@ def pretrain_noise_batched(models: Sequence[nn.Module], generators: Sequence[tor
     ends bitwise where its own ``pretrain_noise(models[s], samples, ...)`` ends (tested). The models
     are trained in place; returns the wall time in seconds (noise paper A.1, B.8).
     """
-    from ..pretrain import check_noise_options, infer_io, noise_batch, noise_stream
+    from ..pretrain import check_noise_options, infer_io, noise_batch, noise_seed
 
     check_noise_options(distribution, samples, batch_size)
     models = list(models)
     if len(generators) != len(models):
         raise ConfigError(f"pass one generator per model ({len(models)})")
     start = time.perf_counter()
-    stack = StackedMLP(models)
     shape, classes = infer_io(models[0])
     param = next(models[0].parameters())
     device, dtype = param.device, param.dtype
-    streams = [noise_stream(g, device) for g in generators]  # each model's own stream, as pretrain_noise seeds it
+    streams = []
+    for m, g in zip(models, generators):  # each model's own noise and rule streams, as pretrain_noise seeds them
+        seed = noise_seed(g)
+        streams.append(torch.Generator(device=device).manual_seed(seed))
+        seed_rules(m, stream_seed(seed, "noise rules"))
+    stack = StackedMLP(models)
     opt = torch.optim.Adam(stack.parameters(), lr=lr)  # the optimizer pretrain_noise uses, each tensor on its own
     was_training = [m.training for m in models]
     stack.train()
     seen = 0
-    for _ in range(math.ceil(samples / batch_size)):
-        n = min(batch_size, samples - seen)
-        xs, ys = zip(*(noise_batch(n, shape, classes, gen, device, dtype, distribution, std) for gen in streams))
-        stack.step(stack.buffers(n), [x.reshape(n, -1) for x in xs], torch.stack(ys))
-        opt.step()
-        seen += n
+    with untouched_global_rng(device):  # pretrain_noise draws nothing from its global stream for an MLP
+        for _ in range(math.ceil(samples / batch_size)):
+            n = min(batch_size, samples - seen)
+            xs, ys = zip(*(noise_batch(n, shape, classes, gen, device, dtype, distribution, std) for gen in streams))
+            stack.step(stack.buffers(n), [x.reshape(n, -1) for x in xs], torch.stack(ys))
+            opt.step()
+            seen += n
     for m, mode in zip(models, was_training):
         m.train(mode)
     return time.perf_counter() - start

@@ -195,7 +195,6 @@ class StackedMLP:
         self.bias = self.layers[0][0].bias is not None
         self.weights_t = [[lin.weight.detach().t() for lin in layer] for layer in self.layers]
         self.biases = [[lin.bias.detach() for lin in layer] if self.bias else None for layer in self.layers]
-        self._step_feedback = {}  # (layer, model) -> the per-step rule's buffer
         self._buffers: dict[int, _Buffers] = {}
         for p in params:  # each parameter's gradient lives in one tensor for the whole run
             if p.grad is None or p.grad.shape != p.shape:
@@ -234,34 +233,35 @@ class StackedMLP:
                 torch.index_select(x, 0, idx[k], out=buf.xs[k])
         return buf
 
-    def _feedbacks(self, i: int) -> list[torch.Tensor | None]:
-        """What each model's layer ``i`` sends its error back through at this step (None: dfa's route),
-        formed now, before the layer's forward, as the layer's own forward forms it."""
-        out = []
-        for k, (lin, route) in enumerate(zip(self.layers[i], self.routes[i])):
-            if route == "weight":
-                out.append(lin.weight.detach())
-            elif route == "feedback":
-                out.append(RULES[lin.rule].feedback(lin))
-            elif route == "per_step":
-                buf = self._step_feedback.get((i, k))
-                if buf is None:
-                    buf = self._step_feedback[(i, k)] = torch.empty_like(lin.weight, requires_grad=False)
-                out.append(RULES[lin.rule].feedback(lin, buf))
-            else:
-                out.append(None)
-        return out
-
+    def _feedbacks(self, i: int) -> tuple[list[torch.Tensor | None], list]:
+        """What each model's layer ``i`` sends its error back through at this step (None: dfa's
+        direct route), formed now, before the layer's forward, by the layer's own
+        :meth:`~prealign.feedback.FeedbackLayer._step_feedback` (a per-step rule's matrix, kp's and wm's
+        update cycle), as its forward forms it; and ``(pool, buffer)`` pairs: where the per-step
+        buffers go back once the backward has read them."""
+        out, back = [], []
+        with torch.enable_grad():  # _step_feedback forms nothing without gradients (it is the layer's training forward)
+            for lin in self.layers[i]:
+                fb, pool = lin._step_feedback(i > 0) if isinstance(lin, FeedbackLayer) else (None, None)
+                if pool is not None:
+                    back.append((pool, fb))
+                if fb is None:
+                    out.append(lin.weight.detach())
+                else:
+                    out.append(None if RULES[lin.rule].direct else fb)
+        return out, back
     @torch.no_grad()
     def step(self, buf: _Buffers, inputs: Sequence[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         """Forward and backward of every model on its batch (``inputs[s]``: ``(B, in)``, ``y``: ``(S, B)``
         class indices): the gradients go into the parameters' ``.grad``; returns the losses ``(S,)``
         (each model's mean cross-entropy); the logits stay in ``buf.z[-1][0][:, :B]``."""
         s, b, n = len(self.models), buf.b, len(self.layers)
-        feedbacks = []
+        feedbacks, pools = [], []
         h = inputs
         for i in range(n):
-            feedbacks.append(self._feedbacks(i))
+            fbs, back = self._feedbacks(i)
+            feedbacks.append(fbs)
+            pools += back
             z, zs = buf.z[i]
             for k in range(s):
                 if self.bias:
@@ -313,4 +313,6 @@ class StackedMLP:
             else:
                 for k in range(s):
                     self.act_bwd(gas[k], buf.z[i - 1][1][k], buf.a[i - 1][1][k], belows[k])
+        for pool, used in pools:  # as FeedbackLinearFunction's backward: the per-step buffers go back to their layers
+            pool.append(used)
         return buf.losses

@@ -19,9 +19,9 @@ other runs shared its group. ``batch_models`` changes only the wall time.
 Batchable (:func:`group_key` is not None; else :func:`alone_reason` says why, one line) — all of:
 
 - ``model = "mlp"`` (any depth, widths and activation) under any rule: bp, fa, ifa/ifa@θ, rnp, dfa,
-  usf, frsf, kp, and brsf/wm where :func:`prealign.train` draws their per-step random numbers from
-  per-layer streams seeded from the run's seed (:func:`prealign.seed_rules`), so that a group can
-  give each member its own; IFA, RNP and noise warm-ups (``X+noise``) are a one-time preparation,
+  usf, brsf, frsf, kp, wm (brsf's and wm's per-step draws come from per-layer streams seeded from
+  the run's seed, :func:`prealign.seed_rules`, alone and in a group alike); IFA, RNP and noise
+  warm-ups (``X+noise``) are a one-time preparation,
   done per model before training with the same seeds and generators as
   :func:`prealign.run.config.run`; the noise pretraining is itself batched across the group's
   members with equal noise settings, each model on its own noise stream. Not batchable: lenet,
@@ -74,7 +74,6 @@ GROUP_TASK = "prealign.run.sweep_batched:train_group_task"
 def alone_reason(config) -> str | None:
     """Why ``config`` (a RunConfig) must train alone, in a few words, or None when it may share a
     batched training (see the module docstring for the rule)."""
-    from ..feedback import get_rule
     from .config import RunConfig
 
     if not isinstance(config, RunConfig):
@@ -83,10 +82,6 @@ def alone_reason(config) -> str | None:
         return f"model {config.model} is not an MLP (groups stack MLPs)"
     if config.optimizer not in BATCH_OPTIMIZERS:
         return f"optimizer {config.optimizer} has no batched form"
-    rule = get_rule(config.method_object().rule)
-    if rule.draws and not _trainer_seeds_rules():
-        return (f"rule {rule.name} draws random numbers at every step, and prealign.train draws them from torch's "
-                "global RNG, which a group's models would share")
     for f in dataclasses.fields(RunConfig):
         if f.name in SHARED_FIELDS or f.name in PER_MODEL_FIELDS:
             continue
@@ -94,14 +89,6 @@ def alone_reason(config) -> str | None:
         if getattr(config, f.name) != default:
             return f"{f.name} = {getattr(config, f.name)!r} is not a setting groups know"
     return None
-
-
-def _trainer_seeds_rules() -> bool:
-    """Whether :func:`prealign.train` gives rules that draw at each step per-layer streams seeded from
-    its ``seed`` (then a group member gets the same streams as its lone run)."""
-    from . import trainer
-
-    return hasattr(trainer, "rules_seed")
 
 
 def group_key(config) -> tuple | None:
