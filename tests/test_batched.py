@@ -192,6 +192,69 @@ def test_validation_equals_the_trainer_bitwise():
     assert [r.selection for r in expected] == [r.selection for r in got] == ["val"] * 3
 
 
+def _comparable(value):
+    """A checkpoint value with wall times dropped (they differ between any two runs)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items() if not str(k).endswith("seconds")}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _assert_same_value(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), (where, list(a), list(b))
+        for k in a:
+            _assert_same_value(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_value(x, y, f"{where}[{i}]")
+    else:
+        assert _same(a, b), (where, a, b)
+
+
+@pytest.mark.parametrize("method", ["fa", "brsf", "wm"])
+def test_a_groups_checkpoint_is_the_one_train_writes(tmp_path, method):
+    """A group member's checkpoint holds what prealign.train's holds for the same run after the same
+    epoch, key by key and bitwise (wall times aside): model, optimizer state, batch-order generator,
+    the rules' streams (brsf, wm), the mirror phases, the run's own global stream, counters, curves."""
+    from prealign.run.checkpoint import read_checkpoint
+
+    data = _data(n=96, n_test=32)
+    models = [_method_model(method, DIMS, k) for k in range(2)]
+    refs = [copy.deepcopy(m) for m in models]
+    kw = {"epochs": 2, "batch_size": 16, "lr": 2e-2, "device": "cpu", "progress": False}
+    for k, ref in enumerate(refs):
+        train(ref, data, seed=k, checkpoint=FileCheckpoint(tmp_path / f"alone{k}.pt"), **kw)
+    train_runs(models, data, seeds=[0, 1], checkpoints=[FileCheckpoint(tmp_path / f"group{k}.pt") for k in range(2)], **kw)
+    for k in range(2):
+        alone, group = (_comparable(read_checkpoint(tmp_path / f"{w}{k}.pt")) for w in ("alone", "group"))
+        assert set(alone) == set(group)
+        for key in alone:
+            _assert_same_value(alone[key], group[key], key)
+        if method != "fa":
+            assert alone["rules_rng"]  # the rule's own streams are there to compare
+
+
+def test_a_draw_from_the_global_rng_stops_a_group(monkeypatch):
+    """Nothing in a group may draw from torch's global RNG (its runs alone draw from streams of their
+    own): a draw is a one-line PrealignError, never silently different numbers."""
+    from prealign.run.stacked import StackedMLP as Stack
+
+    real = Stack.step
+
+    def drawing(self, *args):
+        torch.rand(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(Stack, "step", drawing)
+    with pytest.raises(PrealignError, match="global RNG"):
+        train_runs(_models(methods=("fa", "bp")), _data(), epochs=1, seeds=[0, 1], batch_size=32, device="cpu")
+
+
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     """Checkpoints after every epoch; a kill after some models' epoch 2 (raised from a callback)
     resumes in train_runs (models at different epochs) with the uninterrupted numbers, bitwise."""
