@@ -336,3 +336,14 @@ def test_errors():
 
     with pytest.raises(PrealignError, match="on_step_end"):
         train_runs([pa.mlp(DIMS)], _data(), epochs=1, seeds=[0], callbacks=[[PerStep()]])
+
+
+def test_bench_batched_row_checks_the_invariant_and_its_ceiling():
+    """The bench's batched row (quick: 4 seeds) times sequential runs, the group and the products'
+    floor, and checks on the timed runs that the group's weights equal the sequential ones."""
+    from prealign.bench.groups import TARGETS, bench_batched
+
+    (row,) = bench_batched(torch.device("cpu"), quick=True)
+    assert row.key == "batched/4" and row.details["bitwise_equal"] is True
+    assert row.details["ceiling"] > 0 and row.details["floor_s"] > 0 and row.reps == 1
+    assert TARGETS == {8: ">= 2.0", 16: ">= 2.5"}
