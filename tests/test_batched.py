@@ -347,3 +347,37 @@ def test_bench_batched_row_checks_the_invariant_and_its_ceiling():
     assert row.key == "batched/4" and row.details["bitwise_equal"] is True
     assert row.details["ceiling"] > 0 and row.details["floor_s"] > 0 and row.reps == 1
     assert TARGETS == {8: ">= 2.0", 16: ">= 2.5"}
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_group_optimizer_step_is_torchs(name):
+    """The group's fused Adam/AdamW step (one kernel call, step counters as views of one tensor) updates
+    parameters and state bitwise as torch's optimizer does, and runs the step hooks once per step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    from prealign.run.batched import _group_optimizer
+    from prealign.run.optimizers import make_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(5, 3, generator=g).requires_grad_() for _ in range(4)]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    group, plain = _group_optimizer(name, a, 1e-2, 1e-3, 0.0), make_optimizer(name, b, 1e-2, 1e-3, 0.0)
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, *_: calls.append(("pre", o))),
+               register_optimizer_step_post_hook(lambda o, *_: calls.append(("post", o)))]
+    try:
+        for _ in range(4):
+            grads = [torch.randn(5, 3, generator=g) for _ in a]
+            for p, q, gr in zip(a, b, grads):
+                p.grad, q.grad = gr.clone(), gr.clone()
+            group.step()
+            plain.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert group.__dict__["_group_fast"] is not None  # the steps after the first took the short path
+    assert [c for c in calls if c[1] is group] == [("pre", group), ("post", group)] * 4
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(group.state[p][key], plain.state[q][key]), key

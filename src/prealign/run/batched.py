@@ -130,6 +130,72 @@ def _as_data(data):
     return data
 
 
+class _GroupStep:
+    """The fused Adam/AdamW step of a group's optimizer without torch's per-parameter Python work.
+
+    With S models a group's optimizer holds 4·S tensors; torch's step walks them in Python
+    (``_init_group``) and bumps each step counter through ``_foreach_add_``'s per-tensor fallback on
+    the CPU, about as long as the fused kernel itself. After one ordinary step this class keeps the
+    lists and makes every parameter's ``state["step"]`` a view of one tensor: a step is then one
+    ``add_`` on the counters and the fused kernel torch's step calls, with the same arguments
+    (:func:`torch.optim.adam._fused_adam`), so the update is torch's, bitwise (every group test
+    compares with :func:`prealign.train`'s torch optimizer). It is an ``Optimizer.step`` like any
+    other: the step hooks (kp, wm) fire once around it. Anything else (a closure, a parameter
+    without a gradient, AMSGrad, a tensor lr, another parameter list) takes torch's own step."""
+
+    def step(self, closure=None):
+        fast = self.__dict__.get("_group_fast")
+        group = self.param_groups[0]
+        if fast is not None and closure is None and len(self.param_groups) == 1 and fast[0] == tuple(map(id, group["params"])):
+            grads = [p.grad for p in group["params"]]
+            if None not in grads:
+                ids, counters, steps, avgs, sqs = fast
+                counters.add_(1)
+                beta1, beta2 = group["betas"]
+                kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+                kernel(group["params"], grads, avgs, sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                       beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False, grad_scale=None,
+                       found_inf=None)
+                return None
+        base = self._base.step  # torch's step, without the hook wrapper (this step's own wrapper ran the hooks)
+        out = (base.__wrapped__ if getattr(base, "hooked", False) else base)(self, closure)
+        self._keep_lists()
+        return out
+
+    def _keep_lists(self) -> None:
+        group = self.param_groups[0]
+        params = group["params"]
+        plain = (len(self.param_groups) == 1 and group.get("fused") and not group["amsgrad"] and not group["maximize"]
+                 and not group["capturable"] and not group["differentiable"] and not torch.is_tensor(group["lr"]))
+        if not plain or any("step" not in self.state.get(p, {}) for p in params):
+            self.__dict__["_group_fast"] = None
+            return
+        counters = torch.stack([self.state[p]["step"] for p in params])
+        for p, view in zip(params, counters.unbind(0)):
+            self.state[p]["step"] = view
+        self.__dict__["_group_fast"] = (tuple(map(id, params)), counters, [self.state[p]["step"] for p in params],
+                                        [self.state[p]["exp_avg"] for p in params],
+                                        [self.state[p]["exp_avg_sq"] for p in params])
+
+
+class _GroupAdam(_GroupStep, torch.optim.Adam):
+    _base = torch.optim.Adam
+
+
+class _GroupAdamW(_GroupStep, torch.optim.AdamW):
+    _base = torch.optim.AdamW
+
+
+def _group_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """The optimizer :func:`prealign.run.optimizers.make_optimizer` makes, for a group: fused Adam and
+    AdamW as :class:`_GroupStep` (the same update, less Python per step)."""
+    opt = make_optimizer(name, params, lr, weight_decay, momentum)
+    fast = {torch.optim.Adam: _GroupAdam, torch.optim.AdamW: _GroupAdamW}.get(type(opt))
+    if fast is None or not opt.defaults.get("fused"):
+        return opt
+    return fast(opt.param_groups[0]["params"], lr=lr, weight_decay=weight_decay, fused=True)  # as make_optimizer
+
+
 def _optimizer_over(params: list[torch.Tensor], opt, make_opt):
     """An optimizer over ``params`` carrying their state from ``opt`` (the state tensors are shared)."""
     new = make_opt(params)
@@ -141,8 +207,14 @@ def _optimizer_over(params: list[torch.Tensor], opt, make_opt):
 
 def _model_optimizer_state(model: nn.Module, opt, make_opt) -> dict:
     """``state_dict()`` of the optimizer :func:`prealign.train` would hold for ``model``: the same
-    optimizer over ``model.parameters()`` carrying their state from ``opt``."""
-    return _optimizer_over(list(model.parameters()), opt, make_opt).state_dict()
+    optimizer over ``model.parameters()`` carrying their state from ``opt`` (step counters copied:
+    a group's are views of one tensor)."""
+    params = list(model.parameters())
+    lone = make_opt(params)
+    for p in params:
+        if p in opt.state:
+            lone.state[p] = {k: v.clone() if k == "step" and torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+    return lone.state_dict()
 
 
 def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int], seeds: Sequence[int],
@@ -240,7 +312,7 @@ def train_runs(models: Sequence[nn.Module], data, *, epochs: int | Sequence[int]
     x_flat = xtr.reshape(n, -1)
 
     def make_opt(params):
-        return make_optimizer(optimizer, params, lr, weight_decay, momentum)
+        return _group_optimizer(optimizer, params, lr, weight_decay, momentum)
 
     opt = make_opt([p for m in models for p in m.parameters()])
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
