@@ -348,3 +348,17 @@ def test_packing_is_described():
         "an MLP (groups stack MLPs); 1 (bp seed 0): no other pending run shares its data, widths and optimizer settings")
     off = sb.pack(configs[:2], 0)
     assert sb.describe_packing(off) == "batching: 2 runs to train; 2 alone — 2: batching is off"
+
+
+def test_reproduce_packs_its_seeds_and_says_so(tmp_path, capsys, spy):
+    """`prealign reproduce` groups an experiment's runs by default and logs the packing; runs with
+    trackers train alone, and the log says why."""
+    from prealign.cli import main
+    from prealign.experiments.runner import ExperimentRun
+
+    assert main(["reproduce", "rnp_fig_s3", "--budget", "smoke", "--workers", "1", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "batching: 2 runs to train; 2 in 1 batched group (1 × 2)" in err and spy == [2]
+    tracked = ExperimentRun(tiny("fa"), [{"kind": "hessian", "track": True}])
+    assert tracked.batch_config() is None
+    assert sb.item_alone_reason(tracked) == "trackers (hessian) follow every training step of a lone run"

@@ -24,8 +24,7 @@ Batching (issues 8, 22): by default compatible configs — MLPs under any rule t
 widths and optimizer settings (:func:`prealign.run.sweep_batched.group_key`) — are trained in groups
 of up to 8 as one vectorized model (:func:`prealign.run.batched.train_runs`), each run stored exactly
 as its separate run would be; ``batch_models=False`` trains every config alone. A group is one
-task for a worker; a killed group's runs resume from their last epoch checkpoints. ``log`` receives
-the packing (groups and sizes, runs alone and why).
+task for a worker; a killed group's runs resume from their last epoch checkpoints.
 
 Executors
 ---------
@@ -268,14 +267,6 @@ def _batch_config(item, task):
     return get() if callable(get) else None
 
 
-def _alone_reason(item, task) -> str:
-    """Why ``item`` (whose :func:`_batch_config` is None) trains alone, in a few words."""
-    track = [t.get("kind", "?") for t in getattr(item, "track", None) or () if isinstance(t, dict)]
-    if track:
-        return f"trackers ({', '.join(track)}) follow every training step of a lone run"
-    return "its task is not the plain training task"
-
-
 def _run_config(item):
     """The RunConfig of a sweep item (a RunConfig, or an item with one as ``.config``), or None."""
     from .config import RunConfig
@@ -366,12 +357,11 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     ``resources``: extra Ray resources per unit (e.g. ``{"gpu_node": 0.01}`` to pin units to nodes).
     ``max_attempts``: how often a unit whose worker died (killed, out of memory, node lost) is
     dispatched before its runs are recorded failed; a retry resumes from the last checkpoints.
-    ``on_outcome`` is called in this process as each run ends. ``log(line)``, if given, gets one line
-    on the packing before training: runs in batched groups of which sizes, and which runs train alone
-    and why (:func:`prealign.run.sweep_batched.describe_packing`). Outcomes come back in the order of ``configs``.
+    ``on_outcome`` is called in this process as each run ends; ``log(line)`` gets the packing line
+    (:func:`prealign.run.sweep_batched.describe_packing`). Outcomes come back in the order of ``configs``.
     """
     from .storage import Storage
-    from .sweep_batched import GROUP_TASK, describe_packing, pack, resolve_batch
+    from .sweep_batched import GROUP_TASK, pack_items, resolve_batch
 
     check_options(executor, workers, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
     group_size, auto = resolve_batch(batch_models)
@@ -387,13 +377,8 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
         todo, outcomes = pending(configs, store)
         n_workers = workers or os.cpu_count() or 1
         batch_configs = [_batch_config(item, task) for item in todo] if group_size else [None] * len(todo)
-        packing = pack(batch_configs, group_size, n_workers, auto=auto,
-                       reasons=[None if c is not None else _alone_reason(i, task) for i, c in zip(todo, batch_configs)])
-        if log is not None and todo:
-            labels = [f"{c.label} seed {c.seed}" if (c := _run_config(i)) is not None else i.key() for i in todo]
-            log(describe_packing(packing, labels))
         units = []  # (items, task, payload): one config, or a group trained as one batched model
-        for members in packing.units:
+        for members in pack_items(todo, batch_configs, group_size, n_workers, auto, log).units:
             if len(members) == 1:
                 units.append(([todo[members[0]]], task, todo[members[0]].to_dict()))
             else:

@@ -91,6 +91,15 @@ def alone_reason(config) -> str | None:
     return None
 
 
+def item_alone_reason(item) -> str:
+    """Why a sweep item that is not a plain run (its task attaches trackers, or is a task of its own)
+    trains alone, in a few words."""
+    track = [t.get("kind", "?") for t in getattr(item, "track", None) or () if isinstance(t, dict)]
+    if track:
+        return f"trackers ({', '.join(track)}) follow every training step of a lone run"
+    return "its task is not the plain training task"
+
+
 def group_key(config) -> tuple | None:
     """The key under which ``config`` (a RunConfig) may share a batched training, or None if it must
     train alone (:func:`alone_reason` says why)."""
@@ -223,6 +232,19 @@ def pack(configs: Sequence, group_size: int, workers: int = 1, auto: bool = Fals
             units.append(chunk)
     units.sort(key=lambda u: u[0])
     return Packing(units, alone)
+
+
+def pack_items(items: Sequence, configs: Sequence, group_size: int, workers: int, auto: bool, log=None) -> Packing:
+    """:func:`pack` for a sweep's pending ``items`` (``configs[i]``: the RunConfig item ``i`` may train
+    under in a group, or None: :func:`item_alone_reason` says why), with the line of
+    :func:`describe_packing` to ``log`` (a callable, or None)."""
+    packing = pack(configs, group_size, workers, auto=auto,
+                   reasons=[None if c is not None else item_alone_reason(i) for i, c in zip(items, configs)])
+    if log is not None and items:
+        run_configs = [i if hasattr(i, "label") else getattr(i, "config", None) for i in items]
+        log(describe_packing(packing, [f"{c.label} seed {c.seed}" if c is not None else i.key()
+                                       for i, c in zip(items, run_configs)]))
+    return packing
 
 
 def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = False) -> list[list[int]]:
@@ -433,7 +455,9 @@ __all__ = [
     "alone_reason",
     "describe_packing",
     "group_key",
+    "item_alone_reason",
     "pack",
+    "pack_items",
     "plan",
     "resolve_batch",
     "step_macs",
