@@ -48,6 +48,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.enviro
 RULES = ("bp", "fa", "ifa", "rnp", "dfa", "usf", "brsf", "frsf", "kp", "wm")
 STEPS = ("rules", "batched", "batched64", "experiment", "hessian", "attack", "ray", "bench")
 DEVICE = "cuda"  # --device cpu: the same steps on the CPU (a check of the script, no GPU figure)
+GROUP = 64  # models of the batched64 step
 
 
 class Skip(Exception):
@@ -114,7 +115,7 @@ def step_batched(out: Path) -> dict:
 
 
 def step_batched64(out: Path) -> dict:
-    """64 seeds one after another / one batched group of 64 (issue 22: target >= 10x on a GPU)."""
+    """GROUP (64) seeds one after another / one batched group of them (issue 22: target >= 10x on a GPU)."""
     import copy
 
     import torch
@@ -125,7 +126,7 @@ def step_batched64(out: Path) -> dict:
     from prealign.run.trainer import train
 
     data = load("mnist5k").subset(2000, stratified=True, seed=0)
-    models = batched_models(64)
+    models = batched_models(GROUP)
     kw = dict(epochs=2, batch_size=64, lr=1e-4, device=DEVICE, progress=False)
     alone = [copy.deepcopy(m) for m in models[:2]]
     for k, m in enumerate(alone):  # warm-up (CUDA context, kernels), and the reference of the bitwise check
@@ -141,7 +142,7 @@ def step_batched64(out: Path) -> dict:
                 for k, m in enumerate(trained):
                     train(m, data, seed=k, grad_alignment=False, **kw)
             else:
-                train_batched(trained, data, seeds=range(64), **kw)
+                train_batched(trained, data, seeds=range(GROUP), **kw)
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
             times[mode].append(time.perf_counter() - start)
@@ -149,9 +150,9 @@ def step_batched64(out: Path) -> dict:
                 group = trained
     equal = all(torch.equal(p, q) for a, b in zip(alone, group) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     if not equal:
-        raise AssertionError(f"a model of the batched group of 64 on {DEVICE} differs from its run alone")
+        raise AssertionError(f"a model of the batched group of {GROUP} on {DEVICE} differs from its run alone")
     ratios = [a / b for a, b in zip(times["sequential"], times["batched"])]
-    return {"models": 64, "sequential_seconds": [round(t, 2) for t in times["sequential"]],
+    return {"models": GROUP, "sequential_seconds": [round(t, 2) for t in times["sequential"]],
             "batched_seconds": [round(t, 2) for t in times["batched"]], "speedup": round(min(ratios), 2),
             "speedups": [round(r, 2) for r in ratios], "target": ">= 10", "target_met": min(ratios) >= 10,
             "bitwise_equal": equal}
