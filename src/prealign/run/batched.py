@@ -148,7 +148,7 @@ class _GroupStep:
         group = self.param_groups[0]
         if fast is not None and closure is None and len(self.param_groups) == 1 and fast[0] == tuple(map(id, group["params"])):
             grads = [p.grad for p in group["params"]]
-            if None not in grads:
+            if not any(g is None for g in grads):  # (`None in grads` would compare tensors with None)
                 ids, counters, steps, avgs, sqs = fast
                 counters.add_(1)
                 beta1, beta2 = group["betas"]
