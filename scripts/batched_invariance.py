@@ -11,10 +11,10 @@ Two measurements, each on 1 and 2 torch threads:
    a model counts as *different* if any of its final weights, feedback matrices or per-epoch
    numbers differ from its lone run in any bit.
 2. ``bmm``: the alternative kernel, one batched GEMM (``torch.bmm``/``baddbmm``) over stacked
-   weights, for the three products of a 784-100-10 training step at batch 64 (``x Wᵀ + b``,
-   ``δᵀ x``, ``δ B``): a model's slice counts as different if it differs from the same product
-   computed alone (``addmm``/``mm``, what :func:`prealign.train` computes) or from the same model's
-   slice in a group of one.
+   weights, for the three products of a training step (``x Wᵀ + b``, ``δᵀ x``, ``δ B``) of the
+   papers' layer shapes (:data:`SHAPES`): a model's slice counts as different if it differs from
+   the same product computed alone (``addmm``/``mm``, what :func:`prealign.train` computes) or from
+   the same model's slice in a group of one.
 
 Prints one table per measurement and exits 1 if a stacked model differs (the invariant).
 """
@@ -81,35 +81,38 @@ def stacked(n: int, samples: int, epochs: int) -> dict[int, int]:
     return out
 
 
+SHAPES = ((64, 784, 100), (64, 100, 10), (128, 784, 512), (128, 512, 512), (128, 3072, 512))  # (batch, in, out)
+
+
 def bmm(n: int) -> dict[int, tuple[int, int]]:
     """``{group size: (slices that differ from the lone product, slices that differ from a group of one)}``
-    over the three products of a 784-100-10 step at batch 64 and ``n`` models."""
+    over the three products of a training step (``x Wᵀ + b``, ``δᵀ x``, ``δ B``) of each layer shape in
+    :data:`SHAPES` (the papers' MLP layers) and ``n`` models."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 64, 784, generator=g)
-    w = torch.randn(n, 100, 784, generator=g)
-    b = torch.randn(n, 100, generator=g)
-    d = torch.randn(n, 64, 100, generator=g)
-    fb = torch.randn(n, 100, 784, generator=g)
+    out = {size: [0, 0] for size in SIZES}
+    for batch, fan_in, fan_out in SHAPES:
+        g = torch.Generator().manual_seed(fan_in * fan_out)
+        x = torch.randn(n, batch, fan_in, generator=g)
+        w = torch.randn(n, fan_out, fan_in, generator=g)
+        b = torch.randn(n, fan_out, generator=g)
+        d = torch.randn(n, batch, fan_out, generator=g)
+        fb = torch.randn(n, fan_out, fan_in, generator=g)
 
-    def products(lo: int, hi: int):
-        return (torch.baddbmm(b[lo:hi, None], x[lo:hi], w[lo:hi].transpose(1, 2)),
-                torch.bmm(d[lo:hi].transpose(1, 2), x[lo:hi]), torch.bmm(d[lo:hi], fb[lo:hi]))
+        def products(lo: int, hi: int):
+            return (torch.baddbmm(b[lo:hi, None], x[lo:hi], w[lo:hi].transpose(1, 2)),
+                    torch.bmm(d[lo:hi].transpose(1, 2), x[lo:hi]), torch.bmm(d[lo:hi], fb[lo:hi]))
 
-    alone = [(torch.addmm(b[k], x[k], w[k].t()), torch.mm(d[k].t(), x[k]), torch.mm(d[k], fb[k])) for k in range(n)]
-    single = [products(k, k + 1) for k in range(n)]
-    out = {}
-    for size in SIZES:
-        vs_alone = vs_one = 0
-        for start in range(0, n, size):
-            group = products(start, min(start + size, n))
-            for j in range(group[0].shape[0]):
-                k = start + j
-                vs_alone += sum(not torch.equal(group[i][j], alone[k][i]) for i in range(3))
-                vs_one += sum(not torch.equal(group[i][j], single[k][i][0]) for i in range(3))
-        out[size] = (vs_alone, vs_one)
-    return out
+        alone = [(torch.addmm(b[k], x[k], w[k].t()), torch.mm(d[k].t(), x[k]), torch.mm(d[k], fb[k])) for k in range(n)]
+        single = [products(k, k + 1) for k in range(n)]
+        for size in SIZES:
+            for start in range(0, n, size):
+                group = products(start, min(start + size, n))
+                for j in range(group[0].shape[0]):
+                    k = start + j
+                    out[size][0] += sum(not torch.equal(group[i][j], alone[k][i]) for i in range(3))
+                    out[size][1] += sum(not torch.equal(group[i][j], single[k][i][0]) for i in range(3))
+    return {size: tuple(v) for size, v in out.items()}
 
 
 def main(argv=None) -> int:
@@ -128,7 +131,8 @@ def main(argv=None) -> int:
         print(f"stacked engine, {threads} thread(s): models (of {args.models}) differing from their lone run, by group size: "
               + ", ".join(f"{s}: {v}" for s, v in got.items()), flush=True)
         got = bmm(args.models)
-        print(f"bmm kernel, {threads} thread(s): products (of {3 * args.models}) differing from the lone product / from a "
+        print(f"bmm kernel, {threads} thread(s): products (of {3 * len(SHAPES) * args.models}) differing from the lone "
+              "product / from a "
               "group of one, by group size: " + ", ".join(f"{s}: {a}/{o}" for s, (a, o) in got.items()), flush=True)
     return 1 if bad else 0
 

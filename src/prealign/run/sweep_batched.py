@@ -55,11 +55,12 @@ from collections.abc import Sequence
 DEFAULT_GROUP = 8  # models per batched training (re-measured for issue 22: BENCHMARKS.md, batched section)
 MAX_GROUP = 256  # the largest group size --batch-models accepts (a group's stacks grow with it)
 # "auto" on a CPU batches only networks this small (multiply-adds per model and training step,
-# batch_size x sum(in x out)); measured with the stacked engine (issue 22), 8 models, 1 thread, one
-# epoch of 1,024 mnist5k images with evaluation, sequential/batched: 1.42x at 5.1M (784-100-10,
-# batch 64), 1.34x at 15M (784-128-128-10, 128), 1.31x at 13M (784-256-10, 64), 1.05x at 86M
-# (784-512-512-10, 128), 0.92x at 238M (784-1024-1024-10, 128): groups of large networks are bound by
-# the same GEMMs as alone and lose cache locality.
+# batch_size x sum(in x out)); measured with the stacked engine (issue 22): 8 models, 1 thread, one
+# epoch of 1,024 mnist5k images with the epoch-0 and epoch-1 evaluations, process CPU time, median
+# of 4 interleaved repetitions, sequential/batched: 1.48x at 5.1M (784-100-10, batch 64), 1.35x at
+# 15M (784-128-128-10, 128), 1.10x at 34M (784-256-256-10, 128), 1.03x at 86M (784-512-512-10, 128),
+# 0.85x at 238M (784-1024-1024-10, 128): large networks are bound by the same GEMMs in a group as
+# alone, and a group's models evict each other's weights from the cache.
 AUTO_MAX_MACS = 40_000_000
 BATCH_OPTIMIZERS = ("adam", "adamw", "sgd")
 # RunConfig fields by how a batched group treats them
