@@ -73,7 +73,6 @@ ACTIVATION_OPS = {
                                                                             grad_input=out)),
     nn.ELU: (False, lambda m: lambda z, out: torch._C._nn.elu(z, m.alpha, out=out), _elu_backward),
 }
-ROUTES = ("weight", "feedback", "per_step", "direct")
 
 
 def mlp_layers(model: nn.Module, index: int = 0) -> tuple[list[nn.Linear], nn.Module | None, tuple]:
@@ -107,11 +106,11 @@ def mlp_layers(model: nn.Module, index: int = 0) -> tuple[list[nn.Linear], nn.Mo
     return linears, activation, tuple(signature)
 
 
-def route_of(layer: nn.Linear, index: int) -> str:
-    """How ``layer``'s input error is formed in a training step (:data:`ROUTES`), or a one-line
-    PrealignError for a layer that cannot train in a stack."""
+def check_layer(layer: nn.Linear, index: int) -> None:
+    """A one-line PrealignError for a layer of model ``index`` that cannot train in a stack: a rule
+    that is not registered, or one that draws at every step from torch's global RNG."""
     if not isinstance(layer, FeedbackLayer) or getattr(layer, "_exact", False):
-        return "weight"
+        return
     rule = RULES.get(layer.rule)
     if rule is None:
         raise PrealignError(f"model {index} uses rule {layer.rule!r}, which is not registered")
@@ -119,11 +118,6 @@ def route_of(layer: nn.Linear, index: int) -> str:
         raise PrealignError(f"model {index}: rule {layer.rule} draws random numbers at every step and this layer draws "
                             "them from torch's global RNG, which a group would share between its models; call "
                             "prealign.seed_rules(model, seed) first (prealign.train does), or train it alone")
-    if rule.direct:
-        return "direct"
-    if rule.feedback is None:
-        return "weight"
-    return "per_step" if rule.per_step else "feedback"
 
 
 def _aligned_rows(rows: int, width: int, element_size: int) -> int:
@@ -154,6 +148,8 @@ class _Buffers:
         self.nll = stack(widths[-1])[0]
         self.losses = like.new_zeros(s)
         self.total_weight = like.new_zeros(())
+        # NllLossBackward of a batch mean with upstream gradient 1: -(1 / b) at each target, in the dtype's arithmetic
+        self.nll_grad = -(torch.ones((), dtype=like.dtype) / torch.full((), b, dtype=like.dtype)).item()
         self.gt = [[v.t() for v in self.gz[i][1]] for i in range(n)]
 
 
@@ -161,7 +157,7 @@ class StackedMLP:
     """S MLPs of one architecture trained side by side, each step bitwise as alone (module docstring).
 
     ``models``: ``nn.Sequential`` MLPs (:func:`mlp_layers`) with the same layer sizes and
-    activation, on one device and dtype, each with its own rule (:func:`route_of`). The parameters
+    activation, on one device and dtype, each with its own rule (:func:`check_layer`). The parameters
     stay the models' own tensors; :meth:`step` writes each parameter's gradient into its ``.grad``
     (a tensor kept for the run). ``len(stack)`` is S.
     """
@@ -184,7 +180,9 @@ class StackedMLP:
                                 f"got {sorted({(str(p.device), str(p.dtype)) for p in params})}")
         self.like = first.detach()
         self.layers = [[st[0][i] for st in structures] for i in range(len(structures[0][0]))]  # [layer][model]
-        self.routes = [[route_of(lin, k) for k, lin in enumerate(layer)] for layer in self.layers]
+        for layer in self.layers:
+            for k, lin in enumerate(layer):
+                check_layer(lin, k)
         activation = structures[0][1]
         if activation is None or isinstance(activation, nn.Identity):
             self.stack_act, self.act_fwd, self.act_bwd = True, None, None
@@ -283,11 +281,9 @@ class StackedMLP:
         for k in range(s):
             _aten.nll_loss_forward.output(buf.logps[k], y[k], None, 1, -100, output=buf.losses[k],
                                           total_weight=buf.total_weight)
-        # NllLossBackward of a batch mean with upstream gradient 1: -(1 / B) at each target (float arithmetic)
-        value = -(torch.ones((), dtype=buf.nll.dtype) / torch.full((), b, dtype=buf.nll.dtype)).item()
         nll = buf.nll[:, :b]
         nll.zero_()
-        nll.scatter_(2, y.unsqueeze(-1), value)
+        nll.scatter_(2, y.unsqueeze(-1), buf.nll_grad)
         _aten._log_softmax_backward_data.out(buf.nll, buf.logp, -1, buf.nll.dtype, out=buf.gz[-1][0])
         error = buf.gz[-1][1]  # dfa's output error e (the logits' gradient), per model
         for i in reversed(range(n)):
