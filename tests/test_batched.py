@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import prealign as pa
-from prealign.run.batched import ModelStack, StackedLinear, pretrain_noise_batched, train_batched, train_runs
+from prealign.run.batched import pretrain_noise_batched, train_batched, train_runs
+from prealign.run.stacked import StackedMLP
 from prealign.data import holdout_validation
 from prealign.errors import ConfigError, PrealignError
 from prealign.run.trainer import FileCheckpoint, TensorData, evaluate, train
@@ -75,6 +76,44 @@ def test_batched_equals_separate_bitwise(activation, bias, threads):
     got = train_runs(models, data, epochs=epochs, patience=patience, seeds=seeds, **kw)
     assert_bitwise(expected, got, refs, models)
     assert all(any(k.startswith("grad_angle/") for k in r.curves[1]) for r in got)
+
+
+ALL_METHODS = ("bp", "fa", "ifa@30", "rnp", "dfa", "usf", "brsf", "frsf", "kp", "wm")
+
+
+def _method_model(method: str, dims, seed: int, activation: str = "relu") -> torch.nn.Module:
+    """``method``'s network as prealign.run.config.prepare makes it (rule, alignment, a short noise
+    pretraining for rnp); rules that draw at each step get their own streams (prealign.seed_rules), wm
+    mirrors every 2 steps so that a short run mirrors several times."""
+    g = torch.Generator().manual_seed(100 + seed)
+    m = pa.get_method(method)
+    model = pa.mlp(dims, rule=m.rule, generator=g, activation=activation)
+    m.with_options(noise_samples=96 if m.noise_samples else 0).prepare(model, generator=g, noise_batch_size=32,
+                                                                       progress=False)
+    pa.seed_rules(model, 1000 + seed)
+    if m.rule == "wm":
+        pa.set_wm(model, every=2)
+    return model
+
+
+@pytest.mark.parametrize("dims,activation", [([20, 3], "relu"), ([20, 16, 12, 3], "relu"), ([20, 9, 7, 5, 3], "gelu"),
+                                             ([20, 16, 12, 3], "leaky_relu"), ([20, 16, 12, 3], "elu"),
+                                             ([20, 16, 12, 3], "linear")])
+def test_every_rule_in_one_group_equals_alone(dims, activation):
+    """Issue 22: one group of all ten methods (bp, fa, ifa, rnp, dfa, usf, brsf, frsf, kp, wm), MLPs of
+    1-4 layers and every activation class: each model's records, selection and final weights (W, B,
+    dfa's D) equal its own prealign.train run bit for bit; batches of 32 and a last batch of 6, so
+    both batch sizes' stacks and odd widths (9, 7, 5: slabs padded to 64-byte lines) are used."""
+    data = _data(n=102, n_test=40)
+    models = [_method_model(m, dims, k, activation) for k, m in enumerate(ALL_METHODS)]
+    refs = [copy.deepcopy(m) for m in models]
+    seeds, patience = list(range(len(models))), [None, 1] * (len(models) // 2)
+    kw = {"epochs": 3, "batch_size": 32, "lr": 2e-2, "device": "cpu", "progress": False}
+    expected = [train(m, data, seed=s, patience=p, **kw) for m, s, p in zip(refs, seeds, patience)]
+    got = train_runs(models, data, seeds=seeds, patience=patience, **kw)
+    assert_bitwise(expected, got, refs, models)
+    kp = ALL_METHODS.index("kp")
+    assert not torch.equal(models[kp][-1].feedback, _method_model("kp", dims, kp, activation)[-1].feedback)  # B learned
 
 
 def test_a_run_is_the_same_in_any_group():
@@ -153,6 +192,69 @@ def test_validation_equals_the_trainer_bitwise():
     assert [r.selection for r in expected] == [r.selection for r in got] == ["val"] * 3
 
 
+def _comparable(value):
+    """A checkpoint value with wall times dropped (they differ between any two runs)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items() if not str(k).endswith("seconds")}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def _assert_same_value(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), (where, list(a), list(b))
+        for k in a:
+            _assert_same_value(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_value(x, y, f"{where}[{i}]")
+    else:
+        assert _same(a, b), (where, a, b)
+
+
+@pytest.mark.parametrize("method", ["fa", "brsf", "wm"])
+def test_a_groups_checkpoint_is_the_one_train_writes(tmp_path, method):
+    """A group member's checkpoint holds what prealign.train's holds for the same run after the same
+    epoch, key by key and bitwise (wall times aside): model, optimizer state, batch-order generator,
+    the rules' streams (brsf, wm), the mirror phases, the run's own global stream, counters, curves."""
+    from prealign.run.checkpoint import read_checkpoint
+
+    data = _data(n=96, n_test=32)
+    models = [_method_model(method, DIMS, k) for k in range(2)]
+    refs = [copy.deepcopy(m) for m in models]
+    kw = {"epochs": 2, "batch_size": 16, "lr": 2e-2, "device": "cpu", "progress": False}
+    for k, ref in enumerate(refs):
+        train(ref, data, seed=k, checkpoint=FileCheckpoint(tmp_path / f"alone{k}.pt"), **kw)
+    train_runs(models, data, seeds=[0, 1], checkpoints=[FileCheckpoint(tmp_path / f"group{k}.pt") for k in range(2)], **kw)
+    for k in range(2):
+        alone, group = (_comparable(read_checkpoint(tmp_path / f"{w}{k}.pt")) for w in ("alone", "group"))
+        assert set(alone) == set(group)
+        for key in alone:
+            _assert_same_value(alone[key], group[key], key)
+        if method != "fa":
+            assert alone["rules_rng"]  # the rule's own streams are there to compare
+
+
+def test_a_draw_from_the_global_rng_stops_a_group(monkeypatch):
+    """Nothing in a group may draw from torch's global RNG (its runs alone draw from streams of their
+    own): a draw is a one-line PrealignError, never silently different numbers."""
+    from prealign.run.stacked import StackedMLP as Stack
+
+    real = Stack.step
+
+    def drawing(self, *args):
+        torch.rand(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(Stack, "step", drawing)
+    with pytest.raises(PrealignError, match="global RNG"):
+        train_runs(_models(methods=("fa", "bp")), _data(), epochs=1, seeds=[0, 1], batch_size=32, device="cpu")
+
+
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     """Checkpoints after every epoch; a kill after some models' epoch 2 (raised from a callback)
     resumes in train_runs (models at different epochs) with the uninterrupted numbers, bitwise."""
@@ -192,42 +294,41 @@ def test_train_batched_curves_and_orders_per_seed():
     assert not torch.equal(a[1].weight, b[1].weight)  # different seeds, different batch orders
 
 
-@pytest.mark.parametrize("transport", [False, True])
-def test_stacked_linear_equals_autograd(transport):
-    """Forward and backward of each model's slice equal autograd's for F.linear with W (bp) or the
-    feedback-alignment function with B (fa), bitwise."""
-    from prealign.feedback.functional import FeedbackLinearFunction
-
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_one_stacked_step_equals_autograd(activation):
+    """One StackedMLP.step: each model's loss and every parameter's gradient equal autograd's for the
+    model alone (F.cross_entropy then backward through its feedback layers), bitwise, for bp, fa,
+    dfa and usf side by side; the parameters and feedback matrices themselves are untouched."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 4, generator=g, requires_grad=True)
-    ws = [torch.randn(2, 4, generator=g, requires_grad=True) for _ in range(3)]
-    bs = [torch.randn(2, generator=g, requires_grad=True) for _ in range(3)]
-    fbs = [torch.randn(2, 4, generator=g) for _ in range(3)]
-    y = StackedLinear.apply(x, [None if transport else f for f in fbs], *ws, *bs)
-    delta = torch.randn(3, 5, 2, generator=g)
-    y.backward(delta)
-    for k in range(3):
-        xk = x.detach()[k].clone().requires_grad_()
-        wk, bk = ws[k].detach().clone().requires_grad_(), bs[k].detach().clone().requires_grad_()
-        yk = F.linear(xk, wk, bk) if transport else FeedbackLinearFunction.apply(xk, wk, bk, fbs[k])
-        yk.backward(delta[k])
-        assert torch.equal(y[k], yk) and torch.equal(x.grad[k], xk.grad)
-        assert torch.equal(ws[k].grad, wk.grad) and torch.equal(bs[k].grad, bk.grad)
-    torch.testing.assert_close(x.grad[0], delta[0] @ (ws[0].detach() if transport else fbs[0]))
+    models = [pa.mlp([6, 5, 4, 3], rule=r, generator=g, activation=activation) for r in ("bp", "fa", "dfa", "usf")]
+    x = torch.randn(4, 7, 6, generator=g)
+    y = torch.randint(0, 3, (4, 7), generator=g)
+    refs = [copy.deepcopy(m) for m in models]
+    before = [copy.deepcopy(m.state_dict()) for m in models]
+    stack = StackedMLP(models)
+    losses = stack.step(stack.buffers(7), list(x.unbind(0)), y)
+    for k, (m, ref) in enumerate(zip(models, refs)):
+        loss = F.cross_entropy(ref(x[k]), y[k])
+        loss.backward()
+        assert torch.equal(losses[k], loss.detach()), k
+        for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+            assert torch.equal(p.grad, q.grad), (k, name)
+        after = m.state_dict()  # (dfa's D is drawn on first use, here as alone: dfa_feedback is not compared)
+        assert all(torch.equal(after[key], v) for key, v in before[k].items() if "dfa_feedback" not in key)
 
 
 def test_errors():
-    with pytest.raises(PrealignError, match="rule 'kp'"):
-        ModelStack([pa.mlp(DIMS, rule="kp")])
+    with pytest.raises(PrealignError, match="seed_rules"):
+        StackedMLP([pa.mlp(DIMS, rule="brsf")])
     with pytest.raises(PrealignError, match="one architecture"):
-        ModelStack([pa.mlp(DIMS), pa.mlp([20, 8, 3])])
+        StackedMLP([pa.mlp(DIMS), pa.mlp([20, 8, 3])])
     with pytest.raises(PrealignError, match="MLP"):
-        ModelStack([pa.lenet((1, 28, 28), 10)])
+        StackedMLP([pa.lenet((1, 28, 28), 10)])
     with pytest.raises(PrealignError, match=r"Linear \(activation Linear\)"):
-        ModelStack([torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())])
+        StackedMLP([torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())])
     m = pa.mlp(DIMS)
     with pytest.raises(ConfigError, match="same model"):
-        ModelStack([m, m])
+        StackedMLP([m, m])
 
     class PerStep:
         def on_step_end(self, step, model):
@@ -235,3 +336,48 @@ def test_errors():
 
     with pytest.raises(PrealignError, match="on_step_end"):
         train_runs([pa.mlp(DIMS)], _data(), epochs=1, seeds=[0], callbacks=[[PerStep()]])
+
+
+def test_bench_batched_row_checks_the_invariant_and_its_ceiling():
+    """The bench's batched row (quick: 4 seeds) times sequential runs, the group and the products'
+    floor, and checks on the timed runs that the group's weights equal the sequential ones."""
+    from prealign.bench.batched import TARGETS, bench_batched
+
+    (row,) = bench_batched(torch.device("cpu"), quick=True)
+    assert row.key == "batched/4" and row.details["bitwise_equal"] is True
+    assert row.details["ceiling"] > 0 and row.details["floor_s"] > 0 and row.reps == 1
+    assert TARGETS == {8: ">= 2.0", 16: ">= 2.5"}
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_group_optimizer_step_is_torchs(name):
+    """The group's fused Adam/AdamW step (one kernel call, step counters as views of one tensor) updates
+    parameters and state bitwise as torch's optimizer does, and runs the step hooks once per step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    from prealign.run.batched import _group_optimizer
+    from prealign.run.optimizers import make_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(5, 3, generator=g).requires_grad_() for _ in range(4)]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    group, plain = _group_optimizer(name, a, 1e-2, 1e-3, 0.0), make_optimizer(name, b, 1e-2, 1e-3, 0.0)
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, *_: calls.append(("pre", o))),
+               register_optimizer_step_post_hook(lambda o, *_: calls.append(("post", o)))]
+    try:
+        for _ in range(4):
+            grads = [torch.randn(5, 3, generator=g) for _ in a]
+            for p, q, gr in zip(a, b, grads):
+                p.grad, q.grad = gr.clone(), gr.clone()
+            group.step()
+            plain.step()
+    finally:
+        for h in handles:
+            h.remove()
+    assert group.__dict__["_group_fast"] is not None  # the steps after the first took the short path
+    assert [c for c in calls if c[1] is group] == [("pre", group), ("post", group)] * 4
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(group.state[p][key], plain.state[q][key]), key

@@ -77,28 +77,33 @@ def assert_same_run(sa: Store, sb_: Store, cfg: RunConfig) -> None:
 
 
 def test_batched_sweep_stores_the_same_runs_as_separate_runs(tmp_path, spy, monkeypatch):
-    """(a) bp/fa/ifa@30/rnp × seeds, one with patience, batched = separate (records incl. angle and
-    grad_angle, summaries, final weights; the two RNP runs' noise pretraining batched too); (b) dfa,
-    kp and a different lr run alone / in their own group."""
+    """(a) every rule — bp/fa/ifa@30/rnp/dfa/usf/brsf/frsf/kp (with its own kp_decay)/wm (mirroring every 2
+    steps) — and bp+noise and brsf+noise warm-ups × seeds, one with patience, batched = separate (records
+    incl. angle and grad_angle, summaries, final weights; the noise pretrainings batched too); (b) a
+    different lr in its own group; a run with no partner alone; the packing is logged."""
     noise_calls = _count_models(monkeypatch, "pretrain_noise_batched")
     batchable = [tiny(m, s) for m in ("bp", "fa", "ifa@30") for s in (0, 1)]
     batchable += [tiny("rnp", 0, noise_samples=200), tiny("rnp", 1, noise_samples=200), tiny("fa", 2, epochs=6, patience=1),
-                  tiny("bp", 3, alpha_w=1.0, epochs=2)]
+                  tiny("bp", 3, alpha_w=1.0, epochs=2), tiny("dfa", 0), tiny("usf", 1), tiny("frsf", 2),
+                  tiny("kp", 0, kp_decay=0.05), tiny("bp+noise", 4, noise_samples=200), tiny("brsf", 0),
+                  tiny("wm", 1, wm_every=2), tiny("brsf+noise", 2, noise_samples=200)]
     other_lr = [tiny("fa", 5, lr=1e-2), tiny("ifa", 5, lr=1e-2)]
-    alone = [tiny("dfa", 0), tiny("kp", 0, weight_decay=1e-3)]
+    alone = [tiny("kp", 0, weight_decay=1e-3)]
     configs = batchable + alone + other_lr
-    assert all(sb.group_key(c) is None for c in alone)
     assert len({sb.group_key(c) for c in batchable}) == 1 and sb.group_key(other_lr[0]) != sb.group_key(batchable[0])
 
     separate = Store(tmp_path / "separate")
     out = run_sweep(configs, separate, workers=1, progress=False, batch_models=False)
     assert all(o.status == "finished" for o in out) and spy == []
     batched = Store(tmp_path / "batched")
-    out = run_sweep(configs, batched, workers=1, progress=False)  # default: auto
+    lines = []
+    out = run_sweep(configs, batched, workers=1, progress=False, log=lines.append)  # default: auto
     assert all(o.status == "finished" for o in out), [o.error for o in out]
     assert [o.key for o in out] == [c.key() for c in configs]
-    assert sorted(spy) == [2, 5, 5]  # the 10 in groups of at most 8 (5 + 5), the other lr's 2; dfa, kp alone
-    assert noise_calls == [2]  # both RNP runs landed in one group and were pretrained together
+    assert sorted(spy) == [2, 6, 6, 6]  # the 18 in groups of at most 8, the other lr's 2; the lone kp alone
+    assert sum(noise_calls) == 4 and max(noise_calls) >= 2  # the four noise runs, pretrained per group, batched
+    assert lines == ["batching: 21 runs to train; 20 in 4 batched groups (3 × 6, 1 × 2); 1 alone — 1 (kp seed 0): "
+                     "no other pending run shares its data, widths and optimizer settings"]
     for cfg in configs:
         assert_same_run(separate, batched, cfg)
     patient = batched.result(batched.find(batchable[8].key())["id"])
@@ -267,27 +272,37 @@ def test_runs_are_stored_as_they_end(tmp_path, monkeypatch):
     assert [store.result(store.find(c.key())["id"]).epochs_run for c in configs] == [1, 3]
 
 
-def test_cli_rejects_a_bad_batch_option(capsys, tmp_path):
+@pytest.mark.parametrize("command", ["reproduce ifa_fig1", "compare --methods fa", "sweep GRID"])
+@pytest.mark.parametrize("value", ["many", "0", "300"])
+def test_cli_rejects_a_bad_batch_option(capsys, tmp_path, command, value):
+    """--batch-models 0 (groups of no model), a size above 256 or a word: one line, exit 2, nothing created."""
     from prealign.cli import main
 
-    assert main(["reproduce", "ifa_fig1", "--batch-models", "many", "--out", str(tmp_path / "out")]) == 2
-    assert "--batch-models" in capsys.readouterr().err
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[base]\ndataset = "digits"\nepochs = 1\n[grid]\nseed = [0, 1]\n')
+    args = [a if a != "GRID" else str(grid) for a in command.split()]
+    assert main([*args, "--batch-models", value, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-models" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # refused before anything was created
 
 
 def test_grouping_rule():
     base = tiny("fa", 0)
     assert sb.group_key(base) is not None
-    for c in (tiny("dfa"), tiny("usf"), tiny("kp"), tiny("fa", model="lenet", hidden=[100])):
-        assert sb.group_key(c) is None, c.method
+    for m in ("bp", "ifa@30", "dfa", "usf", "brsf", "frsf", "kp", "wm"):  # every rule
+        assert sb.group_key(tiny(m)) == sb.group_key(base), m
+    lenet = tiny("fa", model="lenet", dataset="mnist5k", hidden=[100])
+    assert sb.group_key(lenet) is None and "not an MLP" in sb.alone_reason(lenet)
     for change in ({"lr": 1e-2}, {"hidden": [16]}, {"batch_size": 16}, {"optimizer": "sgd"}, {"train_subset": 100},
                    {"grad_alignment": False}, {"activation": "tanh"}, {"momentum": 0.5}, {"val_fraction": 0.2}):
         assert sb.group_key(base.replace(**change)) != sb.group_key(base), change
     for change in ({"seed": 3}, {"method": "bp"}, {"method": "ifa", "angle": 30.0}, {"epochs": 9}, {"patience": 2},
-                   {"alpha_w": 1.0}, {"method": "rnp", "noise_samples": 10}):
+                   {"alpha_w": 1.0}, {"method": "rnp", "noise_samples": 10}, {"method": "kp", "kp_decay": 0.1},
+                   {"method": "bp+noise", "noise_samples": 10}, {"method": "wm", "wm_every": 3, "wm_noise": "gaussian"}):
         assert sb.group_key(base.replace(**change)) == sb.group_key(base), change
-    # 10 compatible + 1 not, groups of at most 4, 2 workers: 3 groups rounded up to 4 (2+3+2+3), dfa alone
-    configs = [tiny("fa", s) for s in range(10)] + [tiny("dfa")]
+    # 10 compatible + 1 not, groups of at most 4, 2 workers: 3 groups rounded up to 4 (2+3+2+3), lenet alone
+    configs = [tiny("fa", s) for s in range(10)] + [lenet]
     units = sb.plan(configs, 4, workers=2)
     assert sorted(len(u) for u in units) == [1, 2, 2, 3, 3] and sorted(i for u in units for i in u) == list(range(11))
     assert sorted(len(u) for u in sb.plan(configs, 4, workers=1)) == [1, 3, 3, 4]
@@ -306,14 +321,44 @@ def test_grouping_rule():
     assert [sum(costs[i] for i in g) for g in groups] == [2400, 2400]
     assert sb.plan(configs, 0) == [[i] for i in range(11)]
     assert sb.resolve_batch("auto") == (sb.DEFAULT_GROUP, True) and sb.resolve_batch("off")[0] == 0
-    assert sb.resolve_batch(3) == (3, False) and sb.resolve_batch("1")[0] == 0
-    # auto batches small networks on a CPU only (measured); a group size batches whatever is compatible
-    small, wide = tiny("fa", 0, dataset="mnist5k", hidden=[100]), tiny("fa", 0, dataset="mnist5k", hidden=[1000])
+    assert sb.resolve_batch(3) == (3, False) and sb.resolve_batch("1")[0] == 0 and sb.resolve_batch("256") == (256, False)
+    # auto batches networks up to AUTO_MAX_MACS on a CPU (measured); a group size batches whatever is compatible
+    small, wide = tiny("fa", 0, dataset="mnist5k", hidden=[100]), tiny("fa", 0, dataset="mnist5k", hidden=[4000])
     assert sb.step_macs(small) == 32 * (784 * 100 + 100 * 10)
-    assert sb.wins(small) and not sb.wins(wide)
-    assert sb.plan([wide, wide.replace(seed=1)], 8, auto=True) == [[0], [1]]
+    assert sb.wins(small) and sb.wins(tiny("fa", dataset="mnist5k", hidden=[128, 128], batch_size=128))  # quick budgets
+    assert not sb.wins(wide)
+    packing = sb.pack([wide, wide.replace(seed=1)], 8, auto=True)
+    assert packing.units == [[0], [1]] and "multiply-adds per step" in packing.alone[0]
     assert sb.plan([wide, wide.replace(seed=1)], 8) == [[0, 1]]
     from prealign.errors import PrealignError
 
-    with pytest.raises(PrealignError):
-        sb.resolve_batch("many")
+    for bad in ("many", 0, "0", -2, 257, "2.5", 2.0):
+        with pytest.raises(PrealignError, match="from 1 .* to 256"):
+            sb.resolve_batch(bad)
+
+
+def test_packing_is_described():
+    """The log line: runs, groups by size, and the runs alone counted by reason, named by label."""
+    configs = [tiny("fa", s) for s in range(11)] + [tiny("fa", 0, model="lenet", dataset="mnist5k", hidden=[100]), tiny("bp", 0, lr=1e-2)]
+    packing = sb.pack(configs, 4, workers=1, reasons=[None] * len(configs))
+    labels = [f"{c.label} seed {c.seed}" for c in configs]
+    assert sorted(len(g) for g in packing.groups) == [3, 4, 4]
+    assert sb.describe_packing(packing, labels) == (
+        "batching: 13 runs to train; 11 in 3 batched groups (2 × 4, 1 × 3); 2 alone — 1 (fa seed 0): model lenet is not "
+        "an MLP (groups stack MLPs); 1 (bp seed 0): no other pending run shares its data, widths and optimizer settings")
+    off = sb.pack(configs[:2], 0)
+    assert sb.describe_packing(off) == "batching: 2 runs to train; 2 alone — 2: batching is off"
+
+
+def test_reproduce_packs_its_seeds_and_says_so(tmp_path, capsys, spy):
+    """`prealign reproduce` groups an experiment's runs by default and logs the packing; runs with
+    trackers train alone, and the log says why."""
+    from prealign.cli import main
+    from prealign.experiments.runner import ExperimentRun
+
+    assert main(["reproduce", "rnp_fig_s3", "--budget", "smoke", "--workers", "1", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "batching: 2 runs to train; 2 in 1 batched group (1 × 2)" in err and spy == [2]
+    tracked = ExperimentRun(tiny("fa"), [{"kind": "hessian", "track": True}])
+    assert tracked.batch_config() is None
+    assert sb.item_alone_reason(tracked) == "trackers (hessian) follow every training step of a lone run"

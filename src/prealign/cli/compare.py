@@ -48,8 +48,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=THREADS, default=None,
                    help="torch threads with --workers 1 (default 1 for mlp: small nets train fastest single-threaded); "
                         "parallel workers use one thread each")
-    add_batch_models(p, "train compatible runs (MLPs under bp/fa/ifa/rnp) together as one batched model: auto "
-                        "(default; where it was measured to win), off, or a group size G")
+    add_batch_models(p, "train compatible runs (MLPs, any rule) together as one batched model, bitwise as alone: "
+                        "auto (default; where it was measured to win), off (or 1), or a group size G up to 256")
     p.add_argument("--yes", action="store_true", help="run a comparison of more than 10,000 runs (methods x seeds)")
     p.add_argument("--out", type=STORE, default=None, help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     add_cluster_options(p)

@@ -3,6 +3,7 @@ the outputs (:func:`prealign.reports.compare.write_grid_outputs`), print the tab
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from .args import cluster_options
@@ -17,7 +18,8 @@ def sweep_and_report(args, command: str, root, points, configs, store, settings,
     from ..reports.compare import write_grid_outputs
 
     start = time.perf_counter()
-    sweep_grid(configs, store, workers=workers, batch_models=args.batch_models, **cluster_options(args))
+    sweep_grid(configs, store, workers=workers, batch_models=args.batch_models, log=None if args.json else _log,
+               **cluster_options(args))
     wall = time.perf_counter() - start
     folder, summary = write_grid_outputs(root, command, points, store, settings, wall)
     if args.json:
@@ -25,6 +27,10 @@ def sweep_and_report(args, command: str, root, points, configs, store, settings,
         return 0
     print_table(summary, folder, wall)
     return 0
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def print_table(summary: dict, folder, wall: float) -> None:

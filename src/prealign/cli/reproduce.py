@@ -32,9 +32,8 @@ def register(sub) -> None:
     add_cluster_options(p)
     p.add_argument("--workers", type=WORKERS, default=None, help="local worker processes, one torch thread each "
                                                              "(default: number of CPU cores; 1 = serial in this process)")
-    add_batch_models(p, "train compatible runs (MLPs under bp/fa/ifa/rnp with the same data and optimizer settings) "
-                        "as one vectorized model per group of up to G (auto: 8); same stored results as separate "
-                        "runs; off trains each run alone (default auto)")
+    add_batch_models(p, "train runs that differ only in seed, method, init or noise (MLPs, any rule) as one group of "
+                        "up to G, bitwise as alone; auto (default): 8 where measured to win; off (or 1); packing logged")
     p.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                    help="restrict a grid axis to some of its values (repeatable), e.g. dataset=fashion-mnist")
     p.add_argument("--report-only", action="store_true",
@@ -115,7 +114,8 @@ def run(args) -> int:
             print(f"{exp.name} at budget {args.budget}: {summary(plans)}", file=sys.stderr)
     out = Path(args.out)
     store = Store(args.store or out / "store")
-    kwargs = dict(**cluster_options(args), workers=args.workers, train=not args.report_only, batch_models=args.batch_models)
+    kwargs = dict(**cluster_options(args), workers=args.workers, train=not args.report_only, batch_models=args.batch_models,
+                  log=None if args.json else (lambda line: print(line, file=sys.stderr)))
     if len(experiments) == 1 and args.name != "all":
         res = reproduce(experiments[0], args.budget, store, out, only=only, **kwargs)
         if args.json:

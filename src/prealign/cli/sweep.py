@@ -34,7 +34,9 @@ def register(sub) -> None:
                    "refused, saying its size)")
     p.add_argument("--workers", type=WORKERS, default=None,
                    help="local worker processes, one torch thread each (default: CPU cores; 1 = serial in this process)")
-    add_batch_models(p, "train compatible MLP runs together as one batched model: auto (default), off, or a group size G")
+    add_batch_models(p, "train compatible MLP runs (any rule; same data, widths and optimizer settings) together as "
+                        "one batched model, bitwise as alone: auto (default; groups of 8 where measured to win), off "
+                        "(or 1), or a group size G up to 256; the packing is logged")
     p.add_argument("--out", type=STORE, default=None,
                    help="output root holding the result store (default ./prealign-runs or $PREALIGN_RUNS)")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout (the summary, or the run list with --dry-run)")

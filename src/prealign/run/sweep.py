@@ -20,7 +20,7 @@ store). The store makes a sweep *resumable*:
 - a run that raises is recorded ``failed`` (with the error) and the sweep goes on; a ``failed``
   run is tried again on the next invocation.
 
-Batching (issue 8): by default compatible configs — MLPs under bp/fa/ifa/rnp that share data,
+Batching (issues 8, 22): by default compatible configs — MLPs under any rule that share data,
 widths and optimizer settings (:func:`prealign.run.sweep_batched.group_key`) — are trained in groups
 of up to 8 as one vectorized model (:func:`prealign.run.batched.train_runs`), each run stored exactly
 as its separate run would be; ``batch_models=False`` trains every config alone. A group is one
@@ -300,7 +300,8 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
               on_outcome: Callable[[Outcome], None] | None = None, batch_models: bool | int | str = "auto",
               storage: str | os.PathLike | None = None, gpus_per_run: float | None = None,
               cpus_per_run: float | None = None, runtime_env: dict | str | None = None,
-              resources: dict | None = None, max_attempts: int = 3) -> list[Outcome]:
+              resources: dict | None = None, max_attempts: int = 3,
+              log: Callable[[str], None] | None = None) -> list[Outcome]:
     """Run every config not yet done in ``store``; return one :class:`Outcome` per distinct key.
 
     ``store``: a :class:`~prealign.run.store.Store` or its path; this process is its only writer.
@@ -308,7 +309,7 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     process) or ``"ray"`` (``address`` of a cluster, ``None`` = start a local one).
     ``task(payload, store) -> dict`` is the worker function (default: train the run); its ``store`` is
     a :class:`~prealign.run.storage.WorkerStore`. ``batch_models``: ``"auto"`` (default) trains
-    compatible configs (MLPs under bp/fa/ifa/rnp sharing data, widths and optimizer settings;
+    compatible configs (MLPs under any rule sharing data, widths and optimizer settings;
     :func:`prealign.run.sweep_batched.group_key`) as one vectorized model per group of up to 8, storing
     bitwise what separate runs store, where that is faster (:func:`prealign.run.sweep_batched.wins`);
     ``False``/``"off"`` trains every config alone; an int ``G >= 2`` batches in groups of at most ``G``.
@@ -320,10 +321,11 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
     ``resources``: extra Ray resources per unit (e.g. ``{"gpu_node": 0.01}`` to pin units to nodes).
     ``max_attempts``: how often a unit whose worker died (killed, out of memory, node lost) is
     dispatched before its runs are recorded failed; a retry resumes from the last checkpoints.
-    ``on_outcome`` is called in this process as each run ends. Outcomes come back in the order of ``configs``.
+    ``on_outcome`` is called in this process as each run ends; ``log(line)`` gets the packing line
+    (:func:`prealign.run.sweep_batched.describe_packing`). Outcomes come back in the order of ``configs``.
     """
     from .storage import Storage
-    from .sweep_batched import GROUP_TASK, plan, resolve_batch
+    from .sweep_batched import GROUP_TASK, pack_items, resolve_batch
 
     check_options(executor, workers, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, address=address,
                   runtime_env=runtime_env)
@@ -341,7 +343,7 @@ def run_sweep(configs: Sequence, store, *, executor: str = "local", workers: int
         n_workers = workers or os.cpu_count() or 1
         batch_configs = [_batch_config(item, task) for item in todo] if group_size else [None] * len(todo)
         units = []  # (items, task, payload): one config, or a group trained as one batched model
-        for members in plan(batch_configs, group_size, n_workers, auto=auto):
+        for members in pack_items(todo, batch_configs, group_size, n_workers, auto, log).units:
             if len(members) == 1:
                 units.append(([todo[members[0]]], task, todo[members[0]].to_dict()))
             else:

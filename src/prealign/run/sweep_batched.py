@@ -16,13 +16,16 @@ Because a batched run equals its separate run bit for bit (:mod:`prealign.run.ba
 depend on its key (and, as for any run, on the machine and torch thread count), never on which
 other runs shared its group. ``batch_models`` changes only the wall time.
 
-Batchable (:func:`group_key` is not None) — all of:
+Batchable (:func:`group_key` is not None; else :func:`alone_reason` says why, one line) — all of:
 
-- ``model = "mlp"`` and the method's rule is ``bp`` or ``fa`` (methods bp, fa, ifa/ifa@θ, rnp: IFA
-  and RNP are FA after a one-time preparation, done per model before training with the same seeds
-  and generators as :func:`prealign.run.config.run`; RNP's noise pretraining is itself batched across the
-  group's RNP runs with equal noise settings, each model on its own noise stream). Not batchable:
-  dfa, usf, brsf, frsf, kp (other backward rules), lenet/alexnet (convolutions);
+- ``model = "mlp"`` (any depth, widths and activation) under any rule: bp, fa, ifa/ifa@θ, rnp, dfa,
+  usf, brsf, frsf, kp, wm (brsf's and wm's per-step draws come from per-layer streams seeded from
+  the run's seed, :func:`prealign.seed_rules`, alone and in a group alike); IFA, RNP and noise
+  warm-ups (``X+noise``) are a one-time preparation,
+  done per model before training with the same seeds and generators as
+  :func:`prealign.run.config.run`; the noise pretraining is itself batched across the group's
+  members with equal noise settings, each model on its own noise stream. Not batchable: lenet,
+  alexnet and other convolutional or custom models;
 - every RunConfig field this module does not know is at its default (a field added later is never
   silently ignored);
 - the sweep runs the plain training task (no trainer callbacks such as Hessian or trajectory
@@ -32,7 +35,11 @@ Configs are grouped when they agree on everything the models share in one traini
 ``train_subset``, ``val_fraction`` (one validation split, one training set), ``hidden``,
 ``activation``, ``batch_size``, ``lr``, ``optimizer``, ``weight_decay``, ``momentum``,
 ``grad_alignment``, ``device``. ``epochs`` and ``patience`` may differ: each model's run ends at its
-own epoch (it leaves the stack) and is stored finished at once.
+own epoch (it leaves the stack) and is stored finished at once; so may the method and its options
+(angle, noise, ``alpha_*``, ``kp_decay``, ``wm_*``) and the seed.
+
+:func:`pack` cuts a sweep into groups and says which runs train alone and why;
+:func:`describe_packing` is the line a sweep logs about it.
 
 Per-epoch ``seconds`` and the summary's ``seconds`` of a batched run are its share of the batched
 wall time (the group's time divided by the models trained in it); ``eval_seconds`` its own.
@@ -45,38 +52,60 @@ import math
 import time
 from collections.abc import Sequence
 
-DEFAULT_GROUP = 8  # models per batched training: on this CPU 8 beat 4 and 12 (sweep of 24 runs: 1.54x vs 1.41x, 1.37x)
+DEFAULT_GROUP = 8  # models per batched training (re-measured for issue 22: BENCHMARKS.md, batched section)
+MAX_GROUP = 256  # the largest group size --batch-models accepts (a group's stacks grow with it)
 # "auto" on a CPU batches only networks this small (multiply-adds per model and training step,
-# batch_size x sum(in x out)). Measured with the bitwise engine (per-model GEMMs), 4 models, 1 thread,
-# 2 epochs of 1,000 mnist5k images and a 1,000-image test set, separate/batched CPU time: 1.10x at 5.1M
-# (784-100-10, batch 64), 1.05x at 11.4M (784-100-100-10, 128), 0.99x at 13M (784-256-10, 64),
-# 1.02x at 20M (784-200-10, 128), 1.02x at 30M (784-300-10, 128): the gain ends near 12M.
-AUTO_MAX_MACS = 12_000_000
-BATCH_RULES = ("bp", "fa")
+# batch_size x sum(in x out)); measured with the stacked engine (issue 22): 8 models, 1 thread, one
+# epoch of 1,024 mnist5k images with the epoch-0 and epoch-1 evaluations, process CPU time, median
+# of 4 interleaved repetitions, sequential/batched: 1.48x at 5.1M (784-100-10, batch 64), 1.35x at
+# 15M (784-128-128-10, 128), 1.10x at 34M (784-256-256-10, 128), 1.03x at 86M (784-512-512-10, 128),
+# 0.85x at 238M (784-1024-1024-10, 128): large networks are bound by the same GEMMs in a group as
+# alone, and a group's models evict each other's weights from the cache.
+AUTO_MAX_MACS = 40_000_000
 BATCH_OPTIMIZERS = ("adam", "adamw", "sgd")
 # RunConfig fields by how a batched group treats them
 SHARED_FIELDS = ("dataset", "train_subset", "model", "hidden", "activation", "batch_size", "lr", "optimizer",
                  "weight_decay", "momentum", "val_fraction", "grad_alignment", "device")
 PER_MODEL_FIELDS = ("method", "angle", "noise_samples", "alpha_w", "alpha_b", "same_init", "epochs", "patience", "seed",
-                    "noise_batch_size", "noise_lr", "noise_distribution", "noise_std", "name", "tensorboard")
+                    "noise_batch_size", "noise_lr", "noise_distribution", "noise_std", "name", "tensorboard",
+                    "kp_decay", "wm_lr", "wm_noise_std", "wm_decay", "wm_steps", "wm_batch", "wm_noise", "wm_every")
 GROUP_TASK = "prealign.run.sweep_batched:train_group_task"
 
 
-def group_key(config) -> tuple | None:
-    """The key under which ``config`` (a RunConfig) may share a batched training, or None if it must
-    train alone (see the module docstring for the rule)."""
+def alone_reason(config) -> str | None:
+    """Why ``config`` (a RunConfig) must train alone, in a few words, or None when it may share a
+    batched training (see the module docstring for the rule)."""
     from .config import RunConfig
 
-    if not isinstance(config, RunConfig) or config.model != "mlp" or config.optimizer not in BATCH_OPTIMIZERS:
-        return None
-    if config.method_object().rule not in BATCH_RULES:
-        return None
+    if not isinstance(config, RunConfig):
+        return "not a RunConfig"
+    if config.model != "mlp":
+        return f"model {config.model} is not an MLP (groups stack MLPs)"
+    if config.optimizer not in BATCH_OPTIMIZERS:
+        return f"optimizer {config.optimizer} has no batched form"
     for f in dataclasses.fields(RunConfig):
         if f.name in SHARED_FIELDS or f.name in PER_MODEL_FIELDS:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if getattr(config, f.name) != default:
-            return None
+            return f"{f.name} = {getattr(config, f.name)!r} is not a setting groups know"
+    return None
+
+
+def item_alone_reason(item) -> str:
+    """Why a sweep item that is not a plain run (its task attaches trackers, or is a task of its own)
+    trains alone, in a few words."""
+    track = [t.get("kind", "?") for t in getattr(item, "track", None) or () if isinstance(t, dict)]
+    if track:
+        return f"trackers ({', '.join(track)}) follow every training step of a lone run"
+    return "its task is not the plain training task"
+
+
+def group_key(config) -> tuple | None:
+    """The key under which ``config`` (a RunConfig) may share a batched training, or None if it must
+    train alone (:func:`alone_reason` says why)."""
+    if alone_reason(config) is not None:
+        return None
     return tuple((name, tuple(v) if isinstance(v, list) else v) for name, v in
                  ((name, getattr(config, name)) for name in SHARED_FIELDS))
 
@@ -85,7 +114,9 @@ def resolve_batch(batch_models) -> tuple[int, bool]:
     """``batch_models`` → ``(largest group size, auto)``; size 0 = no batching.
 
     ``"auto"``/``True``/``None``: groups of :data:`DEFAULT_GROUP` where batching wins (:func:`wins`);
-    ``False``/``"off"``/``0``/``1``: off; an int ``G >= 2``: every batchable config, groups of at most ``G``."""
+    ``False``/``"off"``/``1``: every run alone; an int ``2 <= G <=`` :data:`MAX_GROUP`: every batchable
+    config, groups of at most ``G``. Anything else (``0``, negative, too large, not a number) is a
+    one-line PrealignError."""
     from ..errors import PrealignError
 
     if batch_models is None or batch_models is True or (isinstance(batch_models, str) and batch_models.lower() in ("auto", "on")):
@@ -93,11 +124,12 @@ def resolve_batch(batch_models) -> tuple[int, bool]:
     if batch_models is False or (isinstance(batch_models, str) and batch_models.lower() in ("off", "no", "false")):
         return 0, False
     try:
-        size = int(batch_models)
+        size = int(str(batch_models).strip()) if not isinstance(batch_models, float) else -1
     except (TypeError, ValueError):
         size = -1
-    if size < 0:
-        raise PrealignError(f"--batch-models must be auto, off or a group size >= 1, got {batch_models!r}")
+    if not 1 <= size <= MAX_GROUP:
+        raise PrealignError(f"--batch-models must be auto, off or a group size from 1 (each run alone) to {MAX_GROUP}, "
+                            f"got {batch_models!r}")
     return (size if size >= 2 else 0), False
 
 
@@ -155,30 +187,103 @@ def _balanced(items: list[int], costs: list[float], parts: int, cap: int) -> lis
     return [[items[k] for k in sorted(group)] for group in groups if group]
 
 
-def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = False) -> list[list[int]]:
-    """Dispatch units for a sweep: lists of indices into ``configs`` (RunConfig or None for "never
-    batch"). The ``n`` batchable configs of one :func:`group_key` are cut into ``ceil(n / group_size)``
-    groups, rounded up to a multiple of ``workers`` (so the workers finish together) while every
-    group keeps at least 2 configs; a group of one is a plain run. ``auto``: only configs where
-    batching :func:`wins` are grouped. Units come in the order of their first config."""
+@dataclasses.dataclass
+class Packing:
+    """How a sweep's pending configs are dispatched: ``units`` (lists of indices into the configs; a
+    list of one is a plain run, longer ones are batched groups, in the order of their first config)
+    and, for every config that trains alone, ``alone[index]``: why, in a few words."""
+
+    units: list[list[int]]
+    alone: dict[int, str]
+
+    @property
+    def groups(self) -> list[list[int]]:
+        return [u for u in self.units if len(u) > 1]
+
+
+def pack(configs: Sequence, group_size: int, workers: int = 1, auto: bool = False,
+         reasons: Sequence[str | None] | None = None) -> Packing:
+    """Cut a sweep into dispatch units (``configs``: RunConfigs, or None for "never batch" with
+    ``reasons[i]`` saying why). The ``n`` batchable configs of one :func:`group_key` are cut into
+    ``ceil(n / group_size)`` groups, rounded up to a multiple of ``workers`` (so the workers finish
+    together) while every group keeps at least 2 configs; a group of one is a plain run. ``auto``:
+    only configs where batching :func:`wins` are grouped. ``group_size < 2``: every config alone."""
+    alone: dict[int, str] = {}
     if group_size < 2:
-        return [[i] for i in range(len(configs))]
+        return Packing([[i] for i in range(len(configs))], {i: "batching is off" for i in range(len(configs))})
     groups: dict[tuple, list[int]] = {}
     units: list[list[int]] = []
     for i, cfg in enumerate(configs):
         key = group_key(cfg) if cfg is not None else None
-        if key is None or (auto and not wins(cfg)):
-            units.append([i])
+        if key is None:
+            alone[i] = (reasons[i] if reasons is not None and reasons[i] else None) or alone_reason(cfg)
+        elif auto and not wins(cfg):
+            alone[i] = _auto_reason(cfg)
         else:
             groups.setdefault(key, []).append(i)
+            continue
+        units.append([i])
     for members in groups.values():
         n, w = len(members), max(workers, 1)
         parts = math.ceil(n / group_size)
         parts = max(parts, min(math.ceil(parts / w) * w, n // 2))
         for chunk in _balanced(members, [run_cost(configs[i]) for i in members], parts, group_size):
-            units.extend([[i] for i in chunk] if len(chunk) == 1 else [chunk])
+            if len(chunk) == 1:
+                alone[chunk[0]] = "no other pending run shares its data, widths and optimizer settings"
+            units.append(chunk)
     units.sort(key=lambda u: u[0])
-    return units
+    return Packing(units, alone)
+
+
+def pack_items(items: Sequence, configs: Sequence, group_size: int, workers: int, auto: bool, log=None) -> Packing:
+    """:func:`pack` for a sweep's pending ``items`` (``configs[i]``: the RunConfig item ``i`` may train
+    under in a group, or None: :func:`item_alone_reason` says why), with the line of
+    :func:`describe_packing` to ``log`` (a callable, or None)."""
+    packing = pack(configs, group_size, workers, auto=auto,
+                   reasons=[None if c is not None else item_alone_reason(i) for i, c in zip(items, configs)])
+    if log is not None and items:
+        run_configs = [i if hasattr(i, "label") else getattr(i, "config", None) for i in items]
+        log(describe_packing(packing, [f"{c.label} seed {c.seed}" if c is not None else i.key()
+                                       for i, c in zip(items, run_configs)]))
+    return packing
+
+
+def plan(configs: Sequence, group_size: int, workers: int = 1, auto: bool = False) -> list[list[int]]:
+    """The dispatch units of :func:`pack` (lists of indices into ``configs``)."""
+    return pack(configs, group_size, workers, auto).units
+
+
+def _auto_reason(config) -> str:
+    macs = step_macs(config)
+    return (f"{macs / 1e6:.0f} M multiply-adds per step: above {AUTO_MAX_MACS / 1e6:.0f} M a group of CPU runs gains "
+            "nothing (batch_models auto; a group size batches it anyway)")
+
+
+def describe_packing(packing: Packing, labels: Sequence[str] | None = None) -> str:
+    """One line for a sweep's log: how many runs, in how many groups of what size, and which train
+    alone and why (``labels[i]``: how to name config ``i``, e.g. ``"fa seed 0"``; counted by reason)."""
+    n = sum(len(u) for u in packing.units)
+    sizes: dict[int, int] = {}
+    for g in packing.groups:
+        sizes[len(g)] = sizes.get(len(g), 0) + 1
+    grouped = sum(len(g) for g in packing.groups)
+    parts = [f"{n} run{'s' if n != 1 else ''} to train"]
+    if packing.groups:
+        shapes = ", ".join(f"{count} × {size}" for size, count in sorted(sizes.items(), reverse=True))
+        parts.append(f"{grouped} in {len(packing.groups)} batched group{'s' if len(packing.groups) != 1 else ''} ({shapes})")
+    if packing.alone:
+        by_reason: dict[str, list[int]] = {}
+        for i, why in packing.alone.items():
+            by_reason.setdefault(why, []).append(i)
+        said = []
+        for why, idx in by_reason.items():
+            names = ""
+            if labels is not None:
+                shown = ", ".join(labels[i] for i in idx[:3]) + (", ..." if len(idx) > 3 else "")
+                names = f" ({shown})"
+            said.append(f"{len(idx)}{names}: {why}")
+        parts.append(f"{len(packing.alone)} alone — " + "; ".join(said))
+    return "batching: " + "; ".join(parts)
 
 
 def _noise_key(config) -> tuple | None:
@@ -283,8 +388,10 @@ def train_group(configs: Sequence, store) -> list[dict | None]:
                              weight_decay=first.weight_decay, momentum=first.momentum, val_fraction=first.val_fraction,
                              device=device, grad_alignment=first.grad_alignment, checkpoints=[m[5] for m in members],
                              callbacks=[[store.epoch_logger(m[2]), *filter(None, [lg])] for m, lg in zip(members, logs)],
-                             on_done=done, progress=False,
-                             description=f"{len(members)} runs batched")
+                             on_done=done, progress=False, description=f"{len(members)} runs batched",
+                             kp_decay=[m[1].kp_decay for m in members],
+                             wm=[{k.removeprefix("wm_"): v for k, v in m[1].wm_settings().items()} or None
+                                 for m in members])
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: train the rest one by one (they resume from their checkpoints)
         error = f"{type(exc).__name__}: {exc}"
         for position, (i, cfg, run_id, *_) in enumerate(members):
@@ -344,7 +451,14 @@ __all__ = [
     "AUTO_MAX_MACS",
     "DEFAULT_GROUP",
     "GROUP_TASK",
+    "MAX_GROUP",
+    "Packing",
+    "alone_reason",
+    "describe_packing",
     "group_key",
+    "item_alone_reason",
+    "pack",
+    "pack_items",
     "plan",
     "resolve_batch",
     "step_macs",
