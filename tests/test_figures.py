@@ -318,3 +318,15 @@ def test_s5_data_words_come_from_the_runs_and_depth_5_is_run():
     assert 5 not in missing.get("depth", []) and missing["depth"] == [3]
     assert missing["dataset"] == ["cifar10", "cifar100", "mnist", "stl10"]
     assert "depth 3" in note and "`--budget paper` runs them" in note
+
+
+def test_pooled_means_levels_averaged_within_one_point():
+    """Fig. 6b's x is the angle each method sets: a point per angle pools no method. Two depths at
+    one angle would be pooled, and the report says so."""
+    from prealign.experiments.rowdata import pooled
+
+    runs = [_run({"method": m, "seed": s}, {"angle": a}) for m, a in (("fa", 90.0), ("ifa@30", 30.0), ("ifa", 0.0))
+            for s in (0, 1)]
+    assert pooled(runs, "angle") == {}
+    deep = [_run({"method": "ifa", "depth": d, "seed": 0}, {"angle": 0.0}) for d in (2, 4)]
+    assert pooled(runs + deep, "angle") == {"depth": [2, 4]}

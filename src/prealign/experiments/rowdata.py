@@ -48,14 +48,21 @@ def find(grouped: dict, shown: str):
 
 
 def pooled(runs, *fields) -> dict[str, list]:
-    """``{grid axis: [its values]}`` for the axes other than the seed and ``fields`` that take more
-    than one value among ``runs``: the factor levels one band or point would average together."""
-    values = defaultdict(set)
+    """``{grid axis: [its values]}`` for the axes other than the seed that take more than one value
+    among runs sharing their ``fields`` values (one band, point or cell): the factor levels it would
+    average together. An axis that only moves with a field (``method`` with ``angle``) pools nothing."""
+    cells = defaultdict(lambda: defaultdict(set))
     for r in runs:
+        cell = cells[tuple(str(r.row.get(f)) for f in fields if f)]
         for axis, v in (getattr(r, "axes", None) or {}).items():
             if axis not in REPLICATES and axis not in fields:
-                values[axis].add(v if isinstance(v, (int, float, str)) else str(v))
-    return {a: sorted(vs, key=key) for a, vs in values.items() if len(vs) > 1}
+                cell[axis].add(v if isinstance(v, (int, float, str)) else str(v))
+    out = defaultdict(set)
+    for cell in cells.values():
+        for axis, vs in cell.items():
+            if len(vs) > 1:
+                out[axis] |= vs
+    return {a: sorted(vs, key=key) for a, vs in out.items()}
 
 
 def pooled_text(pool: dict) -> str:
