@@ -127,7 +127,7 @@ def test_fig3a_heatmap_shows_the_trainable_region_and_why_alpha_b_is_flat(drawn,
     assert any("chance" in t for t in labels) and any("trainable" in t for t in labels)
     _assert_legends_clear(fig)
     notes = " ".join(ctx.notes)
-    assert "alpha_b changes no cell by more than 0" in notes
+    assert "alpha_b changes no cell by more than 0 points" in notes
     assert "Adam" in notes and "does not see a constant scale" in notes
     assert "100-epoch grid (`--budget paper`)" in notes
     assert "halfway from chance, 10 %" in notes

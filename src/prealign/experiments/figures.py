@@ -193,7 +193,8 @@ def _flat_axis(ctx, out, runs, grids, y):
                   if np.isfinite(g[:, j]).sum() > 1), default=float("nan"))
     if not np.isfinite(spread):
         return
-    text = (f"{title(out)}: {y} changes no cell by more than {spread:.3g} (largest spread along {y} at fixed "
+    unit = " points" if is_pct(out["z"]) else ""
+    text = (f"{title(out)}: {y} changes no cell by more than {spread:.3g}{unit} (largest spread along {y} at fixed "
             f"{out['x']} and {out.get('facet', 'method')})")
     optimizers = {str(r.config.get("optimizer", "adam")) for r in runs}
     if y == "alpha_b" and optimizers <= set(SCALE_FREE):
