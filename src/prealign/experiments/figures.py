@@ -201,8 +201,8 @@ def _flat_axis(ctx, out, runs, grids, y):
         text += (". Expected under Adam: α_B only rescales B (every α_B draws the same direction, "
                  "B = √(α_B/n_in)·N(0, 1) from the seed), so it multiplies each hidden layer's error signal, and "
                  "hence that layer's update direction, by a constant; Adam's step m̂/(√v̂ + ε) does not see a constant "
-                 "scale of a parameter's gradient (up to ε), so the runs along a column are the same run. The "
-                 "α_W columns carry the comparison")
+                 "scale of a parameter's gradient (up to ε), so the runs along a column differ only by float rounding "
+                 "(the spread above). The α_W columns carry the comparison")
     exp, budget = getattr(ctx, "experiment", None), getattr(ctx, "budget", None)
     if exp is not None and budget and budget != "paper":
         ours, theirs = exp.settings(budget)[0].get("epochs"), exp.settings("paper")[0].get("epochs")
