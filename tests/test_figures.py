@@ -114,12 +114,15 @@ def test_fig3a_heatmap_shows_the_trainable_region_and_why_alpha_b_is_flat(drawn,
         assert values == sorted(round(100 * acc[method, w]) for w in alpha_w for _ in alpha_b)
         outline = [c for c in ax.collections if isinstance(c, matplotlib.collections.LineCollection)]
         assert len(outline) == 1
-        segs = [np.asarray(s) for s in outline[0].get_segments()]
+        segs = {tuple(sorted(map(tuple, np.round(np.asarray(s), 2).tolist()))) for s in outline[0].get_segments()}
         # the trainable cells (≥ 55 %: halfway from chance 10 % to 100 %) are the columns of α_W ≤ 2 (fa)
-        # or all three (ifa): the outline's vertical edges sit at x = -0.5 and at the right edge of the region
+        # or all three (ifa): the outline is exactly the border of that rectangle, one segment per cell edge
         right = 1.5 if method == "fa" else 2.5
-        xs = sorted({round(float(s[0, 0]), 1) for s in segs if s[0, 0] == s[1, 0]})
-        assert xs == [-0.5, right]
+        cols = np.arange(-0.5, right, 1.0)
+        border = ({((x, -0.5), (x + 1, -0.5)) for x in cols} | {((x, 2.5), (x + 1, 2.5)) for x in cols}
+                  | {((-0.5, y), (-0.5, y + 1)) for y in (-0.5, 0.5, 1.5)}
+                  | {((right, y), (right, y + 1)) for y in (-0.5, 0.5, 1.5)})
+        assert segs == border
         assert ax.get_xlim() == (-0.5, 2.5) and ax.get_ylim() == (-0.5, 2.5)
     bar = next(ax for ax in fig.axes if ax.get_label() == "<colorbar>")
     assert {round(ln.get_ydata()[0], 6) for ln in bar.lines} == {10.0, 55.0}  # chance and the threshold

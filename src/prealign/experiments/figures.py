@@ -188,28 +188,27 @@ def _classes(runs) -> int:
 
 
 def _flat_axis(ctx, out, runs, grids, y):
-    """Say how much the ``y`` axis moves the cells; for ``alpha_b`` under Adam, why it cannot."""
+    """Say how much the ``y`` axis moves the cells; for ``alpha_b`` under Adam, why it cannot (said once)."""
     spread = max((float(np.nanmax(g[:, j]) - np.nanmin(g[:, j])) for g in grids.values() for j in range(g.shape[1])
                   if np.isfinite(g[:, j]).sum() > 1), default=float("nan"))
     if not np.isfinite(spread):
         return
     unit = " points" if is_pct(out["z"]) else ""
-    text = (f"{title(out)}: {y} changes no cell by more than {spread:.3g}{unit} (largest spread along {y} at fixed "
-            f"{out['x']} and {out.get('facet', 'method')})")
+    note_once(ctx, f"{title(out)}: {y} changes no cell by more than {spread:.3g}{unit} (largest spread along {y} "
+                   f"at fixed {out['x']} and {out.get('facet', 'method')})")
     optimizers = {str(r.config.get("optimizer", "adam")) for r in runs}
     if y == "alpha_b" and optimizers <= set(SCALE_FREE):
-        text += (". Expected under Adam: α_B only rescales B (every α_B draws the same direction, "
-                 "B = √(α_B/n_in)·N(0, 1) from the seed), so it multiplies each hidden layer's error signal, and "
-                 "hence that layer's update direction, by a constant; Adam's step m̂/(√v̂ + ε) does not see a constant "
-                 "scale of a parameter's gradient (up to ε), so the runs along a column differ only by float rounding "
-                 "(the spread above). The α_W columns carry the comparison")
+        note_once(ctx, "Why α_B moves nothing under Adam: α_B only rescales B (every α_B draws the same direction, "
+                       "B = √(α_B/n_in)·N(0, 1) from the seed), so it multiplies each hidden layer's error signal, and "
+                       "hence that layer's gradient estimate, by a constant; Adam's step m̂/(√v̂ + ε) does not see a "
+                       "constant scale of a parameter's gradient (up to ε), so the runs along an α_B column differ "
+                       "only by float rounding. The α_W columns carry the comparison.")
     exp, budget = getattr(ctx, "experiment", None), getattr(ctx, "budget", None)
     if exp is not None and budget and budget != "paper":
         ours, theirs = exp.settings(budget)[0].get("epochs"), exp.settings("paper")[0].get("epochs")
         if ours != theirs:
-            text += (f". The paper's protocol is its {theirs}-epoch grid (`--budget paper`); this `{budget}` budget "
-                     f"trains {ours} epochs, so a cell below the outline may be one still learning")
-    note_once(ctx, text + ".")
+            note_once(ctx, f"The paper's protocol is its {theirs}-epoch grid (`--budget paper`); this `{budget}` "
+                           f"budget trains {ours} epochs, so a cell outside the outline may be one still learning.")
 
 
 def series(out, ctx, path: Path) -> str:

@@ -103,6 +103,13 @@ def series_legend(ax, same: list[str]):
     return leg
 
 
+def _stroke():
+    """A black edge under a white line, so the outline shows on light and dark cells alike."""
+    from matplotlib import patheffects
+
+    return patheffects.withStroke(linewidth=4.0, foreground="black")
+
+
 def _outline(ax, mask: np.ndarray, **kw):
     """The border of the cells where ``mask`` is true (imshow cells, origin lower), as one LineCollection."""
     from matplotlib.collections import LineCollection
@@ -115,7 +122,7 @@ def _outline(ax, mask: np.ndarray, **kw):
         for j in range(cols):
             if not mask[i, j]:
                 continue
-            if not pad[i + 1, j]:  # below
+            if not pad[i, j + 1]:  # below
                 segs.append([(j - 0.5, i - 0.5), (j + 0.5, i - 0.5)])
             if not pad[i + 1, j + 2]:  # right
                 segs.append([(j + 0.5, i - 0.5), (j + 0.5, i + 0.5)])
@@ -147,7 +154,8 @@ def plot_heatmaps(path, grids: Mapping[str, np.ndarray], xs: Sequence, ys: Seque
                 dark = np.mean(cmap(norm(v))[:3]) < 0.5
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
         if threshold is not None:
-            _outline(ax, np.nan_to_num(grid, nan=-np.inf) >= threshold, colors="white", linewidths=2.2)
+            _outline(ax, np.nan_to_num(grid, nan=-np.inf) >= threshold, colors="white", linewidths=2.2,
+                     path_effects=[_stroke()], clip_on=False, zorder=3)
         ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs], fontsize=7)
         ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, float) else str(v) for v in ys], fontsize=7)
         ax.set_xlim(-0.5, len(xs) - 0.5)
@@ -160,12 +168,11 @@ def plot_heatmaps(path, grids: Mapping[str, np.ndarray], xs: Sequence, ys: Seque
         bar.ax.axhline(chance, color="red", lw=1.5)
         handles.append(Line2D([], [], color="red", lw=1.5, label=f"chance ({chance:g})"))
     if threshold is not None:
-        bar.ax.axhline(threshold, color="white", lw=2.2)
-        handles.append(Line2D([], [], color="white", lw=2.2, label=f"outlined: ≥ {threshold:g} (trainable)"))
+        bar.ax.axhline(threshold, color="white", lw=2.2, path_effects=[_stroke()])
+        handles.append(Line2D([], [], color="white", lw=2.2, path_effects=[_stroke()],
+                              label=f"outlined: ≥ {threshold:g} (trainable)"))
     if handles:
-        leg = legend_outside(fig, handles, [h.get_label() for h in handles], where="below")
-        leg.get_frame().set_facecolor("0.6")
-        leg.set_frame_on(True)
+        legend_outside(fig, handles, [h.get_label() for h in handles], where="below")
     return save_figure(fig, path, title, tight=False)
 
 
