@@ -74,6 +74,22 @@ def _assert_legends_clear(fig):
                 assert not box.overlaps(ax.get_window_extent(renderer)), leg.get_texts()[0].get_text()
         for text in texts:
             assert not box.overlaps(text.get_window_extent(renderer)), (leg.get_texts()[0].get_text(), text.get_text())
+    _assert_panels_clear(fig)
+
+
+def _assert_panels_clear(fig):
+    """No panel's axis label or tick label runs into another panel (the S12 spectra's y labels sat on
+    the neighbouring curves when the figure skipped its layout)."""
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    for ax in panels:
+        for text in (ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()):
+            if not (text.get_visible() and text.get_text()):
+                continue
+            box = text.get_window_extent(renderer)
+            for other in panels:
+                if other is not ax:
+                    assert not box.overlaps(other.get_window_extent(renderer)), (text.get_text(), other.get_title())
 
 
 def _assert_integer_ticks(ax):

@@ -116,7 +116,7 @@ def plot_corruption(summaries: Mapping[str, Sequence[Mapping]], path, title: str
     ax.set_ylim(max(0.0, lo - 10), 100)
     ax.grid(alpha=0.3, axis="y")
     legend_outside(ax)
-    return save_figure(fig, path, title, tight=False)
+    return save_figure(fig, path, title)
 
 
 def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
@@ -137,7 +137,7 @@ def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
     ax.grid(alpha=0.3, axis="y")
     legend_outside(ax)
     ax.set_title(title or "out-of-distribution accuracy")
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_dimensionality(history: Sequence[Mapping], path, title: str | None = None) -> Path:
@@ -185,7 +185,7 @@ def plot_spectra(spectra: Mapping[str, Mapping[str, Sequence[float]]], path, tit
         ax.grid(alpha=0.3)
         integer_epochs(ax)
     legend_outside(fig)
-    return save_figure(fig, path, title, tight=False)
+    return save_figure(fig, path, title)
 
 
 def plot_effective_rank(histories: Mapping[str, Sequence[Mapping]], path, full_rank: Mapping[str, int],
@@ -276,7 +276,7 @@ def plot_meta(histories: Mapping[str, Sequence[Mapping]], path, title: str | Non
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title or "meta-loss during noise pretraining")
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | None = None) -> Path:
@@ -298,7 +298,7 @@ def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | No
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title or "generalization error")
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_trajectory(result: Mapping, path, title: str | None = None) -> Path:
@@ -326,4 +326,4 @@ def plot_trajectory(result: Mapping, path, title: str | None = None) -> Path:
     bx.grid(alpha=0.3)
     integer_epochs(bx)
     legend_outside(fig)
-    return save_figure(fig, path, title, tight=False)
+    return save_figure(fig, path, title)
