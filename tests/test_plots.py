@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
+from prealign.experiments.describe import layer_titles
 from prealign.viz import style as plot_style
 
 METHODS = ["bp", "fa", "rnp", "ifa", "ifa@30", "ifa@60", "ifa@15"]  # ifa = IFA at θ = 0 (what ifa@0 is labelled)
@@ -58,15 +59,37 @@ def _legends(fig):
 
 
 def _assert_legends_clear(fig):
-    """Every legend lies outside every panel that holds data (so it covers none)."""
+    """Every legend lies outside every panel that holds data (so it covers none) and covers no
+    axis label, tick label or panel title (issue 21: the S19 legend sat on the x label)."""
+    fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     legends = _legends(fig)
     assert legends
+    texts = [t for ax in fig.axes for t in (ax.xaxis.label, ax.yaxis.label, ax.title, *ax.get_xticklabels(),
+                                             *ax.get_yticklabels()) if t.get_visible() and t.get_text()]
     for leg in legends:
         box = leg.get_window_extent(renderer)
         for ax in fig.axes:
             if ax.lines or ax.collections or ax.images:
                 assert not box.overlaps(ax.get_window_extent(renderer)), leg.get_texts()[0].get_text()
+        for text in texts:
+            assert not box.overlaps(text.get_window_extent(renderer)), (leg.get_texts()[0].get_text(), text.get_text())
+    _assert_panels_clear(fig)
+
+
+def _assert_panels_clear(fig):
+    """No panel's axis label or tick label runs into another panel (the S12 spectra's y labels sat on
+    the neighbouring curves when the figure skipped its layout)."""
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    for ax in panels:
+        for text in (ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels()):
+            if not (text.get_visible() and text.get_text()):
+                continue
+            box = text.get_window_extent(renderer)
+            for other in panels:
+                if other is not ax:
+                    assert not box.overlaps(other.get_window_extent(renderer)), (text.get_text(), other.get_title())
 
 
 def _assert_integer_ticks(ax):
@@ -210,6 +233,9 @@ def _ctx(model, artifacts=None):
         def done_runs(self):
             return runs
 
+        def model(self, run):  # every run here trains `model`'s architecture
+            return model
+
     ctx = Ctx()
     ctx.artifacts = artifacts or {}
     return ctx
@@ -245,7 +271,8 @@ def test_output_lines_follow_the_style(drawn, tmp_path, model, kind, out):
     if kind == "alignment":
         import prealign as pa
 
-        assert [ax.get_title() for ax in fig.axes] == [f"module {n}" for n in pa.alignment_angles(model)]
+        assert [ax.get_title() for ax in fig.axes] == list(layer_titles(model).values())
+        assert [ax.get_title().rsplit("(module ", 1)[1][:-1] for ax in fig.axes] == list(pa.alignment_angles(model))
 
 
 @pytest.mark.parametrize("kind", ["heatmap", "landscape", "trajectory"])
@@ -272,7 +299,7 @@ def test_compared_panels_share_one_colour_scale(drawn, tmp_path, model, kind):
     assert len(colorbars) == 1
 
 
-def test_output_layer_panels_use_module_names(drawn, tmp_path, model):
+def test_output_layer_panels_use_layer_titles(drawn, tmp_path, model):
     import prealign as pa
     from prealign.experiments import outputs
 
@@ -282,7 +309,8 @@ def test_output_layer_panels_use_module_names(drawn, tmp_path, model):
     ctx = _ctx(model, {"erank_noise": [(0, hist), (1, hist)]})
     outputs.FIGURES["erank"]({}, ctx, tmp_path / "erank.png")
     fig = _fig(drawn)
-    assert [ax.get_title() for ax in fig.axes] == [f"module {n}" for n in names]
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == list(layer_titles(model).values())
+    assert list(layer_titles(model)) == names
     _assert_distinct_styles(fig, 2)
     _assert_legends_clear(fig)
 

@@ -149,7 +149,10 @@ def corruption(ctx, p: dict) -> None:
 
 def adversarial(ctx, p: dict) -> None:
     """Accuracy under FGSM/BIM/PGD vs ε (IFA B.10, A.4), columns ``<attack>@<ε>`` for exact input
-    gradients and ``<attack>_<source>@<ε>`` for the feedback pathway / BP-surrogate transfer."""
+    gradients and ``<attack>_<source>@<ε>`` for the feedback pathway / BP-surrogate transfer; with the
+    feedback source, ``grad_cosine`` and ``grad_sign_agreement`` (:func:`~prealign.analysis.robustness.gradient_agreement`
+    of the exact and the feedback input gradient on the same test images: near 0 and 0.5 = an attack
+    along the feedback pathway is blind, i.e. gradient masking)."""
     from . import robustness as mod
     n = p.get("n_samples", 1000)
     eps = p.get("epsilons", list(mod.DEFAULT_EPSILONS))
@@ -176,6 +179,11 @@ def adversarial(ctx, p: dict) -> None:
                 tag = attack if source == "exact" else f"{attack}_{source}"
                 for e, a in zip(eps, accs):
                     run.row[f"{tag}@{e:g}"] = a
+        if "feedback" in sources:
+            xt, yt = _sample(data.x_test, data.y_test, n)
+            agreement = mod.gradient_agreement(model, xt, yt)
+            run.row["grad_cosine"] = agreement["cosine"]
+            run.row["grad_sign_agreement"] = agreement["sign_agreement"]
 
 
 def ood(ctx, p: dict) -> None:

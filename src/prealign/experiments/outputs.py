@@ -1,13 +1,22 @@
 """Figures and tables of a reproduced experiment, mirroring the paper's panels.
 
-Each ``[[output]]`` of an experiment file is one of:
+Each ``[[output]]`` of an experiment file is one of (row and curve figures in :mod:`.figures`,
+artifact figures here):
 
 ``curves``    mean ± std (over seeds) per-epoch curves of ``metrics`` per ``group``, one row of
-              panels per value of ``facet`` (optional)
-``alignment`` the forward–feedback angle (degrees) per layer over epochs, per ``group``
-``line``      metric ``y`` against grid axis ``x``, one line per ``group``, error bars = std
-``heatmap``   mean of ``z`` over the (``x``, ``y``) grid, one panel per ``facet`` value
+              panels per value of ``facet`` (optional); a grid axis the bands would pool becomes
+              the columns (``split``), or the titles and report say it is pooled
+``alignment`` the forward–feedback angle (degrees) per layer over epochs, per ``group``; panels
+              named by the layer's place and shape (``layer 2 of 3: 100→100 (module 3)``)
+``line``      metric ``y`` against grid axis ``x``, one line per ``group``, error bars = std;
+              coinciding series stay visible and are named
+``heatmap``   mean of ``z`` over the (``x``, ``y``) grid, one panel per ``facet`` value, values in
+              the cells, the region ≥ ``trainable`` outlined, chance marked
 ``series``    columns ``<prefix>@<value>`` (e.g. ``fgsm@0.03``) as a curve over the value, per ``group``
+``corruption_gap`` accuracy lost to corruption (clean − corrupted) vs severity and per corruption
+              type at ``severity`` (IFA Fig. 6c / S11)
+``erank`` / ``spectra`` effective rank (axis from 0 to full rank) and singular values per layer
+              during noise training (noise paper Fig. S12)
 ``density``   the Hessian spectral densities, per ``group``
 ``landscape`` the perturbed-loss surfaces, one panel per ``group``
 ``reliability`` / ``ood_roc`` / ``confidence_histograms``
@@ -17,6 +26,9 @@ Each ``[[output]]`` of an experiment file is one of:
 ``table``     markdown: ``metric`` mean ± sample std (n) per ``rows`` × ``cols``, with the exact
               two-sided rank-sum p against ``reference`` (a ``{field = value}`` table) in the same
               row/column cell, and the model-selection protocol of the runs
+
+Every output adds to the report's notes, once, the data its runs used
+(:func:`prealign.experiments.describe.data_note`).
 """
 from __future__ import annotations
 
@@ -28,244 +40,19 @@ import numpy as np
 
 from .. import stats
 from ..viz.geometry import plot_perturbed_surfaces, plot_trajectory_landscapes
-from ..viz.robustness import plot_spectra
-from ..viz.style import integer_epochs, legend_outside, method_styles, pyplot, save_figure, shared_colorbar, shared_norm
+from ..viz.robustness import plot_effective_rank, plot_spectra
+from ..viz.style import integer_epochs, legend_outside, method_styles, pyplot
+from . import figures
 from .analyses import Unavailable
-
-PERCENT = ("acc", "ece", "confidence")  # metrics with these substrings are fractions shown in percent
-
-
-def _is_pct(metric: str) -> bool:
-    return any(s in metric for s in PERCENT) or metric.split("@")[0] in ("fgsm", "bim", "pgd", "corruption", "ood")
-
-
-def _label(metric: str) -> str:
-    units = " (%)" if _is_pct(metric) else (" (degrees)" if "angle" in metric else "")
-    return metric.replace("_", " ") + units
-
-
-def _key(v):
-    return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
-
-
-def _groups(runs, field):
-    out = defaultdict(list)
-    for r in runs:
-        out[r.row.get(field, "all") if field else "all"].append(r)
-    return dict(sorted(out.items(), key=lambda kv: _key(kv[0])))
-
-
-def _find(groups: dict, label: str):
-    """The key of ``groups`` whose ``str`` is ``label`` (styles are keyed by the shown label)."""
-    return next(k for k in groups if str(k) == label)
-
-
-
-def _artifact(ctx, key: str, what: str, analysis: str):
-    """``ctx.artifacts[key]``; :class:`Unavailable` naming ``what`` is missing when the analysis left none."""
-    found = ctx.artifacts.get(key)
-    if not found:
-        raise Unavailable(f"no {what} (the {analysis} analysis was not produced)")
-    return found
-
-
-def _title(out: dict | None) -> str:
-    """The figure title of an ``[[output]]``: its panel and title."""
-    return " — ".join(str(out[k]) for k in ("panel", "title") if out and out.get(k))
-
-
-def _save(fig, path: Path, out: dict | None = None) -> str:
-    if _title(out):
-        fig.suptitle(_title(out), fontsize=9)
-    return save_figure(fig, path).name
-
-
-def _stack(runs, metric):
-    """Epoch-aligned array (runs × epochs), NaN-padded, of ``metric`` from the runs' curves."""
-    series = [[c.get(metric, math.nan) for c in r.curves] for r in runs if r.curves]
-    if not series or all(all(v is None or (isinstance(v, float) and math.isnan(v)) for v in s) for s in series):
-        return None, None
-    length = max(len(s) for s in series)
-    arr = np.full((len(series), length), np.nan)
-    for i, s in enumerate(series):
-        arr[i, :len(s)] = [np.nan if v is None else float(v) for v in s]
-    epochs = np.arange(length)
-    return epochs, arr
-
-
-def _band(ax, x, arr, label, style, scale=1.0):
-    m, s = stats.mean_std_each(arr.T, 0.0)
-    m, s = m * scale, s * scale
-    ax.plot(x, m, label=str(label), **style.kw(len(x)))
-    ax.fill_between(x, m - s, m + s, alpha=0.15, color=style.color, lw=0)
-
-
-def _group_styles(runs, field):
-    """One style per value of ``field`` over all ``runs`` (the same in every facet/panel)."""
-    return method_styles(_groups(runs, field))
-
-
-def curves(out, ctx, path: Path) -> str:
-    metrics = out.get("metrics", ["train_acc", "train_loss", "test_acc", "test_loss"])
-    facets = _groups(ctx.done_runs(), out.get("facet")) if out.get("facet") else {"": ctx.done_runs()}
-    plt = pyplot()
-    fig, axes = plt.subplots(len(facets), len(metrics), figsize=(3.6 * len(metrics), 2.9 * len(facets)), squeeze=False)
-    drawn = False
-    styles = _group_styles(ctx.done_runs(), out.get("group", "method"))
-    for i, (fval, fruns) in enumerate(facets.items()):
-        for j, metric in enumerate(metrics):
-            ax = axes[i, j]
-            groups = _groups(fruns, out.get("group", "method"))
-            for gval in [g for g in styles if g in map(str, groups)]:
-                x, arr = _stack(groups[_find(groups, gval)], metric)
-                if arr is not None:
-                    _band(ax, x, arr, gval, styles[gval], 100.0 if _is_pct(metric) else 1.0)
-                    drawn = True
-            ax.set_xlabel("epoch")
-            integer_epochs(ax)
-            ax.set_ylabel(_label(metric))
-            if out.get("facet"):
-                ax.set_title(f"{out['facet']} = {fval}", fontsize=9)
-            if metric.endswith("loss") and out.get("log_loss"):
-                ax.set_yscale("log")
-    legend_outside(fig)
-    if not drawn:
-        plt.close(fig)
-        raise Unavailable(f"no values of {metrics} in the runs' curves")
-    return _save(fig, path, out)
-
-
-def alignment(out, ctx, path: Path) -> str:
-    runs = ctx.done_runs()
-    layers = sorted({k for r in runs for c in r.curves for k in c if k.startswith("angle/")},
-                    key=lambda k: [int(t) if t.isdigit() else t for t in k.replace(".", "/").split("/")])
-    if out.get("skip_first", True):
-        layers = layers[1:]  # the first layer's B carries no learning signal (papers omit it)
-    if out.get("layers") == "penultimate":
-        layers = layers[-2:-1] or layers
-    if not layers:
-        raise Unavailable("no alignment angles in the curves (bp runs have none; fa/ifa/rnp runs needed)")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 2.9), squeeze=False)
-    groups = _groups(runs, out.get("group", "method"))
-    styles = method_styles(groups)
-    for ax, layer in zip(axes[0], layers):
-        for gval, style in styles.items():
-            x, arr = _stack(groups[_find(groups, gval)], layer)
-            if arr is not None:
-                _band(ax, x, arr, gval, style)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("alignment angle (degrees)")
-        ax.set_title(f"module {layer.split('/', 1)[1]}", fontsize=9)  # the layer's name in the model
-        ax.set_ylim(0, 100)
-        integer_epochs(ax)
-    legend_outside(fig)
-    return _save(fig, path, out)
-
-
-def _points(runs, x, y):
-    by = defaultdict(list)
-    for r in runs:
-        xv, yv = r.row.get(x), r.row.get(y)
-        if xv is not None and yv is not None and math.isfinite(float(yv)):
-            by[xv].append(float(yv))
-    xs = sorted(by, key=_key)
-    mean, std = stats.mean_std_each([by[k] for k in xs], 0.0)
-    return xs, list(mean), list(std)
-
-
-def line(out, ctx, path: Path) -> str:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
-    x, y = out["x"], out["y"]
-    scale = 100.0 if _is_pct(y) else 1.0
-    drawn = False
-    groups = _groups(ctx.done_runs(), out.get("group"))
-    for gval, style in method_styles(groups).items():
-        xs, m, s = _points(groups[_find(groups, gval)], x, y)
-        if xs:
-            numeric = all(isinstance(v, (int, float)) for v in xs)
-            pos = xs if numeric else list(range(len(xs)))
-            ax.errorbar(pos, np.array(m) * scale, yerr=np.array(s) * scale, capsize=3, label=str(gval), **style.kw())
-            if not numeric:
-                ax.set_xticks(pos, [str(v) for v in xs])
-            drawn = True
-    if not drawn:
-        plt.close(fig)
-        raise Unavailable(f"no '{y}' values to plot")
-    if out.get("logx"):
-        ax.set_xscale("log")
-    ax.set_xlabel(out.get("xlabel", x))
-    ax.set_ylabel(_label(y))
-    if out.get("group"):
-        legend_outside(ax)
-    return _save(fig, path, out)
-
-
-def heatmap(out, ctx, path: Path) -> str:
-    x, y, z = out["x"], out["y"], out["z"]
-    facets = _groups(ctx.done_runs(), out.get("facet", "method"))
-    xs = sorted({r.row.get(x) for r in ctx.done_runs()}, key=_key)
-    ys = sorted({r.row.get(y) for r in ctx.done_runs()}, key=_key)
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(facets), figsize=(3.8 * len(facets), 3.3), squeeze=False, layout="constrained")
-    scale = 100.0 if _is_pct(z) else 1.0
-    grids = []
-    for fval, fruns in facets.items():
-        grid = np.full((len(ys), len(xs)), np.nan)
-        for i, yv in enumerate(ys):
-            for j, xv in enumerate(xs):
-                vals = [float(r.row[z]) for r in fruns if r.row.get(x) == xv and r.row.get(y) == yv
-                        and r.row.get(z) is not None]
-                if vals:
-                    grid[i, j] = np.nanmean(vals) * scale
-        grids.append(grid)
-    norm = shared_norm(grids)  # one colour scale for all panels; the output's vmin/vmax override it
-    norm.vmin = out.get("vmin", norm.vmin)
-    norm.vmax = out.get("vmax", norm.vmax)
-    for ax, fval, grid in zip(axes[0], facets, grids):
-        ax.imshow(grid, origin="lower", aspect="auto", norm=norm, cmap="viridis")
-        ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs], fontsize=7)
-        ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, float) else str(v) for v in ys], fontsize=7)
-        ax.set_xlabel(x)
-        ax.set_ylabel(y)
-        ax.set_title(str(fval), fontsize=9)
-    shared_colorbar(fig, axes, norm, "viridis", _label(z))
-    return _save(fig, path, out)
-
-
-def series(out, ctx, path: Path) -> str:
-    prefix = out["prefix"]
-    runs = ctx.done_runs()
-    cols = sorted({k for r in runs for k in r.row if k.startswith(prefix + "@")},
-                  key=lambda k: _key(_num(k.split("@", 1)[1])))
-    if not cols:
-        raise Unavailable(f"no '{prefix}@…' columns (the analysis behind them was not produced)")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
-    xv = [_num(c.split("@", 1)[1]) for c in cols]
-    numeric = all(isinstance(v, (int, float)) for v in xv)
-    pos = xv if numeric else list(range(len(xv)))
-    groups = _groups(runs, out.get("group", "method"))
-    for gval, style in method_styles(groups).items():
-        gruns = groups[_find(groups, gval)]
-        m, s = stats.mean_std_each([[r.row.get(c) for r in gruns] for c in cols], 0.0)
-        m, s = m * 100, s * 100
-        ax.errorbar(pos, m, yerr=s, capsize=3, label=str(gval), **style.kw())
-    if not numeric:
-        ax.set_xticks(pos, [str(v) for v in xv], rotation=45, fontsize=7)
-    ax.set_xlabel(out.get("xlabel", prefix))
-    ax.set_ylabel(out.get("ylabel", "accuracy (%)"))
-    legend_outside(ax)
-    return _save(fig, path, out)
-
-
-def _num(s):
-    try:
-        return float(s)
-    except ValueError:
-        return s
-
+from .describe import data_note, not_run, run_layer_titles
+from .rowdata import artifact as _artifact
+from .rowdata import is_pct as _is_pct
+from .rowdata import key as _key
+from .rowdata import label as _label
+from .rowdata import note_once, pooled, pooled_text
+from .rowdata import points as _points  # noqa: F401  (the one mean ± std per x; tests use it)
+from .rowdata import save as _save
+from .rowdata import title as _title
 
 def density(out, ctx, path: Path) -> str:
     items = _artifact(ctx, "density", "Hessian spectral densities", "hessian")
@@ -329,30 +116,35 @@ def order(out, ctx, path: Path) -> str:
     return _save(fig, path, out)
 
 
+def _full_rank(hist, layers) -> dict[str, int]:
+    """min(n_in, n_out) of each layer: the number of its singular values."""
+    if "spectra" not in hist[0]:
+        raise Unavailable("no singular-value spectra, so no full rank to draw the effective rank against "
+                          "(the dimensionality analysis keeps them)")
+    return {layer: len(hist[0]["spectra"][layer]) for layer in layers}
+
+
 def erank(out, ctx, path: Path) -> str:
+    """Effective rank of each layer during noise training (noise paper Fig. S12e–g), on an axis from 0
+    to the layer's full rank (the stated baseline), titled by the layer's place and shape."""
     items = _artifact(ctx, "erank_noise", "effective-rank history", "dimensionality")
     layers = list(items[0][1][0]["weights"])
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 2.9), squeeze=False)
-    styles = method_styles(f"seed {seed}" for seed, _ in items)
-    for ax, layer in zip(axes[0], layers):
-        for seed, hist in items:
-            ax.plot([h["seen"] for h in hist], [h["weights"][layer] for h in hist], label=f"seed {seed}",
-                    **styles[f"seed {seed}"].kw(len(hist)))
-        ax.set_xlabel("noise samples seen")
-        ax.set_ylabel("effective rank")
-        ax.set_title(f"module {layer}", fontsize=9)  # the layer's name in the model
-    legend_outside(fig)
-    return _save(fig, path, out)
+    histories = {f"seed {seed}": hist for seed, hist in items}
+    titles = run_layer_titles(ctx, ctx.done_runs())
+    plot_effective_rank(histories, path, _full_rank(items[0][1], layers), titles, title=_title(out) or None)
+    note_once(ctx, f"{_title(out)}: effective rank on an axis from 0 to each layer's full rank min(n_in, n_out) "
+                   "(dashed); each panel's title gives the untrained and final value (mean over seeds) and the change in %")
+    return path.name
 
 
 def spectra(out, ctx, path: Path) -> str:
-    """Singular values of every weight matrix before and after noise pretraining (noise paper Fig. S12)."""
+    """Singular values of every weight matrix before and after noise pretraining (noise paper Fig. S12b–d)."""
     items = ctx.artifacts.get("erank_noise")
     if not items or "spectra" not in items[0][1][0]:
         raise Unavailable("no singular-value spectra (the dimensionality analysis was not produced)")
     hist = items[0][1]
-    plot_spectra({"untrained": hist[0]["spectra"], "after noise": hist[-1]["spectra"]}, path, title=_title(out) or None)
+    plot_spectra({"untrained": hist[0]["spectra"], "after noise": hist[-1]["spectra"]}, path, title=_title(out) or None,
+                 layer_titles=run_layer_titles(ctx, ctx.done_runs()))
     return path.name
 
 
@@ -377,8 +169,9 @@ def meta(out, ctx, path: Path) -> str:
     return _save(fig, path, out)
 
 
-FIGURES = {"order": order, "erank": erank, "spectra": spectra, "meta": meta, "curves": curves, "alignment": alignment, "line": line, "heatmap": heatmap, "series": series,
-           "density": density, "landscape": landscape,
+FIGURES = {"order": order, "erank": erank, "spectra": spectra, "meta": meta, "curves": figures.curves,
+           "alignment": figures.alignment, "line": figures.line, "heatmap": figures.heatmap, "series": figures.series,
+           "corruption_gap": figures.corruption_gap, "density": density, "landscape": landscape,
            "trajectory": trajectory}
 
 
@@ -415,6 +208,25 @@ def confidence_histograms(out, ctx, path: Path) -> str:
 FIGURES.update({"reliability": reliability, "ood_roc": ood_roc, "confidence_histograms": confidence_histograms})
 
 
+def _note_data(ctx) -> None:
+    """The report's note on the data the runs used (:func:`prealign.experiments.describe.data_note`), once."""
+    exp, budget = getattr(ctx, "experiment", None), getattr(ctx, "budget", None)
+    if exp is not None and budget:
+        note_once(ctx, data_note(exp, budget))
+
+
+def _noting_data(draw):
+    def drawn(out, ctx, path):
+        _note_data(ctx)
+        return draw(out, ctx, path)
+
+    drawn.__doc__, drawn.__name__ = draw.__doc__, draw.__name__
+    return drawn
+
+
+FIGURES = {kind: _noting_data(draw) for kind, draw in FIGURES.items()}
+
+
 SELECTION = {"test": "test (papers' protocol: best test accuracy, patience on test)",
              "val": "val (test accuracy at the best-validation epoch)"}
 
@@ -429,6 +241,7 @@ def selection_label(rows) -> str:
 def table(out, ctx) -> str:
     """Markdown table of ``metric``: mean ± sample std (n) per cell, the exact two-sided rank-sum p
     vs ``reference`` in the same cell group (:mod:`prealign.stats`), the selection protocol."""
+    _note_data(ctx)
     metric = out["metric"]
     rows_by = out.get("rows", ["method"])
     rows_by = [rows_by] if isinstance(rows_by, str) else rows_by
@@ -469,6 +282,13 @@ def table(out, ctx) -> str:
             "over seeds, n = number of seeds")
     if paper:
         note += "; (paper: …) = the value the paper reports for that cell"
+        missing = not_run(ctx.experiment, ctx.budget) if getattr(ctx, "budget", None) else {}
+        if missing:
+            note += ("; the paper's cells of " + "; ".join(f"{a} {', '.join(map(str, v))}" for a, v in missing.items())
+                     + " are not run at this budget (`--budget paper` runs them)")
+    pool = pooled(runs, *rows_by, *([col] if col else []))
+    if pool:
+        note += f"; each cell is {pooled_text(pool)}"
     if ref:
         note += ("; p: exact two-sided Wilcoxon rank-sum test against "
                  + ", ".join(f"{k}={v}" for k, v in ref.items()) + " in the same cell (none with one seed; the "

@@ -208,6 +208,15 @@ def robustness_tables(report) -> list:
                 rows.append([method, source, *[_pm([r[j] for r in acc]) for j in range(len(eps))], fmt_p(p)])
         tables.append((["method", "gradient", *[f"ε={e:g}" for e in eps], f"p vs bp @ε={eps[-1]:g}"], rows,
                        f"{attack.upper()} accuracy (%) under attack — {report['data']}"))
+    agreement = report.get("gradient_agreement") or {}
+    if agreement:
+        rows = [[method, _pm([a["cosine"] for a in per], scale=1.0, digits=3),
+                 _pm([a["sign_agreement"] for a in per], scale=1.0, digits=3)]
+                for method, per in agreement.items()]
+        tables.append((["method", "cos(exact, feedback)", "sign agreement"], rows,
+                       "gradient masking: the model's feedback input gradient vs its exact one, mean over test images "
+                       "(1 and 1 = the same; near 0 and 0.5 = an attack along the feedback pathway is blind) — "
+                       f"{report['data']}"))
     return tables
 
 

@@ -116,7 +116,7 @@ def plot_corruption(summaries: Mapping[str, Sequence[Mapping]], path, title: str
     ax.set_ylim(max(0.0, lo - 10), 100)
     ax.grid(alpha=0.3, axis="y")
     legend_outside(ax)
-    return save_figure(fig, path, title, tight=False)
+    return save_figure(fig, path, title)
 
 
 def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
@@ -137,7 +137,7 @@ def plot_ood(report: Mapping, path, title: str | None = None) -> Path:
     ax.grid(alpha=0.3, axis="y")
     legend_outside(ax)
     ax.set_title(title or "out-of-distribution accuracy")
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_dimensionality(history: Sequence[Mapping], path, title: str | None = None) -> Path:
@@ -167,8 +167,10 @@ def plot_dimensionality(history: Sequence[Mapping], path, title: str | None = No
     return save_figure(fig, path, tight=False)
 
 
-def plot_spectra(spectra: Mapping[str, Mapping[str, Sequence[float]]], path, title: str | None = None) -> Path:
-    """Singular-value spectra per layer; ``spectra = {condition: {layer: [σ…]}}`` (e.g. before/after noise)."""
+def plot_spectra(spectra: Mapping[str, Mapping[str, Sequence[float]]], path, title: str | None = None,
+                 layer_titles: Mapping[str, str] | None = None) -> Path:
+    """Singular-value spectra per layer; ``spectra = {condition: {layer: [σ…]}}`` (e.g. before/after noise);
+    ``layer_titles``: ``{layer: panel title}`` (:func:`prealign.viz.style.layer_title`), else ``"module NAME"``."""
     plt = pyplot()
     layers = list(next(iter(spectra.values())))
     fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.6), squeeze=False)
@@ -179,11 +181,87 @@ def plot_spectra(spectra: Mapping[str, Mapping[str, Sequence[float]]], path, tit
             ax.semilogy(np.arange(1, len(s) + 1), s, label=cond, **style.kw(len(s)))
         ax.set_xlabel("index (descending)")
         ax.set_ylabel("singular value")
-        ax.set_title(f"module {layer}")  # the layer's name in the model
+        ax.set_title((layer_titles or {}).get(layer, f"module {layer}"), fontsize=9)
         ax.grid(alpha=0.3)
         integer_epochs(ax)
     legend_outside(fig)
-    return save_figure(fig, path, title, tight=False)
+    return save_figure(fig, path, title)
+
+
+def plot_effective_rank(histories: Mapping[str, Sequence[Mapping]], path, full_rank: Mapping[str, int],
+                        layer_titles: Mapping[str, str] | None = None, title: str | None = None) -> Path:
+    """Effective rank of each layer's weights during noise pretraining (noise paper Fig. S12e–g), one
+    panel per layer, one line per run label (``{label: [{"seen", "weights": {layer: rank}}]}``).
+
+    The y axis runs from 0 to the layer's full rank min(n_in, n_out) (``full_rank``, dashed), the
+    stated baseline: a 0.2 % change then looks like one, where an axis fitted to the data (9.85–9.88)
+    made it look steep. Each panel's title gives the untrained and final value and the relative change."""
+    plt = pyplot()
+    layers = list(full_rank)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.8 * len(layers), 3.2), squeeze=False)
+    styles = method_styles(histories)
+    for ax, layer in zip(axes[0], layers):
+        first, last = [], []
+        for lab, style in styles.items():
+            hist = histories[lab]
+            ranks = [h["weights"][layer] for h in hist]
+            ax.plot([h["seen"] for h in hist], ranks, label=lab, **style.kw(len(hist)))
+            first.append(ranks[0])
+            last.append(ranks[-1])
+        ax.axhline(full_rank[layer], color="0.4", ls="--", lw=1, label="full rank min(n_in, n_out)")
+        ax.set_ylim(0, full_rank[layer] * 1.05)
+        a, b = float(np.mean(first)), float(np.mean(last))
+        name = (layer_titles or {}).get(layer, f"module {layer}")
+        ax.set_title(f"{name}\n{a:.4g} untrained → {b:.4g} after noise ({100 * (b - a) / a:+.2g} %)", fontsize=8)
+        ax.set_xlabel("noise samples seen")
+        ax.set_ylabel("effective rank (axis from 0 to full rank)")
+        ax.grid(alpha=0.3)
+    legend_outside(fig)
+    return save_figure(fig, path, title)
+
+
+def plot_corruption_gap(path, per_method: Mapping[str, Mapping], severity: int = 1, title: str | None = None) -> Path:
+    """The robustness gap (IFA Fig. 6c, S11): accuracy lost to corruption, clean − corrupted
+    (percentage points; per seed, then mean ± std), (a) for the mean over corruptions against
+    severity, (b) per corruption type at ``severity``. Lower is more robust; the clean accuracy
+    each gap starts from is in the legend. ``per_method``: ``{method: {"clean": [acc per seed],
+    "severity": {s: [acc per seed]}, "types": {name: [acc per seed]}}}`` (fractions)."""
+    plt = pyplot()
+    styles = method_styles(per_method)
+    types = list(next(iter(per_method.values()))["types"])
+    fig = plt.figure(figsize=(4.2 + 0.55 * max(len(types), 4), 3.8))
+    grid = fig.add_gridspec(1, 2, width_ratios=[1, max(len(types), 4) / 4])
+    ax = fig.add_subplot(grid[0])
+    for m, style in styles.items():
+        d = per_method[m]
+        clean = np.asarray(d["clean"]) * 100
+        sevs = sorted(d["severity"])
+        gaps = [clean - np.asarray(d["severity"][s]) * 100 for s in sevs]
+        mean, std = mean_std_each(gaps, 0.0)
+        lab = f"{m} (clean {np.mean(clean):.1f} %)"
+        ax.errorbar(sevs, mean, yerr=std, capsize=3, label=lab, **style.kw())
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xlabel("corruption severity")
+    ax.set_ylabel("accuracy lost to corruption\n(clean − corrupted, points)")
+    ax.set_title("(a) mean over corruptions", fontsize=9)
+    ax.grid(alpha=0.3)
+    integer_epochs(ax)  # severities are whole numbers
+    bx = fig.add_subplot(grid[1])
+    width = 0.8 / len(per_method)
+    for i, (m, style) in enumerate(styles.items()):
+        d = per_method[m]
+        clean = np.asarray(d["clean"]) * 100
+        mean, std = mean_std_each([clean - np.asarray(d["types"][t]) * 100 for t in types], 0.0)
+        bx.bar(np.arange(len(types)) + i * width, mean, width, yerr=std, capsize=2, color=style.color,
+               hatch=style.hatch, edgecolor="white", label=f"{m} (clean {np.mean(clean):.1f} %)")
+    bx.axhline(0, color="0.4", lw=0.8)
+    bx.set_xticks(np.arange(len(types)) + 0.4 - width / 2, [t.replace("_", " ") for t in types], rotation=45,
+                  ha="right", fontsize=7)
+    bx.set_ylabel("accuracy lost (points)")
+    bx.set_title(f"(b) per corruption, severity {severity}", fontsize=9)
+    bx.grid(alpha=0.3, axis="y")
+    legend_outside(fig)
+    return save_figure(fig, path, title)
 
 
 def plot_meta(histories: Mapping[str, Sequence[Mapping]], path, title: str | None = None) -> Path:
@@ -198,7 +276,7 @@ def plot_meta(histories: Mapping[str, Sequence[Mapping]], path, title: str | Non
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title or "meta-loss during noise pretraining")
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | None = None) -> Path:
@@ -220,7 +298,7 @@ def plot_generalization(rows: Sequence[Mapping], key: str, path, title: str | No
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title or "generalization error")
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path)
 
 
 def plot_trajectory(result: Mapping, path, title: str | None = None) -> Path:
@@ -248,4 +326,4 @@ def plot_trajectory(result: Mapping, path, title: str | None = None) -> Path:
     bx.grid(alpha=0.3)
     integer_epochs(bx)
     legend_outside(fig)
-    return save_figure(fig, path, title, tight=False)
+    return save_figure(fig, path, title)

@@ -121,7 +121,9 @@ def method_styles(labels: Iterable) -> dict[str, Style]:
         method = method_of(lab)
         if method is None:
             n = len(FALLBACK_COLORS)
-            out[lab] = Style(FALLBACK_COLORS[free % n], LINESTYLES[(free // n) % len(LINESTYLES)],
+            # colour and line style both step, so two series that coincide still differ in dash (Table S1's
+            # noise kinds at σ = 0); the pair stays distinct for 64 labels
+            out[lab] = Style(FALLBACK_COLORS[free % n], LINESTYLES[(free + free // n) % len(LINESTYLES)],
                              MARKERS[free % len(MARKERS)], HATCHES[(free // n) % len(HATCHES)])
             free += 1
             continue
@@ -163,12 +165,33 @@ def legend_outside(target, handles=None, labels=None, where: str = "right", **kw
     if where == "right":
         place = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
     elif where == "below":
-        place = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.02 if is_fig else -0.18),
-                 "ncol": min(len(handles), 4)}
+        place = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.02), "ncol": min(len(handles), 4)}
+        if not is_fig:  # below the axis's tick labels and label, whatever the layout later does to the axes
+            place["bbox_to_anchor"] = (0.5, 0.0)
+            place["bbox_transform"] = target.transAxes + _below_labels(target)
     else:
         raise ValueError(f"legend place {where!r}: valid are right, below")
     kw = {"fontsize": 8, "frameon": False, "borderaxespad": 0.0, **place, **kw}
     return target.legend(handles, labels, **kw)
+
+
+def _below_labels(ax):
+    """A downward shift, in points, past everything under ``ax``'s bottom spine (tick labels, the x
+    label): font sizes fix that height whatever size a layout later gives the axes, so a legend
+    anchored at the axes' bottom plus this shift never covers the label (the old fixed -0.18 of
+    the axes' height did, Fig. S19)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    drop = ax.get_window_extent(renderer).y0 - ax.get_tightbbox(renderer).y0  # pixels
+    return ScaledTranslation(0.0, -(max(drop, 0.0) + 4.0 * fig.dpi / 72) / fig.dpi, fig.dpi_scale_trans)
+
+
+def layer_title(name: str, position: int, count: int, shape: str) -> str:
+    """How a panel names a weight layer: ``"layer 2 of 3: 100→100 (module 3)"`` — the place among
+    the model's weight layers and the shape a reader recognises, then the module name PyTorch gives it."""
+    return f"layer {position} of {count}: {shape} (module {name})"
 
 
 def shared_norm(arrays: Sequence):
@@ -197,7 +220,7 @@ def shared_colorbar(fig, axes, norm, cmap: str, label: str):
 
 
 __all__ = ["Style", "method_styles", "ordered", "method_of", "ifa_angle", "angle_norm", "angle_color", "integer_epochs",
-           "legend_outside", "shared_norm", "shared_levels", "shared_colorbar"]
+           "legend_outside", "layer_title", "shared_norm", "shared_levels", "shared_colorbar"]
 
 
 def pyplot():
@@ -210,6 +233,16 @@ def pyplot():
     return plt
 
 
+def suptitle(fig, text: str, fontsize: float | None = None):
+    """The figure's title, wrapped to the figure's width (a long panel title must not run into a
+    legend beside the figure)."""
+    import textwrap
+
+    size = fontsize or 12
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * size)))
+    return fig.suptitle(textwrap.fill(str(text), chars), fontsize=size)
+
+
 def save_figure(fig, path, title: str | None = None, *, tight: bool = True) -> Path:
     """Save ``fig`` as PNG (150 dpi; the bounding box keeps legends placed outside the axes) under a
     ``title`` when given, close it, return the path (its folder created). ``tight``: apply the tight
@@ -217,7 +250,7 @@ def save_figure(fig, path, title: str | None = None, *, tight: bool = True) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     if tight and fig.get_layout_engine() is None:
         fig.tight_layout()
     fig.savefig(path, dpi=150, bbox_inches="tight")
