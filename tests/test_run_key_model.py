@@ -4,6 +4,7 @@ runs stored before keys saw the network are reported, not served; key() leaves t
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 import warnings
 
@@ -84,6 +85,8 @@ def build(input_shape, num_classes):
 
 def _edit(path, text, name):
     path.write_text(text)
+    shutil.rmtree(path.parent / "__pycache__", ignore_errors=True)  # an edit within the same second and of the
+    # same size would otherwise be served from the bytecode cache (it checks mtime in seconds and size)
     sys.modules.pop(name, None)  # what a new process (the user re-running) sees
     importlib.invalidate_caches()
 

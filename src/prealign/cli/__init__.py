@@ -102,6 +102,19 @@ def _one_line_warnings():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .args import stdout_closed
+
+    code = _main(argv)
+    try:  # what is still buffered meets a closed pipe here, not in the interpreter's last flush (exit 120)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return stdout_closed()
+    except (AttributeError, ValueError):  # stdout replaced or closed by the caller: nothing to flush
+        pass
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     from ..errors import PrealignError
     from ..progress import set_quiet
     from .args import stdout_closed
