@@ -55,3 +55,15 @@ def no_data_dirs(tmp_path, monkeypatch):
     monkeypatch.delenv("PREALIGN_NO_SYSTEM_DATA", raising=False)
     monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
     return sources
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Keep the figures the plotting functions save (they close them) so a test can inspect them."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    yield kept
+    monkeypatch.undo()
+    plt.close("all")

@@ -16,7 +16,6 @@ objects each output draws and on the words it adds to the report — not on pixe
 from __future__ import annotations
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
@@ -25,17 +24,8 @@ from prealign.experiments import load
 from prealign.experiments.runner import RunInfo
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """Keep the figures the plotting functions save (they close them) so the test can inspect them."""
-    kept = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    monkeypatch.undo()
-    plt.close("all")
-
-
 def _fig(kept):
+    """The one figure the ``drawn`` fixture (conftest.py) kept."""
     figs = [f for f in kept if isinstance(f, matplotlib.figure.Figure)]
     assert len(figs) == 1
     return figs[0]

@@ -5,7 +5,6 @@ calls and checked on the matplotlib objects it drew (Agg backend)."""
 from __future__ import annotations
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
@@ -17,17 +16,8 @@ METHODS = ["bp", "fa", "rnp", "ifa", "ifa@30", "ifa@60", "ifa@15"]  # ifa = IFA 
 GEOMETRY_LABELS = ["fa", "ifa", "ifa@60", "ifa@30"]
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """Keep the figures the plotting functions save (they close them) so the test can inspect them."""
-    kept = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    monkeypatch.undo()
-    plt.close("all")
-
-
 def _fig(kept):
+    """The one figure the ``drawn`` fixture (conftest.py) kept."""
     figs = [f for f in kept if isinstance(f, matplotlib.figure.Figure)]
     assert len(figs) == 1
     return figs[0]
