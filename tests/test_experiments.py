@@ -132,8 +132,20 @@ def test_table_mean_std_and_p(tmp_path):
     line = next(l for l in md.splitlines() if l.startswith("| ifa |"))
     m, s = np.mean([0.89, 0.90, 0.88]) * 100, np.std([0.89, 0.90, 0.88], ddof=1) * 100  # sample std
     assert f"{m:.2f} ± {s:.2f} (n=3)" in line
-    assert "p=0.100" in line  # exact two-sided 3 vs 3 (the normal approximation printed 0.05)
+    # exact two-sided signed-rank of the 3 seed-paired differences (all positive): 2/8 (rank-sum: 0.100)
+    assert "p=0.250" in line and "signed-rank test of the seed-paired differences" in md
     assert "p=" not in next(l for l in md.splitlines() if l.startswith("| fa |"))
+    # copies are no replicates: each run again at a second level of a pooled axis (the same numbers,
+    # as alpha_B levels under Adam) leaves n = 3 seeds and the same p
+    copies = [RunInfo(axes={"alpha_b": 2.0}, config={}, key=f"c{i}", status="finished", row=dict(r))
+              for i, r in enumerate(ROWS)]
+    for r in Ctx.runs:
+        r.axes = {"alpha_b": 1.0}
+    Ctx.runs = Ctx.runs + copies
+    pooled_md = outputs.table({"metric": "acc", "rows": ["method"], "reference": {"method": "fa"}}, Ctx())
+    assert next(l for l in pooled_md.splitlines() if l.startswith("| ifa |")) == line
+    assert "pooled over alpha_b" in pooled_md
+    Ctx.runs = Ctx.runs[:len(ROWS)]
     assert "Selection: test (papers' protocol" in md  # rows without a selection column: test
     Ctx.runs[0].row["selection"] = "val"
     assert "Selection: mixed: test, val" in outputs.table({"metric": "acc", "rows": ["method"]}, Ctx())

@@ -116,6 +116,22 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
     assert all(math.isnan(v) for v in stats.bootstrap_ci(lambda u, v: u.mean() - v.mean(), [[1.0], [2.0, 3.0]]))
 
 
+def test_compare_p_pairs_runs_by_seed_and_counts_each_seed_once():
+    """A seed's methods share their initial network: p pairs them by the seed in each run's config,
+    whatever order the runs come in, and seeds only one method ran are left out."""
+    from prealign.reports.compare import summarize
+    from prealign.run.trainer import TrainResult
+
+    def res(acc, seed):
+        return TrainResult(curves=[{"epoch": 0}], best_test_acc=acc, best_epoch=3, epochs_run=5, config={"seed": seed})
+
+    bp = [0.90, 0.80, 0.95, 0.85, 0.70, 0.99]
+    fa = [v - 0.01 * (s + 1) for s, v in enumerate(bp[:5])]  # fa below bp on every seed it ran (0-4)
+    groups = {"bp": [res(v, s) for s, v in enumerate(bp)][::-1], "fa": [res(v, s) for s, v in enumerate(fa)]}
+    p = next(r for r in summarize(groups) if r["method"] == "fa")["p_vs_bp"]
+    assert p == pytest.approx(stats.signed_rank([-0.01 * (s + 1) for s in range(5)])) == pytest.approx(0.0625)
+
+
 def test_compare_summary_uses_exact_p_sample_std_and_labels_selection():
     from types import SimpleNamespace
 
@@ -129,12 +145,13 @@ def test_compare_summary_uses_exact_p_sample_std_and_labels_selection():
               "ifa": [res(0.88)]}
     rows = summarize(groups)
     fa = next(r for r in rows if r["method"] == "fa")
-    assert fa["p_vs_bp"] == pytest.approx(0.1) and fa["best_test_acc_std"] == pytest.approx(0.01)
+    # exact two-sided signed-rank of the 3 seed-paired differences (all -0.1): 2/8 (the unpaired rank-sum said 0.1)
+    assert fa["p_vs_bp"] == pytest.approx(0.25) and fa["best_test_acc_std"] == pytest.approx(0.01)
     assert fa["selection"] == "test"  # results stored before TrainResult.selection: the papers' protocol
     assert math.isnan(next(r for r in rows if r["method"] == "ifa")["p_vs_bp"])  # one seed: no p
     columns, cells = table(rows)
     fa_cells = dict(zip(columns, cells[1]))
     assert fa_cells["selection"] == "test" and fa_cells["test acc (%)"] == "82.00 ± 1.00 (n=3)"
-    assert fa_cells["p vs bp"] == "0.100" and dict(zip(columns, cells[2]))["p vs bp"] == "—"
+    assert fa_cells["p vs bp"] == "0.250" and dict(zip(columns, cells[2]))["p vs bp"] == "—"
     val = [SimpleNamespace(**{**vars(r), "selection": "val"}) for r in groups["fa"]]
     assert summarize({"fa": val})[0]["selection"] == "val"

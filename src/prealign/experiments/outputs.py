@@ -239,8 +239,10 @@ def selection_label(rows) -> str:
 
 
 def table(out, ctx) -> str:
-    """Markdown table of ``metric``: mean ± sample std (n) per cell, the exact two-sided rank-sum p
-    vs ``reference`` in the same cell group (:mod:`prealign.stats`), the selection protocol."""
+    """Markdown table of ``metric``: mean ± sample std over seeds (n = seeds) per cell, the exact
+    two-sided signed-rank p of the seed-paired differences vs ``reference`` in the same cell group
+    (:mod:`prealign.stats`), the selection protocol. The seed is the unit: runs of one seed in a cell
+    (levels the cell pools) are averaged first, so copies never count as replicates."""
     _note_data(ctx)
     metric = out["metric"]
     rows_by = out.get("rows", ["method"])
@@ -254,12 +256,16 @@ def table(out, ctx) -> str:
     keys = sorted({tuple(r.row.get(f) for f in rows_by) for r in runs}, key=lambda t: [_key(v) for v in t])
     ref = out.get("reference")
 
-    def cell_vals(key, c, override=None):
+    def cell_by_seed(key, c, override=None) -> dict:
+        """``{seed: mean of the cell's runs of that seed}``: one number per unit."""
         want = dict(zip(rows_by, key))
         if override:
             want.update(override)
-        return [float(r.row[metric]) for r in runs if all(r.row.get(f) == v for f, v in want.items())
-                and (col is None or r.row.get(col) == c)]
+        by_seed = defaultdict(list)
+        for r in runs:
+            if all(r.row.get(f) == v for f, v in want.items()) and (col is None or r.row.get(col) == c):
+                by_seed[r.config.get("seed", r.row.get("seed"))].append(float(r.row[metric]))
+        return {seed: float(np.mean(v)) for seed, v in by_seed.items()}
 
     paper = getattr(getattr(ctx, "experiment", None), "reference", {}).get(out.get("paper"), {}) if out.get("paper") else {}
     head = rows_by + ([f"{col}={c}" for c in cols] if col else [_label(metric)])
@@ -267,10 +273,12 @@ def table(out, ctx) -> str:
     for key in keys:
         cells = []
         for c in cols:
-            vals = cell_vals(key, c)
-            text = stats.fmt_values(vals, scale)  # one seed: no ± (and no p below)
-            if ref and vals and not all(dict(zip(rows_by, key)).get(f) == v for f, v in ref.items()):
-                p = stats.ranksum(vals, cell_vals(key, c, ref))
+            mine = cell_by_seed(key, c)
+            text = stats.fmt_values(list(mine.values()), scale)  # one seed: no ± (and no p below)
+            if ref and mine and not all(dict(zip(rows_by, key)).get(f) == v for f, v in ref.items()):
+                theirs = cell_by_seed(key, c, ref)
+                common = sorted(set(mine) & set(theirs), key=str)
+                p = stats.signed_rank([mine[s] - theirs[s] for s in common]) if len(common) >= 2 else math.nan
                 if math.isfinite(p):
                     text += f", p={stats.fmt_p(p)}"
             ref_key = "/".join([str(k) for k in key] + ([str(c)] if col else []))
@@ -290,7 +298,8 @@ def table(out, ctx) -> str:
     if pool:
         note += f"; each cell is {pooled_text(pool)}"
     if ref:
-        note += ("; p: exact two-sided Wilcoxon rank-sum test against "
-                 + ", ".join(f"{k}={v}" for k, v in ref.items()) + " in the same cell (none with one seed; the "
-                 "smallest p with 3 vs 3 seeds is 0.1)")
+        note += ("; p: exact two-sided Wilcoxon signed-rank test of the seed-paired differences against "
+                 + ", ".join(f"{k}={v}" for k, v in ref.items()) + " in the same cell (runs of a seed share their "
+                 "initial network; none with fewer than 2 common seeds; the smallest p with 5 seeds is 0.0625, "
+                 "so a table's p is a description, and the claims below are the tests)")
     return "\n".join(lines) + note

@@ -4,8 +4,8 @@
 best test accuracy mean ± sample std (n seeds), best epoch, final alignment angle per layer
 (mean over seeds, degrees), wall time, the model-selection protocol (``selection``: ``"val"`` =
 test accuracy at the best-validation epoch, ``"test"`` = the papers' best test accuracy), and
-exact two-sided Wilcoxon rank-sum p-values of the per-seed best accuracies against ``bp`` and
-against ``fa`` (:mod:`prealign.stats`; none with one seed).
+exact two-sided Wilcoxon signed-rank p-values of the seed-paired differences of the best accuracies
+against ``bp`` and against ``fa`` (:mod:`prealign.stats`; none with fewer than 2 common seeds).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..stats import fmt_p, fmt_pm, markdown_table, mean_std, ranksum
+from ..stats import fmt_p, fmt_pm, markdown_table, mean_std, signed_rank
 from ..run.store import json_safe  # one definition, beside the store that writes JSON
 
 
@@ -37,11 +37,15 @@ def layer_keys(groups) -> list[str]:
     return keys
 
 
-def _p(best: dict, label: str, ref: str) -> float:
-    """Exact two-sided rank-sum p of ``label`` vs ``ref``; NaN unless both have at least 2 seeds."""
-    if ref not in best or label == ref:
+def _p(by_seed: dict, label: str, ref: str) -> float:
+    """Exact two-sided signed-rank p of ``label`` minus ``ref`` over the seeds both ran (the seed is the
+    unit: a seed's methods share its initial network and data order); NaN with fewer than 2 such seeds."""
+    if ref not in by_seed or label == ref:
         return float("nan")
-    return ranksum(best[label], best[ref])
+    common = [s for s in by_seed[label] if s in by_seed[ref]]
+    if len(common) < 2:
+        return float("nan")
+    return signed_rank([by_seed[label][s] - by_seed[ref][s] for s in common])
 
 
 def selection_of(results) -> str:
@@ -55,6 +59,8 @@ def summarize(groups: dict[str, list]) -> list[dict[str, Any]]:
     """One dict per method label (accuracies as fractions, angles in degrees, times in seconds)."""
     keys = layer_keys(groups)
     best = {label: [r.best_test_acc for r in results] for label, results in groups.items()}
+    by_seed = {label: {(r.config or {}).get("seed", i): r.best_test_acc for i, r in enumerate(results)}
+               for label, results in groups.items()}
     rows = []
     for label, results in groups.items():
         acc_m, acc_s = mean_std(best[label])
@@ -70,8 +76,8 @@ def summarize(groups: dict[str, list]) -> list[dict[str, Any]]:
             "wall_seconds": sum(r.seconds + r.noise_seconds for r in results),
             "final_angle": {k.split("/", 1)[1]: mean_std([_last_finite(r.curves, k) for r in results])[0] for k in keys},
             "final_grad_angle": {},
-            "p_vs_bp": _p(best, label, "bp"),
-            "p_vs_fa": _p(best, label, "fa"),
+            "p_vs_bp": _p(by_seed, label, "bp"),
+            "p_vs_fa": _p(by_seed, label, "fa"),
             "run_ids": [r.run_id for r in results],
         }
         grad_keys = [k for k in (results[0].curves[0] if results and results[0].curves else {}) if k.startswith("grad_angle/")]
@@ -141,8 +147,9 @@ def write_compare_report(folder, groups: dict[str, list], settings: dict[str, An
         f"(patience: {settings.get('patience') or 'none'}). ∠W,B: alignment angle between forward weights W and feedback B per layer "
         "at the last epoch, mean over output neurons and seeds, in degrees (90° = unaligned; "
         + ", ".join(f"L{i + 1} = module `{n}`" for i, n in enumerate(layer_names))
-        + "; the first layer's B carries no learning signal). p: exact two-sided Wilcoxon rank-sum test of the per-seed "
-        "accuracies (none with one seed; with 3 vs 3 seeds the smallest attainable p is 0.1). Wall time: training + measurements + noise "
+        + "; the first layer's B carries no learning signal). p: exact two-sided Wilcoxon signed-rank test of the "
+        "seed-paired accuracy differences (a seed's methods share its initial network; none with fewer than 2 common "
+        "seeds; the smallest attainable p is 0.25 with 3 seeds, 0.0625 with 5). Wall time: training + measurements + noise "
         "pretraining, summed over seeds.", "",
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
         "## Alignment over training", "",
