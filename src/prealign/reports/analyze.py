@@ -22,7 +22,8 @@ def _pm(values, scale=100.0, digits=1) -> str:
 
 
 def _vs_bp(values, ref) -> float:
-    """Rank-sum p of ``values`` against the BP ones (NaN without BP)."""
+    """Exact two-sided rank-sum p of ``values`` against the BP ones (NaN without BP). Unpaired: the runs
+    a user names need not share seeds (experiments pair by seed: :mod:`prealign.experiments.units`)."""
     return ranksum(values, ref) if ref is not None else math.nan
 
 
@@ -206,7 +207,7 @@ def robustness_tables(report) -> list:
                 ref = report["results"].get("bp", {}).get(attack, {}).get(source) if method != "bp" else None
                 p = _vs_bp([r[-1] for r in acc], [r[-1] for r in ref] if ref else None)
                 rows.append([method, source, *[_pm([r[j] for r in acc]) for j in range(len(eps))], fmt_p(p)])
-        tables.append((["method", "gradient", *[f"ε={e:g}" for e in eps], f"p vs bp @ε={eps[-1]:g}"], rows,
+        tables.append((["method", "gradient", *[f"ε={e:g}" for e in eps], f"p vs bp @ε={eps[-1]:g} (rank-sum, unpaired)"], rows,
                        f"{attack.upper()} accuracy (%) under attack — {report['data']}"))
     agreement = report.get("gradient_agreement") or {}
     if agreement:
@@ -255,7 +256,7 @@ def corruption_tables(report) -> list:
         rows.append([m, _pm([s["clean"] for s in ss]), *[_pm([s["per_severity"][k] for s in ss]) for k in sev],
                      _pm([s["mean"] for s in ss]), fmt_p(p)])
         cat_rows.append([m, *[_pm([s["per_category"][c] for s in ss]) for c in cats]])
-    return [(["method", "clean", *[f"severity {k}" for k in sev], "mean", "p vs bp (mean)"], rows,
+    return [(["method", "clean", *[f"severity {k}" for k in sev], "mean", "p vs bp (mean; rank-sum, unpaired)"], rows,
              f"mean corruption accuracy (%) per severity — {report['data']}"),
             (["method", *cats], cat_rows, "mean accuracy (%) per category (over types and severities)")]
 
