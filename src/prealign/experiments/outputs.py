@@ -23,9 +23,10 @@ artifact figures here):
               reliability diagram per ``group`` (needs the ``calibration`` analysis), ROC curves
               per OOD set and MSP histograms per ``group`` (need ``ood_detection``), from
               :mod:`prealign.viz.uncertainty`
-``table``     markdown: ``metric`` mean ± sample std (n) per ``rows`` × ``cols``, with the exact
-              two-sided rank-sum p against ``reference`` (a ``{field = value}`` table) in the same
-              row/column cell, and the model-selection protocol of the runs
+``table``     markdown: ``metric`` mean ± sample std over seeds (n = seeds) per ``rows`` × ``cols``,
+              with the exact two-sided signed-rank p of the seed-paired differences against
+              ``reference`` (a ``{field = value}`` table) in the same row/column cell, and the
+              model-selection protocol of the runs
 
 Every output adds to the report's notes, once, the data its runs used
 (:func:`prealign.experiments.describe.data_note`).
