@@ -23,19 +23,12 @@ that trained on no data (``epochs = 0``) and claims on quantities measured befor
 """
 from __future__ import annotations
 
-import math
+
+from .units import finite
 
 CHANCE_MARGIN = 0.05  # within 5 points of chance accuracy is "at chance"
 IMPROVING = 0.02  # more than 2 points gained over the last fifth of the epochs is "still improving"
 LEARNS = ("each", "somewhere")
-
-
-def _num(row: dict, key: str) -> float | None:
-    v = row.get(key)
-    if v is None or isinstance(v, (str, bool)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
 
 
 def methods(rows: list[dict], cell) -> list[dict]:
@@ -43,16 +36,16 @@ def methods(rows: list[dict], cell) -> list[dict]:
     chance, the seed-mean late gain, and its early-stopped runs — the record the audit re-checks."""
     by: dict = {}
     for r in rows:
-        acc, chance = _num(r, "best_test_acc"), _num(r, "chance_acc")
-        if acc is None or chance is None or not _num(r, "epochs_run"):
+        acc, chance = finite(r, "best_test_acc"), finite(r, "chance_acc")
+        if acc is None or chance is None or not finite(r, "epochs_run"):
             continue  # trained on no data: nothing to check
         m = by.setdefault(str(r.get("method")), {"cells": {}, "stalled": 0})
         c = m["cells"].setdefault(repr(cell(r)), {"acc": [], "gain": [], "chance": chance})
         c["acc"].append(acc)
-        gain = _num(r, "late_gain")
+        gain = finite(r, "late_gain")
         if gain is not None:
             c["gain"].append(gain)
-        best = _num(r, "best_epoch")
+        best = finite(r, "best_epoch")
         if r.get("stopped_early") and best is not None and best <= 1:
             m["stalled"] += 1
     out = []
