@@ -23,7 +23,6 @@ that trained on no data (``epochs = 0``) and claims on quantities measured befor
 """
 from __future__ import annotations
 
-
 from .units import finite
 
 CHANCE_MARGIN = 0.05  # within 5 points of chance accuracy is "at chance"
