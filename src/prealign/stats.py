@@ -138,6 +138,12 @@ def signed_rank(d: Sequence[float], alternative: str = "two-sided") -> float:
     return _two_sided(one_sided("greater"), one_sided("less"))
 
 
+def paired_signed_rank(a: dict, b: dict, alternative: str = "two-sided") -> float:
+    """:func:`signed_rank` of ``a[k] − b[k]`` over the keys both hold (e.g. seeds: one pair per unit);
+    NaN with fewer than 2 such keys."""
+    return signed_rank([a[k] - b[k] for k in a if k in b], alternative)
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman ρ of paired values (NaN when either is constant or fewer than 3 pairs)."""
     from scipy.stats import spearmanr
@@ -344,6 +350,6 @@ def fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:
     return float(fpr[np.argmax(tprs >= tpr - 1e-12)])
 
 
-__all__ = ["ALTERNATIVES", "EXACT_LIMIT", "auroc", "bootstrap_ci", "fpr_at_tpr", "roc", "fmt_p", "fmt_pm", "fmt_values", "markdown_table",
+__all__ = ["ALTERNATIVES", "paired_signed_rank", "EXACT_LIMIT", "auroc", "bootstrap_ci", "fpr_at_tpr", "roc", "fmt_p", "fmt_pm", "fmt_values", "markdown_table",
            "mean_std", "min_p", "pooled_std", "ranksum", "rich_table", "seeds_needed", "shift_interval", "shift_interval_two",
            "signed_rank", "spearman", "spearman_trend"]

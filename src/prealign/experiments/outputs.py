@@ -277,9 +277,7 @@ def table(out, ctx) -> str:
             mine = cell_by_seed(key, c)
             text = stats.fmt_values(list(mine.values()), scale)  # one seed: no ± (and no p below)
             if ref and mine and not all(dict(zip(rows_by, key)).get(f) == v for f, v in ref.items()):
-                theirs = cell_by_seed(key, c, ref)
-                common = sorted(set(mine) & set(theirs), key=str)
-                p = stats.signed_rank([mine[s] - theirs[s] for s in common]) if len(common) >= 2 else math.nan
+                p = stats.paired_signed_rank(mine, cell_by_seed(key, c, ref))
                 if math.isfinite(p):
                     text += f", p={stats.fmt_p(p)}"
             ref_key = "/".join([str(k) for k in key] + ([str(c)] if col else []))

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..stats import fmt_p, fmt_pm, markdown_table, mean_std, signed_rank
+from ..stats import fmt_p, fmt_pm, markdown_table, mean_std, paired_signed_rank
 from ..run.store import json_safe  # one definition, beside the store that writes JSON
 
 
@@ -42,10 +42,7 @@ def _p(by_seed: dict, label: str, ref: str) -> float:
     unit: a seed's methods share its initial network and data order); NaN with fewer than 2 such seeds."""
     if ref not in by_seed or label == ref:
         return float("nan")
-    common = [s for s in by_seed[label] if s in by_seed[ref]]
-    if len(common) < 2:
-        return float("nan")
-    return signed_rank([by_seed[label][s] - by_seed[ref][s] for s in common])
+    return paired_signed_rank(by_seed[label], by_seed[ref])
 
 
 def selection_of(results) -> str:
